@@ -1,0 +1,24 @@
+# make demo   set up .venv and run the main job on the embedded dataset
+# make test   set up .venv and run the whole test suite (what CI runs)
+# make test-fast  skip the slow integration tests
+# make bench  the region-engine benchmark (minutes; writes bench/results/)
+PY := .venv/bin/python
+
+.PHONY: venv demo test test-fast bench clean
+venv:
+	bash scripts/setup-venv.sh
+
+demo: venv
+	$(PY) -m jobs demo
+
+test: venv
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+bench: venv
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Everything with side effects: command line, files, cluster jobs. ``python -m jobs --help``."""

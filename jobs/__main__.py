@@ -1,0 +1,36 @@
+"""Command line of the pipeline: ``python -m jobs <command> --help``.
+
+    python -m jobs demo            # the main job on the embedded dataset
+"""
+
+from __future__ import annotations
+
+import sys
+
+COMMANDS = {
+    "demo": ("jobs.demo", "regions and measures along closed loops of real 8x8 digits"),
+}
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m jobs <command> [options]\n\ncommands:")
+        for name, (_, text) in COMMANDS.items():
+            print(f"  {name:<10} {text}")
+        print("\nexample: python -m jobs demo --paths 4")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"unknown command '{name}'.{hint} Known: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module = __import__(COMMANDS[name][0], fromlist=["main"])
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

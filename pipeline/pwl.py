@@ -1,0 +1,307 @@
+"""The piecewise-linear ops the engine understands, recognised at the function level.
+
+Every call the network makes passes through a ``TorchFunctionMode`` (see
+``pipeline.linearize`` and ``pipeline.subdivide``); :func:`recognise` sorts each call into
+
+* a piecewise-linear op the engine treats exactly (ReLU in all its spellings, LeakyReLU,
+  max-pooling in 1-D and 2-D), returned as a :class:`PWLCall`;
+* an op that is not piecewise linear, or piecewise linear in a way the engine does not
+  follow (GELU, sigmoid, ``clamp``, BatchNorm or dropout in training mode...), which raises
+  :class:`UnsupportedOpError` naming it;
+* everything else (affine ops, reshapes, metadata), returned as ``None``.
+
+The rest of this module is the small amount of geometry those ops need: the activation
+pattern "just ahead" of a point, the distance to the first kink ahead along a line, and
+every kink inside a piece between two vertices.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PWLCall", "PoolSpec", "UnsupportedOpError", "recognise"]
+
+
+class UnsupportedOpError(TypeError):
+    """The network uses an op the region engine cannot treat as piecewise linear."""
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    one_d: bool  # max_pool1d, handled as a 2-D pool over a height-1 image
+
+
+@dataclass(frozen=True)
+class PWLCall:
+    """One call of a piecewise-linear op: what it is and the tensor it acts on."""
+
+    kind: str  # "relu" (negative_slope 0 included) or "maxpool"
+    input: torch.Tensor
+    negative_slope: float = 0.0
+    inplace: bool = False
+    pool: PoolSpec | None = None
+
+
+def _names(module, *names):
+    return {getattr(module, n) for n in names if hasattr(module, n)}
+
+
+_RELU = _names(F, "relu") | _names(torch, "relu") | {torch.Tensor.relu}
+_RELU_INPLACE = _names(F, "relu_") | _names(torch, "relu_") | {torch.Tensor.relu_}
+_LEAKY = _names(F, "leaky_relu") | _names(torch._C._nn, "leaky_relu")
+_LEAKY_INPLACE = _names(F, "leaky_relu_") | _names(torch._C._nn, "leaky_relu_")
+_MAXPOOL2D = _names(F, "max_pool2d", "max_pool2d_with_indices", "_max_pool2d") | _names(
+    torch, "max_pool2d"
+)
+_MAXPOOL1D = _names(F, "max_pool1d", "max_pool1d_with_indices", "_max_pool1d") | _names(
+    torch, "max_pool1d"
+)
+
+# Ops that are not piecewise linear, or are piecewise linear in a way the engine does not
+# follow. Calling them is an error: a silently wrong region count is worse than none.
+_NOT_PWL_NAMES = (
+    "sigmoid tanh gelu silu elu selu celu softplus mish hardswish hardsigmoid logsigmoid "
+    "softsign tanhshrink softmax log_softmax softmin exp exp2 expm1 log log2 log10 log1p sqrt "
+    "rsqrt sin cos tan erf erfc reciprocal square pow layer_norm group_norm instance_norm "
+    "local_response_norm normalize rms_norm glu prelu rrelu"
+).split()
+_PWL_UNSUPPORTED_NAMES = (
+    "abs clamp clip clamp_min clamp_max hardtanh relu6 threshold maximum minimum max min amax "
+    "amin hardshrink softshrink sort topk sign floor ceil round trunc frac fmod remainder "
+    "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d max_pool3d fractional_max_pool2d "
+    "fractional_max_pool3d lp_pool1d lp_pool2d max_unpool2d"
+).split()
+
+
+def _collect(names):
+    found = {}
+    for owner in (F, torch, torch.Tensor, torch._C._nn):
+        for name in names:
+            for spelling in (name, name + "_"):
+                fn = getattr(owner, spelling, None)
+                if fn is not None and callable(fn):
+                    try:
+                        found[fn] = spelling
+                    except TypeError:  # unhashable
+                        pass
+    return found
+
+
+_NOT_PWL = _collect(_NOT_PWL_NAMES)
+_PWL_UNSUPPORTED = _collect(_PWL_UNSUPPORTED_NAMES)
+_TRAINING_ARG = {  # functions that behave differently in training mode: position of `training`
+    F.batch_norm: 5,
+    F.dropout: 2,
+    F.dropout1d: 2,
+    F.dropout2d: 2,
+    F.dropout3d: 2,
+    F.alpha_dropout: 2,
+    F.feature_alpha_dropout: 2,
+}
+_TRAINING_DEFAULT = {F.batch_norm: False}
+
+
+def _arg(args, kwargs, index, name, default):
+    if len(args) > index:
+        return args[index]
+    return kwargs.get(name, default)
+
+
+def _pair(v, n=2):
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return tuple(int(v[0]) for _ in range(n))
+        return tuple(int(e) for e in v)
+    return tuple(int(v) for _ in range(n))
+
+
+def _pool_call(func, args, kwargs, one_d: bool) -> PWLCall:
+    x = args[0] if args else kwargs["input"]
+    kernel = _arg(args, kwargs, 1, "kernel_size", None)
+    stride = _arg(args, kwargs, 2, "stride", None)
+    padding = _arg(args, kwargs, 3, "padding", 0)
+    dilation = _arg(args, kwargs, 4, "dilation", 1)
+    ceil_mode = _arg(args, kwargs, 5, "ceil_mode", False)
+    return_indices = _arg(args, kwargs, 6, "return_indices", False)
+    name = getattr(func, "__name__", str(func))
+    if return_indices or "with_indices" in name:
+        raise UnsupportedOpError(
+            f"{name} with return_indices=True is not supported by the region engine: "
+            "use max-pooling without indices (MaxUnpool is not piecewise-linear-aware)."
+        )
+    n = 1 if one_d else 2
+    kernel = _pair(kernel, n)
+    stride = kernel if stride is None or stride == [] or stride == () else _pair(stride, n)
+    padding, dilation = _pair(padding, n), _pair(dilation, n)
+    if one_d:
+        kernel, stride, padding, dilation = ((1,) + kernel, (1,) + stride, (0,) + padding, (1,) + dilation)
+    spec = PoolSpec(kernel, stride, padding, dilation, one_d)
+    if ceil_mode:
+        h, w = x.shape[-2:] if not one_d else (1, x.shape[-1])
+        if _out_size((h, w), spec, ceil=True) != _out_size((h, w), spec, ceil=False):
+            raise UnsupportedOpError(
+                f"{name} with ceil_mode=True changes the output size here; the region engine "
+                "supports ceil_mode only where it makes no difference. Pad the input instead."
+            )
+    return PWLCall("maxpool", x, pool=spec)
+
+
+def recognise(func, args, kwargs) -> PWLCall | None:
+    """Classify one call seen by a ``TorchFunctionMode``.
+
+    Returns a :class:`PWLCall` for a supported piecewise-linear op, ``None`` for any other op
+    (treated as affine; the certificate checks that), and raises :class:`UnsupportedOpError`
+    for ops known not to be piecewise linear or not followed by the engine.
+    """
+    kwargs = kwargs or {}
+    try:
+        if func in _RELU:
+            x = args[0] if args else kwargs["input"]
+            inplace = bool(_arg(args, kwargs, 1, "inplace", False)) if func is F.relu else False
+            return PWLCall("relu", x, 0.0, inplace)
+        if func in _RELU_INPLACE:
+            return PWLCall("relu", args[0] if args else kwargs["input"], 0.0, True)
+        if func in _LEAKY or func in _LEAKY_INPLACE:
+            x = args[0] if args else kwargs["input"]
+            slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
+            inplace = func in _LEAKY_INPLACE or bool(_arg(args, kwargs, 2, "inplace", False))
+            return PWLCall("relu", x, slope, inplace)
+        if func in _MAXPOOL2D:
+            return _pool_call(func, args, kwargs, one_d=False)
+        if func in _MAXPOOL1D:
+            return _pool_call(func, args, kwargs, one_d=True)
+        if func in _TRAINING_ARG:
+            training = _arg(args, kwargs, _TRAINING_ARG[func], "training", _TRAINING_DEFAULT.get(func, True))
+            if training:
+                raise UnsupportedOpError(
+                    f"{func.__name__} is called with training=True: in training mode it is not "
+                    "a fixed affine map of the input. Call model.eval() (and pass training=False "
+                    "to functional calls) before discovering regions."
+                )
+            return None
+        if func in _NOT_PWL:
+            raise UnsupportedOpError(
+                f"the network calls {_NOT_PWL[func]}, which is not piecewise linear: its linear "
+                "regions are not defined. The engine supports ReLU, LeakyReLU and max-pooling "
+                "between affine layers."
+            )
+        if func in _PWL_UNSUPPORTED:
+            raise UnsupportedOpError(
+                f"the network calls {_PWL_UNSUPPORTED[func]}, which the region engine does not "
+                "treat as piecewise linear (its kinks would be missed). Supported: ReLU, "
+                "LeakyReLU, max_pool1d/2d; express the op through them or open an issue."
+            )
+    except TypeError as err:  # unhashable func objects cannot be any of the above
+        if isinstance(err, UnsupportedOpError):
+            raise
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def _out_size(hw, spec: PoolSpec, ceil: bool):
+    out = []
+    for n, k, s, p, d in zip(hw, spec.kernel, spec.stride, spec.padding, spec.dilation):
+        span = n + 2 * p - d * (k - 1) - 1
+        o = (-(-span // s) if ceil else span // s) + 1
+        if ceil and (o - 1) * s >= n + p:
+            o -= 1
+        out.append(o)
+    return tuple(out)
+
+
+def pool_windows(x: torch.Tensor, spec: PoolSpec):
+    """Windows of a max-pool as ``(N, C, k*k, L)``, padding as ``-inf``; and the output shape."""
+    if spec.one_d:
+        x = x.unsqueeze(-2)
+    n, c, h, w = x.shape
+    oh, ow = _out_size((h, w), spec, ceil=False)
+    ph, pw = spec.padding
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), value=-math.inf)
+    win = F.unfold(x, spec.kernel, dilation=spec.dilation, stride=spec.stride)
+    win = win.view(n, c, spec.kernel[0] * spec.kernel[1], oh * ow)
+    shape = (n, c, ow) if spec.one_d else (n, c, oh, ow)
+    return win, shape
+
+
+def lex_argmax(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """Index of the largest ``(a, b)`` pair in lexicographic order along ``dim``."""
+    top = a.amax(dim, keepdim=True)
+    key = torch.where(a == top, b, -math.inf)
+    return key.argmax(dim, keepdim=True)
+
+
+def maxpool_first_kink(wz, wzdot, cur):
+    """Per row, the first ``tau > 0`` at which another window element overtakes the max."""
+    zc = wz.gather(2, cur)
+    zdc = wzdot.gather(2, cur)
+    tau = (zc - wz).div_(wzdot - zdc)
+    tau.masked_fill_(~((wzdot > zdc) & torch.isfinite(wz) & (tau > 0)), math.inf)
+    return tau.flatten(1).amin(1)
+
+
+def relu_crossings(za: torch.Tensor, zb: torch.Tensor, same: torch.Tensor):
+    """Every sign change of a unit between consecutive vertices.
+
+    ``za``, ``zb``: ``(P, U)`` values at the two ends of each piece; ``same``: ``(P,)`` whether
+    the piece joins two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in
+    ``(0, 1)``, float64.
+    """
+    sa = torch.sign(za).to(torch.int8)
+    sb = torch.sign(zb).to(torch.int8)
+    cross = (sa * sb) < 0
+    cross &= same[:, None]
+    p, u = cross.nonzero(as_tuple=True)
+    a = za[p, u].double()
+    b = zb[p, u].double()
+    return p, a / (a - b)
+
+
+def maxpool_crossings(wa: torch.Tensor, wb: torch.Tensor, same: torch.Tensor):
+    """Every change of argmax inside a pooling window between consecutive vertices.
+
+    ``wa``, ``wb``: windows ``(P, C, k*k, L)`` at the two ends of each piece. On a piece every
+    window element is affine, so the max is the upper envelope of k*k lines over ``tau in
+    [0, 1]``; walk the envelope from ``tau = 0`` and report each kink.
+    """
+    wa = wa.double()
+    slope = wb.double() - wa
+    valid = torch.isfinite(wa)
+    slope = torch.where(valid, slope, -math.inf)
+    cur = lex_argmax(wa, slope, 2)
+    at = torch.zeros_like(cur, dtype=torch.float64)
+    alive = same.view(-1, 1, 1, 1).expand_as(cur).clone()
+    pieces, taus = [], []
+    for _ in range(wa.shape[2] - 1):
+        if not alive.any():
+            break
+        ac, sc = wa.gather(2, cur), slope.gather(2, cur)
+        den = slope - sc
+        tau = (ac - wa) / den
+        ok = (den > 0) & valid
+        tau = torch.where(ok, torch.maximum(tau, at), math.inf)
+        nxt_tau = tau.amin(2, keepdim=True)
+        # among elements reaching the max first, the steepest one stays on top
+        nxt = torch.where(tau == nxt_tau, slope, -math.inf).argmax(2, keepdim=True)
+        alive &= nxt_tau < 1
+        hit = alive & (nxt_tau > 0)
+        idx = hit.nonzero(as_tuple=True)
+        pieces.append(idx[0])
+        taus.append(nxt_tau[idx])
+        cur = torch.where(alive, nxt, cur)
+        at = torch.where(alive, nxt_tau, at)
+    if not pieces:
+        empty = torch.zeros(0, dtype=torch.long, device=wa.device)
+        return empty, empty.double()
+    return torch.cat(pieces), torch.cat(taus)

@@ -1,0 +1,183 @@
+"""Every linear region a ReLU network crosses along line segments: the public entry point.
+
+Example (a notebook, no cluster)::
+
+    import torch
+    from pipeline.regions import discover
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    x0, x1 = torch.randn(4, 2), torch.randn(4, 2)
+    res = discover(net, x0, x1)            # float64, method="walk"
+    res.density, res.deviation, res.breakpoints(0)
+
+Definitions (breakpoints, affine maps, certificate, density, absolute deviation, total
+variation) are those of ``shared/DESIGN.md``; :class:`pipeline.result.RegionResult` documents
+the arrays returned.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .pwl import UnsupportedOpError
+from .result import RegionResult
+from .subdivide import subdivide
+from .walk import walk
+
+__all__ = ["discover", "discover_iter", "RegionResult", "UnsupportedOpError", "METHODS"]
+
+METHODS = ("walk", "subdivide")
+DEFAULT_METHOD = "walk"  # the faster of the two on bench/engine.py; see docs/benchmarks.md
+
+
+def _as_tensor(x, name):
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (S, *input_shape), "
+                        f"got {type(x).__name__}")
+    if not (x.is_floating_point()):
+        raise TypeError(f"{name} must hold floating-point values, got {x.dtype}")
+    return x.detach().cpu()
+
+
+def _check_inputs(x0, x1):
+    x0, x1 = _as_tensor(x0, "x0"), _as_tensor(x1, "x1")
+    if x0.shape != x1.shape:
+        raise ValueError(f"x0 and x1 must have the same shape (S, *input_shape); got {tuple(x0.shape)} "
+                         f"and {tuple(x1.shape)}")
+    if x0.ndim < 2:
+        raise ValueError(f"x0 and x1 must be batches of segment ends, shape (S, *input_shape); got "
+                         f"{tuple(x0.shape)}. For one segment use x0[None], x1[None].")
+    if x0.shape[0] == 0:
+        raise ValueError("no segments given: x0 and x1 have S = 0 rows")
+    for name, x in (("x0", x0), ("x1", x1)):
+        bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+        if bad.any():
+            rows = bad.nonzero().flatten()[:5].tolist()
+            raise ValueError(f"{name} has non-finite values (nan or inf) in segment(s) {rows}")
+    return x0, x1
+
+
+def _prepare_model(model, dtype, device):
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ValueError(
+            f"the model is in training mode ({', '.join(training[:3])}{'...' if len(training) > 3 else ''}): "
+            "BatchNorm and dropout are not fixed affine maps there. Call model.eval() first."
+        )
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available here; "
+                           "use device='cpu'")
+    # A private copy in the working dtype: the caller's model is never touched.
+    work = copy.deepcopy(model).to(device=device, dtype=dtype)
+    for p in work.parameters():
+        p.requires_grad_(False)
+    return work, device
+
+
+def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
+                  device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
+                  chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
+                  max_vertices: int = 4096) -> Iterator[RegionResult]:
+    """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
+
+    Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
+    segment_index[-1]`` (consecutive, in input order). See :func:`discover` for the parameters.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float64 (default, as the paper) or torch.float32, got {dtype}")
+    if not (0.0 < eps < 1.0):
+        raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
+    if batch_size < 1 or chunk_segments < 1 or max_vertices < 4:
+        raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4")
+    if scheduling not in ("continuous", "static"):
+        raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
+    x0, x1 = _check_inputs(x0, x1)
+    # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
+    x0, x1 = x0.to(dtype), x1.to(dtype)
+    work, device = _prepare_model(model, dtype, device)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=x0.shape[0], unit="seg", desc=f"regions ({method})")
+    try:
+        if method == "walk":
+            chunks = walk(work, x0, x1, eps=eps, batch_size=batch_size, dtype=dtype, device=device,
+                          keep_affine=keep_affine, chunk_segments=chunk_segments, jvp=jvp,
+                          scheduling=scheduling, progress=bar)
+        else:
+            chunks = subdivide(work, x0, x1, batch_size=batch_size, dtype=dtype, device=device,
+                               keep_affine=keep_affine, chunk_segments=chunk_segments,
+                               max_vertices=max_vertices, jvp=jvp, progress=bar)
+        regions = 0
+        for chunk in chunks:
+            regions += chunk.n_regions
+            if bar is not None:
+                bar.set_postfix(regions=regions, refresh=False)
+            yield chunk
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
+             keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
+             **options) -> RegionResult:
+    """Find every linear region of ``model`` along the segments ``x0[s] -> x1[s]``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        In eval mode; affine layers (Linear, Conv, AvgPool, BatchNorm in eval, residual adds,
+        reshapes...) and ReLU / LeakyReLU / max-pooling. It is copied, never modified.
+    x0, x1 : Tensor or ndarray, shape ``(S, *input_shape)``
+        Segment ends.
+    eps : float
+        Walk step past each breakpoint, in ``t`` units (``method="walk"``): regions thinner than
+        ``eps`` are merged into a neighbour. ``subdivide`` is exact and ignores it.
+    dtype : torch.float64 or torch.float32
+        Working precision of the network (breakpoints and measures are always float64).
+    batch_size : int
+        Segments in flight at once.
+    device : torch.device or str, optional
+        Defaults to the device of the model's parameters.
+    keep_affine : bool
+        Keep the per-region ``intercept`` and ``slope`` (``(R, K)`` each).
+    progress : bool
+        Show a tqdm bar over segments.
+    method : {"walk", "subdivide"}
+        ``walk`` steps region by region (the paper); ``subdivide`` splits the segment layer by
+        layer, exactly. Same result.
+    **options
+        ``chunk_segments``, ``jvp`` ("stacked" or "dual"), ``scheduling`` ("continuous" or
+        "static", walk only), ``max_vertices`` (subdivide's chunk bound).
+
+    Returns
+    -------
+    RegionResult
+        Numpy arrays per segment and per region (see :class:`pipeline.result.RegionResult`).
+
+    Raises
+    ------
+    UnsupportedOpError
+        The network uses an op that is not piecewise linear (GELU, sigmoid...) or that the
+        engine does not follow.
+    ValueError, TypeError
+        Model in training mode, mismatched or non-finite inputs, bad options.
+    """
+    parts = list(discover_iter(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
+                               keep_affine=keep_affine, progress=progress, method=method, **options))
+    return RegionResult.concat(parts)

@@ -1,0 +1,118 @@
+"""The engine's result: per-segment measures and per-region breakpoints and affine maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from . import measures
+
+__all__ = ["RegionResult", "assemble"]
+
+
+@dataclass(frozen=True)
+class RegionResult:
+    """Linear regions along ``S`` segments, as numpy arrays (CSR over regions).
+
+    Per segment: ``segment_index (S,)`` (position of the segment in the caller's input),
+    ``density (S,)`` regions crossed, ``region_offset (S+1,)``, ``f0, f1 (S, K)`` network
+    values at the ends, ``deviation (S, K)`` absolute deviation, ``total_variation (S, K)``,
+    ``continuity_gap (S,)`` the certificate, ``length (S,)`` ``‖x1 - x0‖``.
+    Per region: ``t_start, t_end (R,)`` and, unless ``keep_affine=False``, ``intercept,
+    slope (R, K)`` with ``f(x0 + t d) = intercept + slope * t`` on the region.
+    """
+
+    segment_index: np.ndarray
+    density: np.ndarray
+    region_offset: np.ndarray
+    f0: np.ndarray
+    f1: np.ndarray
+    deviation: np.ndarray
+    total_variation: np.ndarray
+    continuity_gap: np.ndarray
+    length: np.ndarray
+    t_start: np.ndarray
+    t_end: np.ndarray
+    intercept: np.ndarray | None
+    slope: np.ndarray | None
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.density.size)
+
+    @property
+    def n_regions(self) -> int:
+        return int(self.t_start.size)
+
+    def breakpoints(self, i: int) -> np.ndarray:
+        """``0 = t_0 < ... < t_R = 1`` of segment ``i`` (position in this result)."""
+        lo, hi = self.region_offset[i], self.region_offset[i + 1]
+        return np.append(self.t_start[lo:hi], self.t_end[hi - 1])
+
+    def regions(self, i: int) -> dict:
+        """The region rows of segment ``i`` as a dict of arrays."""
+        lo, hi = self.region_offset[i], self.region_offset[i + 1]
+        out = {"t_start": self.t_start[lo:hi], "t_end": self.t_end[lo:hi]}
+        if self.intercept is not None:
+            out["intercept"] = self.intercept[lo:hi]
+            out["slope"] = self.slope[lo:hi]
+        return out
+
+    def evaluate(self, i: int, t) -> np.ndarray:
+        """The stored affine maps of segment ``i`` evaluated at ``t`` (``(T,) -> (T, K)``)."""
+        if self.intercept is None:
+            raise ValueError("this result was computed with keep_affine=False: no affine maps kept")
+        t = np.asarray(t, dtype=np.float64)
+        lo, hi = self.region_offset[i], self.region_offset[i + 1]
+        j = np.clip(np.searchsorted(self.t_end[lo:hi], t, side="left"), 0, hi - lo - 1) + lo
+        return self.intercept[j] + self.slope[j] * t[:, None]
+
+    @staticmethod
+    def concat(parts: list["RegionResult"]) -> "RegionResult":
+        """Join results of consecutive chunks (as yielded by ``discover_iter``)."""
+        if not parts:
+            raise ValueError("nothing to concatenate")
+        if len(parts) == 1:
+            return parts[0]
+        kw = {}
+        for f in fields(RegionResult):
+            vals = [getattr(p, f.name) for p in parts]
+            if f.name == "region_offset":
+                starts = np.cumsum([0] + [p.n_regions for p in parts[:-1]])
+                kw[f.name] = np.concatenate([vals[0][:1]] + [v[1:] + s for v, s in zip(vals, starts)])
+            elif vals[0] is None:
+                kw[f.name] = None
+            else:
+                kw[f.name] = np.concatenate(vals)
+        return RegionResult(**kw)
+
+
+def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0, f1, length,
+             keep_affine: bool, extra_gap=None) -> RegionResult:
+    """Build a :class:`RegionResult` from region rows sorted by segment then ``t``.
+
+    ``seg_of_region`` holds positions ``0..S-1`` into ``segment_index``; ``extra_gap`` (S,)
+    is a further certificate to fold into ``continuity_gap`` (subdivide's midpoint check).
+    """
+    s = len(segment_index)
+    counts = np.bincount(seg_of_region, minlength=s)
+    offset = np.zeros(s + 1, dtype=np.int64)
+    np.cumsum(counts, out=offset[1:])
+    args = (t_start, t_end, intercept, slope, offset)
+    gap = measures.continuity_gap(*args, f0, f1)
+    return RegionResult(
+        segment_index=np.asarray(segment_index, dtype=np.int64),
+        density=counts.astype(np.int64),
+        region_offset=offset,
+        f0=f0,
+        f1=f1,
+        deviation=measures.absolute_deviation(*args, f0, f1, length),
+        total_variation=measures.total_variation(t_start, t_end, slope, offset),
+        continuity_gap=gap if extra_gap is None else np.maximum(gap, extra_gap),
+        length=np.asarray(length, dtype=np.float64),
+        t_start=t_start,
+        t_end=t_end,
+        intercept=intercept if keep_affine else None,
+        slope=slope if keep_affine else None,
+    )

@@ -1,0 +1,300 @@
+"""Exact layer-wise subdivision: carry each segment's vertices through the network.
+
+The network is traced with ``torch.fx`` and its graph interpreted on a batch of *vertices*
+(points ``x0 + t d`` of many segments, in order). Before each piecewise-linear op every live
+tensor is affine on each piece between consecutive vertices of a segment (all earlier kinks
+are already vertices), so a unit whose input changes sign inside a piece does so at the
+linear interpolation root; a max-pool window changes argmax at a kink of the upper envelope
+of its (affine) elements. Each such point becomes a new vertex, and every live tensor
+(skip connections included) is interpolated there. No ``eps``, no sequential stepping.
+
+Memory stays bounded: when a chain of vertices grows past ``max_vertices`` it is split into
+sub-chains (sharing their end vertex) that continue depth-first, left to right, so vertices
+reach the output in order.
+
+The affine map of each region then comes from one linearising pass at its midpoint
+(:func:`pipeline.linearize.linearize`), independent of the subdivision, so the continuity
+certificate (adjacent maps agree at their shared breakpoint, end maps reproduce ``f(x0)``,
+``f(x1)``) is a genuine check: a missed kink shows up there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch.fx.node import map_arg
+from torch.overrides import TorchFunctionMode
+
+from . import pwl
+from .linearize import linearize
+from .result import RegionResult, assemble
+
+__all__ = ["subdivide", "trace"]
+
+
+class _Plan:
+    """The traced graph with, per node, its last use and whether it depends on the input."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.gm = gm
+        self.nodes = list(gm.graph.nodes)
+        index = {n: i for i, n in enumerate(self.nodes)}
+        self.last_use = {n: max((index[u] for u in n.users), default=index[n]) for n in self.nodes}
+        self.batched = {}
+        placeholders = [n for n in self.nodes if n.op == "placeholder"]
+        if not placeholders:
+            raise ValueError("the traced model has no input")
+        self.input = placeholders[0]
+        for n in self.nodes:
+            if n.op == "placeholder":
+                self.batched[n] = n is self.input
+            elif n.op == "get_attr":
+                self.batched[n] = False
+            else:
+                self.batched[n] = any(self.batched[a] for a in n.all_input_nodes)
+        self.dead_after = {i: [] for i in range(len(self.nodes))}
+        for n in self.nodes:
+            self.dead_after[self.last_use[n]].append(n)
+
+
+def trace(model) -> fx.GraphModule:
+    try:
+        return fx.symbolic_trace(model)
+    except Exception as err:  # fx raises many types; the cause is kept
+        raise ValueError(
+            f"method='subdivide' needs a model that torch.fx can trace (no data-dependent control "
+            f"flow); tracing {type(model).__name__} failed: {err}. Use method='walk', which runs "
+            "any model eagerly."
+        ) from err
+
+
+class _Chain:
+    """Vertices ``(seg, t)`` in order, and the per-vertex values of live graph nodes."""
+
+    def __init__(self, seg, t, env, pos):
+        self.seg, self.t, self.env, self.pos = seg, t, env, pos
+
+    def split(self, plan: _Plan, size: int) -> list["_Chain"]:
+        v = self.t.numel()
+        out = []
+        for s in range(0, v - 1, size - 1):
+            e = min(s + size, v)
+            env = {n: (val[s:e] if plan.batched[n] else val) for n, val in self.env.items()}
+            out.append(_Chain(self.seg[s:e], self.t[s:e], env, self.pos))
+            if e == v:
+                break
+        return out
+
+
+def _insert(chain: _Chain, plan: _Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float):
+    """Insert vertices at fraction ``tau`` of pieces ``piece``; interpolate every live tensor.
+
+    A kink closer than ``tol`` (in ``t``) to a vertex, or to the previous kink in its piece,
+    is taken to be that vertex: a new vertex there would only add a region of rounding width.
+    """
+    order = torch.argsort(tau, stable=True)
+    piece, tau = piece[order], tau[order]
+    order = torch.argsort(piece, stable=True)
+    piece, tau = piece[order], tau[order]
+    width = chain.t[piece + 1] - chain.t[piece]
+    keep = (tau * width > tol) & ((1.0 - tau) * width > tol)
+    keep[1:] &= (piece[1:] != piece[:-1]) | ((tau[1:] - tau[:-1]) * width[1:] > tol)
+    piece, tau = piece[keep], tau[keep]
+    if piece.numel() == 0:
+        return
+    n_new, v = piece.numel(), chain.t.numel()
+    new_pos = piece + 1 + torch.arange(n_new, device=piece.device)
+    old_pos = torch.arange(v, device=piece.device) + torch.searchsorted(piece, torch.arange(v, device=piece.device))
+
+    def grow(old, new):
+        out = old.new_empty((v + n_new, *old.shape[1:]))
+        out[old_pos] = old
+        out[new_pos] = new
+        return out
+
+    t_a, t_b = chain.t[piece], chain.t[piece + 1]
+    chain.t = grow(chain.t, t_a + tau * (t_b - t_a))
+    chain.seg = grow(chain.seg, chain.seg[piece])
+    done = {}
+
+    def interp(val):
+        key = id(val)
+        if key not in done:
+            w = tau.to(val.dtype).view(-1, *([1] * (val.ndim - 1)))
+            a, b = val[piece], val[piece + 1]
+            done[key] = grow(val, torch.lerp(a, b, w))
+        return done[key]
+
+    for node, val in chain.env.items():
+        if not plan.batched[node]:
+            continue
+        if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
+            raise ValueError(
+                f"subdivide: graph node '{node.name}' holds a value derived from the batch "
+                f"({type(val).__name__}) that is still used after a piecewise-linear op, and cannot "
+                "be interpolated at new vertices (e.g. a size read before a ReLU). Use method='walk'."
+            )
+        chain.env[node] = interp(val)
+    for key, val in list(extra.items()):
+        extra[key] = interp(val)
+
+
+class _SubdivideMode(TorchFunctionMode):
+    def __init__(self, plan: _Plan, tol: float):
+        super().__init__()
+        self.plan = plan
+        self.tol = tol
+        self.chain: _Chain | None = None
+        self.args_ids: set = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        call = pwl.recognise(func, args, kwargs)
+        if call is None:
+            return func(*args, **kwargs)
+        z = call.input
+        chain = self.chain
+        if id(z) not in self.args_ids:
+            raise ValueError(
+                f"subdivide: {getattr(func, '__name__', func)} is applied inside a module that "
+                "torch.fx keeps as a leaf, to a tensor the graph does not expose. Use method='walk'."
+            )
+        v = chain.t.numel()
+        same = chain.seg[1:] == chain.seg[:-1]
+        if call.kind == "relu":
+            flat = z.reshape(v, -1)
+            piece, tau = pwl.relu_crossings(flat[:-1], flat[1:], same)
+        else:
+            win, _ = pwl.pool_windows(z, call.pool)
+            piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
+        if piece.numel():
+            extra = {"z": z}
+            _insert(chain, self.plan, piece, tau, extra, self.tol)
+            z = extra["z"]
+        args = (z, *args[1:]) if args else args
+        if not args:
+            kwargs = dict(kwargs, input=z)
+        return func(*args, **kwargs)
+
+
+def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
+    """Interpret the graph on ``chain`` depth-first; ``emit(seg, t, out)`` receives vertices in order."""
+    stack = [chain]
+    gm = plan.gm
+    while stack:
+        ch = stack.pop()
+        for i in range(ch.pos, len(plan.nodes)):
+            node = plan.nodes[i]
+            env = ch.env
+            if node.op == "output":
+                out = map_arg(node.args[0], lambda n: env[n])
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError("subdivide: the model must return a single tensor")
+                emit(ch.seg, ch.t, out.reshape(out.shape[0], -1))
+                break
+            if node.op == "placeholder":
+                if node is not plan.input:
+                    if node.args:
+                        env[node] = node.args[0]
+                        continue
+                    raise ValueError(f"subdivide: the model takes a second input '{node.name}'")
+                continue  # the input was placed in env by the caller
+            if node.op == "get_attr":
+                obj = gm
+                for part in node.target.split("."):
+                    obj = getattr(obj, part)
+                env[node] = obj
+                continue
+            args = map_arg(node.args, lambda n: env[n])
+            kwargs = map_arg(node.kwargs, lambda n: env[n])
+            mode.chain = ch
+            mode.args_ids = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+            v_before = ch.t.numel()
+            with mode:
+                if node.op == "call_function":
+                    val = node.target(*args, **kwargs)
+                elif node.op == "call_method":
+                    val = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:  # call_module
+                    val = gm.get_submodule(node.target)(*args, **kwargs)
+            env[node] = val
+            for dead in plan.dead_after[i]:
+                if dead is not node:
+                    env.pop(dead, None)
+            if ch.t.numel() != v_before and ch.t.numel() > max_vertices:
+                ch.pos = i + 1
+                stack.extend(reversed(ch.split(plan, max_vertices)))
+                break
+
+
+def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dtype, device, keep_affine: bool,
+              chunk_segments: int, max_vertices: int, jvp: str = "stacked", progress=None) -> Iterator[RegionResult]:
+    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
+    plan = _Plan(trace(model))
+    tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
+    mode = _SubdivideMode(plan, tol)
+    n_seg = x0.shape[0]
+    d_all = x1 - x0
+    length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
+    bcast = (-1,) + (1,) * (x0.ndim - 1)
+    step = max(1, min(batch_size, chunk_segments))
+    lo = 0
+    while lo < n_seg:
+        hi = min(n_seg, lo + max(chunk_segments, step))
+        parts_seg, parts_t, parts_f = [], [], []
+        for b0 in range(lo, hi, step):
+            b1 = min(hi, b0 + step)
+            seg = torch.arange(b0, b1, device=device).repeat_interleave(2)
+            t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device).repeat(b1 - b0)
+            xs0 = x0[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
+            ds = d_all[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
+            x = torch.addcmul(xs0, t.to(dtype).view(bcast), ds)
+            chain = _Chain(seg, t, {plan.input: x}, 0)
+
+            def emit(s, tt, out):
+                if parts_seg and parts_seg[-1][-1] == s[0] and parts_t[-1][-1] == tt[0]:
+                    s, tt, out = s[1:], tt[1:], out[1:]  # the vertex shared with the previous chunk
+                parts_seg.append(s.cpu())
+                parts_t.append(tt.cpu())
+                parts_f.append(out.double().cpu())
+
+            with torch.no_grad():
+                _run(plan, mode, chain, max_vertices, emit)
+            if progress is not None:
+                progress.update(b1 - b0)
+        yield _regions(model, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
+                       torch.cat(parts_f).numpy(), length, dtype, device, max_vertices, keep_affine, tol)
+        lo = hi
+
+
+def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol):
+    # vertices are in order; _insert never puts two within tol, so this only drops the copies
+    # of a vertex shared by two chunks of one chain
+    keep = np.ones(seg.size, dtype=bool)
+    keep[1:] = (seg[1:] != seg[:-1]) | (t[1:] - t[:-1] > tol)
+    seg, t, fv = seg[keep], t[keep], fv[keep]
+    first = np.r_[True, seg[1:] != seg[:-1]]
+    last = np.r_[seg[1:] != seg[:-1], True]
+    f0, f1 = fv[first], fv[last]
+    inner = np.flatnonzero(seg[1:] == seg[:-1])
+    t_start, t_end, rseg = t[inner], t[inner + 1], seg[inner]
+    # the maps are the chords between vertex values: f is affine between consecutive vertices
+    slope = (fv[inner + 1] - fv[inner]) / (t_end - t_start)[:, None]
+    intercept = fv[inner] - slope * t_start[:, None]
+    # certificate: the network at each region's midpoint against the map
+    mid = 0.5 * (t_start + t_end)
+    gap = np.zeros(hi - lo)
+    bcast = (-1,) + (1,) * (x0.ndim - 1)
+    with torch.no_grad():
+        for i in range(0, mid.size, rows_per_pass):
+            sl = slice(i, i + rows_per_pass)
+            s = torch.from_numpy(rseg[sl])
+            m = torch.from_numpy(mid[sl]).to(device=device, dtype=dtype).view(bcast)
+            y = model(torch.addcmul(x0[s].to(device=device, dtype=dtype), m, d_all[s].to(device=device, dtype=dtype)))
+            err = np.abs(y.reshape(y.shape[0], -1).double().cpu().numpy() - (intercept[sl] + slope[sl] * mid[sl, None]))
+            np.maximum.at(gap, rseg[sl] - lo, err.max(axis=1, initial=0.0))
+    return assemble(np.arange(lo, hi), rseg - lo, t_start, t_end, intercept, slope, f0, f1, length[lo:hi],
+                    keep_affine, extra_gap=gap)

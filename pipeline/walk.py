@@ -1,0 +1,174 @@
+"""The paper's algorithm: walk each segment region by region, many segments at once.
+
+Each step linearises the network at one point inside the current region of every segment in
+flight (one pass, see :mod:`pipeline.linearize`), records the region's affine map and its
+exit, and moves just past the exit (``eps`` in ``t``). Batching is **continuous**: when a
+segment reaches ``t = 1`` its slot is refilled from the queue at once, so the batch never waits
+for its longest segment. Region rows go to a preallocated buffer; no Python loop runs over
+segments per step.
+
+Regions thinner than ``eps`` that start at a breakpoint are merged into the region the walk
+lands in: the step from a breakpoint ``t_b`` evaluates at ``t_b + eps`` and the region recorded
+is ``[t_b, exit]`` with the map found there. The continuity certificate grows by about
+``eps`` times the slope change across such a sliver, so it stays visible. The last region
+stops at ``t = 1``; a remainder thinner than ``eps`` is probed at its midpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .linearize import linearize
+from .result import RegionResult, assemble
+
+__all__ = ["walk"]
+
+_STEPS_PER_FLUSH = 256
+
+
+class _RegionBuffer:
+    """Region rows ``[seg, t_start, t_end, intercept(K), slope(K)]`` streamed to host memory."""
+
+    def __init__(self, rows: int, k: int, device):
+        self.k = k
+        self.buf = torch.empty((rows, 3 + 2 * k), dtype=torch.float64, device=device)
+        self.pos = 0
+        self.blocks: list[np.ndarray] = []
+
+    def add(self, seg, t0, t1, a, b):
+        n = seg.shape[0]
+        if self.pos + n > self.buf.shape[0]:
+            self.flush()
+            if n > self.buf.shape[0]:
+                self.buf = torch.empty((n, self.buf.shape[1]), dtype=torch.float64, device=self.buf.device)
+        rows = self.buf[self.pos:self.pos + n]
+        rows[:, 0] = seg
+        rows[:, 1] = t0
+        rows[:, 2] = t1
+        rows[:, 3:3 + self.k] = a
+        rows[:, 3 + self.k:] = b
+        self.pos += n
+
+    def flush(self):
+        if self.pos:
+            self.blocks.append(self.buf[:self.pos].cpu().numpy().copy())
+            self.pos = 0
+
+    def take(self, lo: int, hi: int) -> np.ndarray:
+        """Remove and return the rows of segments ``lo <= seg < hi``, sorted by segment then t."""
+        self.flush()
+        rows = np.concatenate(self.blocks) if self.blocks else np.zeros((0, self.buf.shape[1]))
+        seg = rows[:, 0]
+        sel = (seg >= lo) & (seg < hi)
+        taken, kept = rows[sel], rows[~sel]
+        self.blocks = [kept] if kept.size else []
+        order = np.lexsort((taken[:, 1], taken[:, 0]))
+        return taken[order]
+
+
+def _endpoint_values(model, x, batch, dtype, device):
+    out = []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch):
+            y = model(x[i:i + batch].to(device=device, dtype=dtype))
+            out.append(y.reshape(y.shape[0], -1).double().cpu())
+    return torch.cat(out).numpy()
+
+
+def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, dtype, device,
+         keep_affine: bool, chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous",
+         progress=None) -> Iterator[RegionResult]:
+    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
+    n_seg = x0.shape[0]
+    in_shape = x0.shape[1:]
+    d_all = x1 - x0
+    length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
+    bcast = (-1,) + (1,) * len(in_shape)
+
+    slots = min(batch_size, n_seg)
+    seg = torch.full((slots,), -1, dtype=torch.long, device=device)
+    t_cur = torch.zeros(slots, dtype=torch.float64, device=device)
+    t_start = torch.zeros(slots, dtype=torch.float64, device=device)
+    xs0 = torch.empty((slots, *in_shape), dtype=dtype, device=device)
+    ds = torch.empty_like(xs0)
+    stacked = None
+    k = None
+    buffer = None
+    finished = np.zeros(n_seg, dtype=bool)
+    next_seg = 0  # next segment to load from the queue
+    emitted = 0  # segments [0, emitted) have been yielded
+    ready = 0  # segments [0, ready) are finished
+
+    def load(idx: torch.Tensor):
+        nonlocal next_seg
+        n = min(idx.numel(), n_seg - next_seg)
+        if n:
+            new = torch.arange(next_seg, next_seg + n)
+            dst = idx[:n]
+            seg[dst] = new.to(device)
+            xs0[dst] = x0[new].to(device=device, dtype=dtype)
+            ds[dst] = d_all[new].to(device=device, dtype=dtype)
+            t_cur[dst] = 0.0
+            t_start[dst] = 0.0
+            next_seg += n
+        return n
+
+    load(torch.arange(slots, device=device))
+    while True:
+        x = torch.addcmul(xs0, t_cur.view(bcast).to(dtype), ds)
+        if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
+            stacked = torch.empty((2 * x.shape[0], *in_shape), dtype=dtype, device=device)
+        f, fdot, tau = linearize(model, x, ds, jvp=jvp, out=stacked)
+        if buffer is None:
+            k = f.shape[1]
+            buffer = _RegionBuffer(_STEPS_PER_FLUSH * slots, k, device)
+        exit_t = t_cur + tau
+        end = torch.clamp(exit_t, max=1.0)
+        fdot64 = fdot.double()
+        buffer.add(seg, t_start, end, f.double() - t_cur[:, None] * fdot64, fdot64)
+        done = exit_t >= 1.0
+        t_start = exit_t
+        t_cur = torch.minimum(exit_t + eps, (exit_t + 1.0) * 0.5)
+        done_idx = done.nonzero().flatten()
+        if done_idx.numel() == 0:
+            continue
+        finished[seg[done_idx].cpu().numpy()] = True
+        if progress is not None:
+            progress.update(done_idx.numel())
+        keep = ~done
+        if scheduling == "continuous":
+            loaded = load(done_idx)
+            keep[done_idx[:loaded]] = True
+        if not bool(keep.all()):
+            seg, t_cur, t_start = seg[keep], t_cur[keep], t_start[keep]
+            xs0, ds = xs0[keep], ds[keep]
+        while ready < n_seg and finished[ready]:
+            ready += 1
+        if ready - emitted >= chunk_segments or ready == n_seg:
+            yield _emit(model, buffer, x0, x1, emitted, ready, length, slots, dtype, device, keep_affine)
+            emitted = ready
+        if ready == n_seg:
+            return
+        if seg.numel() == 0:  # static batching: the whole batch finished, load the next
+            n = min(slots, n_seg - next_seg)
+            seg = torch.full((n,), -1, dtype=torch.long, device=device)
+            t_cur = torch.zeros(n, dtype=torch.float64, device=device)
+            t_start = torch.zeros(n, dtype=torch.float64, device=device)
+            xs0 = torch.empty((n, *in_shape), dtype=dtype, device=device)
+            ds = torch.empty_like(xs0)
+            load(torch.arange(n, device=device))
+
+
+def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affine) -> RegionResult:
+    rows = buffer.take(lo, hi)
+    k = buffer.k
+    f0 = _endpoint_values(model, x0[lo:hi], batch, dtype, device)
+    f1 = _endpoint_values(model, x1[lo:hi], batch, dtype, device)
+    seg = rows[:, 0].astype(np.int64) - lo
+    return assemble(
+        np.arange(lo, hi), seg, rows[:, 1].copy(), rows[:, 2].copy(),
+        rows[:, 3:3 + k].copy(), rows[:, 3 + k:].copy(), f0, f1, length[lo:hi], keep_affine,
+    )
