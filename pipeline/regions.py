@@ -102,6 +102,8 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
     if batch_size < 1 or chunk_segments < 1 or max_vertices < 4:
         raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4")
+    if jvp not in ("stacked", "dual"):
+        raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
         raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
     x0, x1 = _check_inputs(x0, x1)
@@ -121,7 +123,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         else:
             chunks = subdivide(work, x0, x1, batch_size=batch_size, dtype=dtype, device=device,
                                keep_affine=keep_affine, chunk_segments=chunk_segments,
-                               max_vertices=max_vertices, jvp=jvp, progress=bar)
+                               max_vertices=max_vertices, progress=bar)
         regions = 0
         for chunk in chunks:
             regions += chunk.n_regions

@@ -29,7 +29,6 @@ from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from . import pwl
-from .linearize import linearize
 from .result import RegionResult, assemble
 
 __all__ = ["subdivide", "trace"]
@@ -231,7 +230,7 @@ def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, em
 
 
 def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dtype, device, keep_affine: bool,
-              chunk_segments: int, max_vertices: int, jvp: str = "stacked", progress=None) -> Iterator[RegionResult]:
+              chunk_segments: int, max_vertices: int, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     plan = _Plan(trace(model))
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point

@@ -147,9 +147,10 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
             xs0, ds = xs0[keep], ds[keep]
         while ready < n_seg and finished[ready]:
             ready += 1
-        if ready - emitted >= chunk_segments or ready == n_seg:
-            yield _emit(model, buffer, x0, x1, emitted, ready, length, slots, dtype, device, keep_affine)
-            emitted = ready
+        while ready - emitted >= chunk_segments or emitted < ready == n_seg:
+            hi = min(ready, emitted + chunk_segments)
+            yield _emit(model, buffer, x0, x1, emitted, hi, length, slots, dtype, device, keep_affine)
+            emitted = hi
         if ready == n_seg:
             return
         if seg.numel() == 0:  # static batching: the whole batch finished, load the next
