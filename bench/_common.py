@@ -174,3 +174,53 @@ def machine_info(argv) -> dict:
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "command": " ".join([".venv/bin/python"] + list(argv)),
     }
+
+
+# --------------------------------------------------------------------------- contention meter
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds spent busy by the whole machine (all cores) since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as fh:
+            v = [int(x) for x in fh.readline().split()[1:]]
+        return (sum(v[:8]) - v[3] - v[4]) / _CLK  # user..steal minus idle and iowait
+    except Exception:
+        return float("nan")
+
+
+def _own_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class Meter:
+    """Wall time of a block, and how many cores *other* processes kept busy meanwhile.
+
+    ``foreign`` = (machine busy CPU time - this process's CPU time) / wall, in cores. On a
+    shared 2-core machine a foreign load near 1 core makes 2-thread OpenMP kernels wait for a
+    descheduled thread at every barrier, so such samples are flagged (and retried by the
+    callers that can afford it).
+    """
+
+    def __enter__(self):
+        self.m0, self.o0, self.t0 = _machine_busy_s(), _own_cpu_s(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall = time.perf_counter() - self.t0
+        busy = _machine_busy_s() - self.m0
+        own = _own_cpu_s() - self.o0
+        self.own_cores = own / self.wall if self.wall > 0 else float("nan")
+        self.foreign = max(0.0, (busy - own) / self.wall) if self.wall > 0 else float("nan")
+        return False
+
+
+def current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except Exception:
+        return float("nan")

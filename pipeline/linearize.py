@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import pwl
 
-__all__ = ["LinearizeMode", "linearize", "bare_pass"]
+__all__ = ["LinearizeMode", "linearize", "bare_pass", "forward_blocked"]
 
 
 class _Stacked:
@@ -169,14 +169,26 @@ class LinearizeMode(TorchFunctionMode):
 
 
 def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", track: bool = True,
-              out: torch.Tensor | None = None):
-    """Linearise ``model`` at points ``x`` along directions ``d`` (both ``(B, *input_shape)``).
+              out: torch.Tensor | None = None, row_block: int = 0):
+    """Linearise ``model`` at points ``x`` along directions ``d`` (both ``(B, *input_shape)``),
+    in groups of ``row_block // 2`` rows (one pass per group; 0: one pass for all).
 
     Returns ``(f, fdot, tau)``: outputs ``(B, K)``, their derivatives along ``d``, and the
     distance in ``t`` to the first kink ahead (``inf`` if none). The pattern used at a point
     on a kink is the one just ahead (``z > 0``, or ``z == 0`` and ``zdot > 0``).
     ``out`` optionally provides a ``(2B, *input_shape)`` buffer for the stacked input.
     """
+    b = x.shape[0]
+    rows = max(1, row_block // 2) if row_block else b
+    if b <= rows:
+        return _linearize(model, x, d, jvp, track, out)
+    parts = [_linearize(model, x[i:i + rows], d[i:i + rows], jvp, track,
+                        None if out is None else out[2 * i:2 * i + 2 * min(rows, b - i)])
+             for i in range(0, b, rows)]
+    return tuple(torch.cat(p) for p in zip(*parts))
+
+
+def _linearize(model, x, d, jvp, track, out):
     b = x.shape[0]
     if jvp == "stacked":
         stacked = out if out is not None else torch.empty((2 * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -197,10 +209,25 @@ def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", 
     raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
 
 
-def bare_pass(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked"):
-    """The pass the engine cannot do without, with no interception: the efficiency baseline."""
+def forward_blocked(model, x: torch.Tensor, row_block: int = 0):
+    """A plain forward (no grad) over blocks of ``row_block`` input rows (0: all at once)."""
     with torch.no_grad():
-        if jvp == "stacked":
-            return model(torch.cat([x, x + d]))
-        with fwAD.dual_level():
-            return fwAD.unpack_dual(model(fwAD.make_dual(x, d)))
+        if not row_block or x.shape[0] <= row_block:
+            return model(x)
+        return torch.cat([model(x[i:i + row_block]) for i in range(0, x.shape[0], row_block)])
+
+
+def bare_pass(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", row_block: int = 0):
+    """The pass the engine cannot do without, with no interception of piecewise-linear ops:
+    the efficiency baseline (in the same groups of ``row_block // 2`` segments as the walk)."""
+    rows = max(1, row_block // 2) if row_block else x.shape[0]
+    out = None
+    with torch.no_grad():
+        for i in range(0, x.shape[0], rows):
+            xi, di = x[i:i + rows], d[i:i + rows]
+            if jvp == "stacked":
+                out = model(torch.cat([xi, xi + di]))
+            else:
+                with fwAD.dual_level():
+                    out = fwAD.unpack_dual(model(fwAD.make_dual(xi, di)))
+    return out

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .pwl import UnsupportedOpError
+from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
 from .walk import walk
@@ -88,7 +88,7 @@ def _prepare_model(model, dtype, device):
 def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
-                  max_vertices: int = 4096) -> Iterator[RegionResult]:
+                  max_vertices: int = 4096, row_block: int | None = None) -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
@@ -110,6 +110,8 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
     # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
     x0, x1 = x0.to(dtype), x1.to(dtype)
     work, device = _prepare_model(model, dtype, device)
+    if row_block is None:
+        row_block = default_row_block(device, dtype)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -119,11 +121,11 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         if method == "walk":
             chunks = walk(work, x0, x1, eps=eps, batch_size=batch_size, dtype=dtype, device=device,
                           keep_affine=keep_affine, chunk_segments=chunk_segments, jvp=jvp,
-                          scheduling=scheduling, progress=bar)
+                          scheduling=scheduling, row_block=row_block, progress=bar)
         else:
             chunks = subdivide(work, x0, x1, batch_size=batch_size, dtype=dtype, device=device,
                                keep_affine=keep_affine, chunk_segments=chunk_segments,
-                               max_vertices=max_vertices, progress=bar)
+                               max_vertices=max_vertices, row_block=row_block, progress=bar)
         regions = 0
         for chunk in chunks:
             regions += chunk.n_regions
@@ -165,7 +167,9 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         layer, exactly. Same result.
     **options
         ``chunk_segments``, ``jvp`` ("stacked" or "dual"), ``scheduling`` ("continuous" or
-        "static", walk only), ``max_vertices`` (subdivide's chunk bound).
+        "static", walk only), ``max_vertices`` (subdivide's chunk bound), ``row_block`` (rows
+        per call of conv/linear layers; default 64 on CPU in float64, 256 in float32, all on
+        GPU: CPU kernels slow down when the batch outgrows the cache).
 
     Returns
     -------

@@ -29,6 +29,7 @@ from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from . import pwl
+from .linearize import forward_blocked
 from .result import RegionResult, assemble
 
 __all__ = ["subdivide", "trace"]
@@ -142,10 +143,11 @@ def _insert(chain: _Chain, plan: _Plan, piece: torch.Tensor, tau: torch.Tensor, 
 
 
 class _SubdivideMode(TorchFunctionMode):
-    def __init__(self, plan: _Plan, tol: float):
+    def __init__(self, plan: _Plan, tol: float, row_block: int):
         super().__init__()
         self.plan = plan
         self.tol = tol
+        self.row_block = row_block
         self.chain: _Chain | None = None
         self.args_ids: set = set()
 
@@ -153,7 +155,7 @@ class _SubdivideMode(TorchFunctionMode):
         kwargs = kwargs or {}
         call = pwl.recognise(func, args, kwargs)
         if call is None:
-            return func(*args, **kwargs)
+            return pwl.call_blocked(func, args, kwargs, self.row_block)
         z = call.input
         chain = self.chain
         if id(z) not in self.args_ids:
@@ -230,11 +232,11 @@ def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, em
 
 
 def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dtype, device, keep_affine: bool,
-              chunk_segments: int, max_vertices: int, progress=None) -> Iterator[RegionResult]:
+              chunk_segments: int, max_vertices: int, row_block: int = 0, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     plan = _Plan(trace(model))
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
-    mode = _SubdivideMode(plan, tol)
+    mode = _SubdivideMode(plan, tol, row_block)
     n_seg = x0.shape[0]
     d_all = x1 - x0
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
@@ -265,11 +267,11 @@ def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dty
             if progress is not None:
                 progress.update(b1 - b0)
         yield _regions(model, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
-                       torch.cat(parts_f).numpy(), length, dtype, device, max_vertices, keep_affine, tol)
+                       torch.cat(parts_f).numpy(), length, dtype, device, max_vertices, keep_affine, tol, row_block)
         lo = hi
 
 
-def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol):
+def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol, row_block):
     # vertices are in order; _insert never puts two within tol, so this only drops the copies
     # of a vertex shared by two chunks of one chain
     keep = np.ones(seg.size, dtype=bool)
@@ -287,13 +289,13 @@ def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_p
     mid = 0.5 * (t_start + t_end)
     gap = np.zeros(hi - lo)
     bcast = (-1,) + (1,) * (x0.ndim - 1)
-    with torch.no_grad():
-        for i in range(0, mid.size, rows_per_pass):
-            sl = slice(i, i + rows_per_pass)
-            s = torch.from_numpy(rseg[sl])
-            m = torch.from_numpy(mid[sl]).to(device=device, dtype=dtype).view(bcast)
-            y = model(torch.addcmul(x0[s].to(device=device, dtype=dtype), m, d_all[s].to(device=device, dtype=dtype)))
-            err = np.abs(y.reshape(y.shape[0], -1).double().cpu().numpy() - (intercept[sl] + slope[sl] * mid[sl, None]))
-            np.maximum.at(gap, rseg[sl] - lo, err.max(axis=1, initial=0.0))
+    for i in range(0, mid.size, rows_per_pass):
+        sl = slice(i, i + rows_per_pass)
+        s = torch.from_numpy(rseg[sl])
+        m = torch.from_numpy(mid[sl]).to(device=device, dtype=dtype).view(bcast)
+        x = torch.addcmul(x0[s].to(device=device, dtype=dtype), m, d_all[s].to(device=device, dtype=dtype))
+        y = forward_blocked(model, x, row_block)
+        err = np.abs(y.reshape(y.shape[0], -1).double().cpu().numpy() - (intercept[sl] + slope[sl] * mid[sl, None]))
+        np.maximum.at(gap, rseg[sl] - lo, err.max(axis=1, initial=0.0))
     return assemble(np.arange(lo, hi), rseg - lo, t_start, t_end, intercept, slope, f0, f1, length[lo:hi],
                     keep_affine, extra_gap=gap)

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .linearize import linearize
+from .linearize import forward_blocked, linearize
 from .result import RegionResult, assemble
 
 __all__ = ["walk"]
@@ -69,18 +69,17 @@ class _RegionBuffer:
         return taken[order]
 
 
-def _endpoint_values(model, x, batch, dtype, device):
+def _endpoint_values(model, x, batch, dtype, device, row_block):
     out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch):
-            y = model(x[i:i + batch].to(device=device, dtype=dtype))
-            out.append(y.reshape(y.shape[0], -1).double().cpu())
+    for i in range(0, x.shape[0], batch):
+        y = forward_blocked(model, x[i:i + batch].to(device=device, dtype=dtype), row_block)
+        out.append(y.reshape(y.shape[0], -1).double().cpu())
     return torch.cat(out).numpy()
 
 
 def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, dtype, device,
          keep_affine: bool, chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous",
-         progress=None) -> Iterator[RegionResult]:
+         row_block: int = 0, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     n_seg = x0.shape[0]
     in_shape = x0.shape[1:]
@@ -121,7 +120,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
         x = torch.addcmul(xs0, t_cur.view(bcast).to(dtype), ds)
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *in_shape), dtype=dtype, device=device)
-        f, fdot, tau = linearize(model, x, ds, jvp=jvp, out=stacked)
+        f, fdot, tau = linearize(model, x, ds, jvp=jvp, out=stacked, row_block=row_block)
         if buffer is None:
             k = f.shape[1]
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * slots, k, device)
@@ -149,7 +148,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
             ready += 1
         while ready - emitted >= chunk_segments or emitted < ready == n_seg:
             hi = min(ready, emitted + chunk_segments)
-            yield _emit(model, buffer, x0, x1, emitted, hi, length, slots, dtype, device, keep_affine)
+            yield _emit(model, buffer, x0, x1, emitted, hi, length, slots, dtype, device, keep_affine, row_block)
             emitted = hi
         if ready == n_seg:
             return
@@ -163,11 +162,11 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
             load(torch.arange(n, device=device))
 
 
-def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affine) -> RegionResult:
+def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affine, row_block) -> RegionResult:
     rows = buffer.take(lo, hi)
     k = buffer.k
-    f0 = _endpoint_values(model, x0[lo:hi], batch, dtype, device)
-    f1 = _endpoint_values(model, x1[lo:hi], batch, dtype, device)
+    f0 = _endpoint_values(model, x0[lo:hi], batch, dtype, device, row_block)
+    f1 = _endpoint_values(model, x1[lo:hi], batch, dtype, device, row_block)
     seg = rows[:, 0].astype(np.int64) - lo
     return assemble(
         np.arange(lo, hi), seg, rows[:, 1].copy(), rows[:, 2].copy(),
