@@ -277,6 +277,10 @@ def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_p
     keep = np.ones(seg.size, dtype=bool)
     keep[1:] = (seg[1:] != seg[:-1]) | (t[1:] - t[:-1] > tol)
     seg, t, fv = seg[keep], t[keep], fv[keep]
+    bad = ~np.isfinite(fv).all(axis=1)
+    if bad.any():
+        raise FloatingPointError(f"the network produced nan or inf inside segment(s) {np.unique(seg[bad])[:5].tolist()}: "
+                                 "check the weights and the input scale (overflow?)")
     first = np.r_[True, seg[1:] != seg[:-1]]
     last = np.r_[seg[1:] != seg[:-1], True]
     f0, f1 = fv[first], fv[last]

@@ -77,89 +77,96 @@ def _endpoint_values(model, x, batch, dtype, device, row_block):
     return torch.cat(out).numpy()
 
 
+class _Slots:
+    """The segments in flight: which segment, where the walk is, where its region started."""
+
+    def __init__(self, n: int, x0, d_all, dtype, device):
+        self.x0_all, self.d_all, self.dtype, self.device = x0, d_all, dtype, device
+        self.seg = torch.full((n,), -1, dtype=torch.long, device=device)
+        self.t_cur = torch.zeros(n, dtype=torch.float64, device=device)
+        self.t_start = torch.zeros(n, dtype=torch.float64, device=device)
+        self.x0 = torch.empty((n, *x0.shape[1:]), dtype=dtype, device=device)
+        self.d = torch.empty_like(self.x0)
+
+    def load(self, idx: torch.Tensor, first: int, last: int) -> int:
+        """Put segments ``first, first+1, ... < last`` into slots ``idx``; returns how many."""
+        n = min(idx.numel(), last - first)
+        if n:
+            new = torch.arange(first, first + n)
+            dst = idx[:n]
+            self.seg[dst] = new.to(self.device)
+            self.x0[dst] = self.x0_all[new].to(device=self.device, dtype=self.dtype)
+            self.d[dst] = self.d_all[new].to(device=self.device, dtype=self.dtype)
+            self.t_cur[dst] = 0.0
+            self.t_start[dst] = 0.0
+        return n
+
+    def keep(self, mask: torch.Tensor):
+        for name in ("seg", "t_cur", "t_start", "x0", "d"):
+            setattr(self, name, getattr(self, name)[mask])
+
+
 def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, dtype, device,
          keep_affine: bool, chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous",
          row_block: int = 0, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     n_seg = x0.shape[0]
-    in_shape = x0.shape[1:]
     d_all = x1 - x0
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
-    bcast = (-1,) + (1,) * len(in_shape)
-
-    slots = min(batch_size, n_seg)
-    seg = torch.full((slots,), -1, dtype=torch.long, device=device)
-    t_cur = torch.zeros(slots, dtype=torch.float64, device=device)
-    t_start = torch.zeros(slots, dtype=torch.float64, device=device)
-    xs0 = torch.empty((slots, *in_shape), dtype=dtype, device=device)
-    ds = torch.empty_like(xs0)
-    stacked = None
-    k = None
+    bcast = (-1,) + (1,) * (x0.ndim - 1)
+    width = min(batch_size, n_seg)
     buffer = None
+    stacked = None
     finished = np.zeros(n_seg, dtype=bool)
-    next_seg = 0  # next segment to load from the queue
+    queued = 0  # segments [0, queued) have been loaded into a slot
     emitted = 0  # segments [0, emitted) have been yielded
     ready = 0  # segments [0, ready) are finished
+    slots = None
 
-    def load(idx: torch.Tensor):
-        nonlocal next_seg
-        n = min(idx.numel(), n_seg - next_seg)
-        if n:
-            new = torch.arange(next_seg, next_seg + n)
-            dst = idx[:n]
-            seg[dst] = new.to(device)
-            xs0[dst] = x0[new].to(device=device, dtype=dtype)
-            ds[dst] = d_all[new].to(device=device, dtype=dtype)
-            t_cur[dst] = 0.0
-            t_start[dst] = 0.0
-            next_seg += n
-        return n
-
-    load(torch.arange(slots, device=device))
     while True:
-        x = torch.addcmul(xs0, t_cur.view(bcast).to(dtype), ds)
+        if slots is None or slots.seg.numel() == 0:  # start, or static batching between batches
+            n = min(width, n_seg - queued)
+            slots = _Slots(n, x0, d_all, dtype, device)
+            queued += slots.load(torch.arange(n, device=device), queued, n_seg)
+        x = torch.addcmul(slots.x0, slots.t_cur.view(bcast).to(dtype), slots.d)
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
-            stacked = torch.empty((2 * x.shape[0], *in_shape), dtype=dtype, device=device)
-        f, fdot, tau = linearize(model, x, ds, jvp=jvp, out=stacked, row_block=row_block)
+            stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
+        f, fdot, tau = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block)
         if buffer is None:
-            k = f.shape[1]
-            buffer = _RegionBuffer(_STEPS_PER_FLUSH * slots, k, device)
+            buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
+        t_cur = slots.t_cur
         exit_t = t_cur + tau
-        end = torch.clamp(exit_t, max=1.0)
+        bad = torch.isnan(exit_t) | ~torch.isfinite(fdot).all(1) | ~torch.isfinite(f).all(1)
+        if bad.any():
+            raise FloatingPointError(f"the network produced nan or inf inside segment(s) {slots.seg[bad].tolist()[:5]}: "
+                                     "check the weights and the input scale (overflow?)")
         fdot64 = fdot.double()
-        buffer.add(seg, t_start, end, f.double() - t_cur[:, None] * fdot64, fdot64)
+        buffer.add(slots.seg, slots.t_start, torch.clamp(exit_t, max=1.0), f.double() - t_cur[:, None] * fdot64, fdot64)
         done = exit_t >= 1.0
-        t_start = exit_t
-        t_cur = torch.minimum(exit_t + eps, (exit_t + 1.0) * 0.5)
+        slots.t_start = exit_t
+        # step just past the exit; a remainder thinner than eps is probed at its middle
+        slots.t_cur = torch.minimum(exit_t + eps, (exit_t + 1.0) * 0.5)
         done_idx = done.nonzero().flatten()
         if done_idx.numel() == 0:
             continue
-        finished[seg[done_idx].cpu().numpy()] = True
+        finished[slots.seg[done_idx].cpu().numpy()] = True
         if progress is not None:
             progress.update(done_idx.numel())
         keep = ~done
-        if scheduling == "continuous":
-            loaded = load(done_idx)
+        if scheduling == "continuous":  # refill the finished slots at once
+            loaded = slots.load(done_idx, queued, n_seg)
+            queued += loaded
             keep[done_idx[:loaded]] = True
         if not bool(keep.all()):
-            seg, t_cur, t_start = seg[keep], t_cur[keep], t_start[keep]
-            xs0, ds = xs0[keep], ds[keep]
+            slots.keep(keep)
         while ready < n_seg and finished[ready]:
             ready += 1
         while ready - emitted >= chunk_segments or emitted < ready == n_seg:
             hi = min(ready, emitted + chunk_segments)
-            yield _emit(model, buffer, x0, x1, emitted, hi, length, slots, dtype, device, keep_affine, row_block)
+            yield _emit(model, buffer, x0, x1, emitted, hi, length, width, dtype, device, keep_affine, row_block)
             emitted = hi
         if ready == n_seg:
             return
-        if seg.numel() == 0:  # static batching: the whole batch finished, load the next
-            n = min(slots, n_seg - next_seg)
-            seg = torch.full((n,), -1, dtype=torch.long, device=device)
-            t_cur = torch.zeros(n, dtype=torch.float64, device=device)
-            t_start = torch.zeros(n, dtype=torch.float64, device=device)
-            xs0 = torch.empty((n, *in_shape), dtype=dtype, device=device)
-            ds = torch.empty_like(xs0)
-            load(torch.arange(n, device=device))
 
 
 def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affine, row_block) -> RegionResult:

@@ -133,3 +133,14 @@ def test_model_left_as_it_was(method):
             assert torch.equal(v, after[0][k])
     assert torch._C._len_torch_function_stack() == 0  # no mode left behind
     assert torch.equal(net(X0).detach(), out_before)
+
+
+@pytest.mark.parametrize("method", ["walk", "subdivide"])
+def test_nan_inside_the_network_is_an_error_not_a_hang(method):
+    net = MLP(n_in=3, width=4, depth=2).eval().double()
+    with torch.no_grad():
+        net.net[0].weight.fill_(1e308)  # overflows to inf; inf - inf downstream is nan
+        net.net[2].weight[0, 0] = -1.0
+    x0, x1 = torch.ones(1, 3, dtype=torch.float64), 2 * torch.ones(1, 3, dtype=torch.float64)
+    with pytest.raises(FloatingPointError, match="nan or inf inside segment"):
+        discover(net, x0, x1, method=method)
