@@ -88,7 +88,7 @@ def _prepare_model(model, dtype, device):
 def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
-                  max_vertices: int = 4096, row_block: int | None = None) -> Iterator[RegionResult]:
+                  max_vertices: int = 1024, row_block: int | None = None) -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
@@ -167,7 +167,8 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         layer, exactly. Same result.
     **options
         ``chunk_segments``, ``jvp`` ("stacked" or "dual"), ``scheduling`` ("continuous" or
-        "static", walk only), ``max_vertices`` (subdivide's chunk bound), ``row_block`` (rows
+        "static", walk only), ``max_vertices`` (subdivide's chunk bound: peak memory is about
+        max_vertices x the largest activation x 8 bytes per live tensor), ``row_block`` (rows
         per call of conv/linear layers; default 64 on CPU in float64, 256 in float32, all on
         GPU: CPU kernels slow down when the batch outgrows the cache).
 
