@@ -174,6 +174,8 @@ class StepCounter:
         self.extra = extra
         self.steps = 0
         self.rows = 0
+        self.t = []  # start time of each linearising pass
+        self.r = []  # rows in flight at each pass
 
     def __enter__(self):
         if self.orig is None:
@@ -181,6 +183,8 @@ class StepCounter:
         orig, extra = self.orig, self.extra
 
         def counting(model, x, d, **kw):
+            self.t.append(time.perf_counter())
+            self.r.append(x.shape[0])
             self.steps += 1
             self.rows += x.shape[0]
             if extra is not None:
@@ -194,6 +198,12 @@ class StepCounter:
         if self.orig is not None:
             self.W.linearize = self.orig
         return False
+
+    def full_step_seconds(self, batch):
+        """Mean time from one pass to the next (the whole walk iteration) while ``batch`` rows
+        are in flight, and how many such steps there were."""
+        iv = [self.t[i + 1] - self.t[i] for i in range(len(self.t) - 1) if self.r[i] == batch]
+        return (sum(iv) / len(iv) if iv else None), len(iv)
 
 
 def _discover_kw(variant, batch, dtype, max_vertices=4096, scheduling="continuous"):
@@ -253,11 +263,16 @@ def w_throughput(c):
         bare_pass(model, x, d, jvp=jvp)
         tb = sorted(per_call(lambda: bare_pass(model, x, d, jvp=jvp), target=0.1) for _ in range(5))
         out["bare_pass_s"] = tb[len(tb) // 2]
-        steps_full = res.n_regions / b
-        out["eff_full_batch"] = out["bare_pass_s"] * steps_full / timing["seconds"]
+        # in situ, two ways: (a) the whole run as if every step were full (regions / B steps),
+        # (b) the mean walk iteration while the batch is full (timed between passes)
+        out["eff_full_batch"] = out["bare_pass_s"] * (res.n_regions / b) / timing["seconds"]
         if sc.steps:
             out["s_per_step"] = timing["seconds"] / sc.steps
             out["mean_rows_per_step"] = sc.rows / sc.steps
+            full_s, n_full = sc.full_step_seconds(b)
+            out["full_step_s"], out["full_steps"] = full_s, n_full
+            if full_s:
+                out["eff_in_situ"] = out["bare_pass_s"] / full_s
     return out
 
 

@@ -1,6 +1,7 @@
 """Command line of the pipeline: ``python -m jobs <command> --help``.
 
     python -m jobs demo            # the main job on the embedded dataset
+    python -m jobs train configs/train/digits-vgg8.yaml --out runs/digits-vgg8
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import sys
 
 COMMANDS = {
     "demo": ("jobs.demo", "regions and measures along closed loops of real 8x8 digits"),
+    "train": ("jobs.train", "train one network from a recipe file (resumes)"),
 }
 
 

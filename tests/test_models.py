@@ -63,3 +63,17 @@ def test_engine_accepts_paper_models(make, shape):
     assert w.density.min() > 1
     assert_walk_matches_exact(w, s)
     assert s.continuity_gap.max() < 1e-9
+
+
+def test_vgg8_init_and_summary():
+    torch.manual_seed(0)
+    net = VGG8()
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            fan_out = m.out_channels * 9
+            np.testing.assert_allclose(m.weight.std().item(), (2 / fan_out) ** 0.5, rtol=0.15)
+            assert torch.count_nonzero(m.bias) == 0
+    from pipeline.models import summary
+
+    text = summary(net)
+    assert "total parameters: 174,116" in text and "features.0" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .resnet import ResNet18
 from .vgg import VGG8
 
-__all__ = ["build", "MODELS", "VGG8", "ResNet18", "count_parameters"]
+__all__ = ["build", "MODELS", "VGG8", "ResNet18", "count_parameters", "summary"]
 
 MODELS = {"vgg8": VGG8, "resnet18": ResNet18}
 
@@ -21,3 +21,14 @@ def build(name: str, **kwargs):
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def summary(model) -> str:
+    """One line per parameterised layer and the total parameter count."""
+    lines = [type(model).__name__]
+    for name, m in model.named_modules():
+        own = sum(p.numel() for p in m.parameters(recurse=False))
+        if own:
+            lines.append(f"  {name:<28} {type(m).__name__:<10} {tuple(m.weight.shape)!s:<22} {own:>10,}")
+    lines.append(f"  total parameters: {count_parameters(model):,}")
+    return "\n".join(lines)

@@ -1,0 +1,84 @@
+"""Frozen dataclass configs loaded from YAML: unknown keys are errors that name the closest one.
+
+    cfg = load_config("configs/train/digits-vgg8.yaml", TrainConfig)
+    save_config(cfg, run_dir / "config.yaml")   # the resolved config, beside its results
+
+Defaults live in the dataclasses (with a comment on why); YAML files list what differs.
+Nested dataclass fields take nested mappings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import typing
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ConfigError", "from_dict", "to_dict", "load_config", "save_config", "config_hash"]
+
+
+class ConfigError(ValueError):
+    """A configuration file or mapping that does not fit its dataclass."""
+
+
+def from_dict(cls, data: dict | None, where: str = ""):
+    """Build dataclass ``cls`` from a mapping, recursively; unknown keys raise :class:`ConfigError`."""
+    data = dict(data or {})
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, fields, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown key '{where}{key}' for {cls.__name__}.{hint} Valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(hint, value, f"{where}{name}.")
+        elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+
+
+def to_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def load_config(path, cls):
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    try:
+        return from_dict(cls, data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def save_config(cfg, path) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=True))
+    tmp.replace(path)
+
+
+def config_hash(cfg, length: int = 12) -> str:
+    """A short, stable name for a config: md5 of its sorted JSON (same config, same name)."""
+    blob = json.dumps(to_dict(cfg), sort_keys=True)
+    return hashlib.md5(blob.encode()).hexdigest()[:length]
