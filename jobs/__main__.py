@@ -12,6 +12,7 @@ COMMANDS = {
     "demo": ("jobs.demo", "regions and measures along closed loops of real 8x8 digits"),
     "train": ("jobs.train", "train one network from a recipe file (resumes)"),
     "discover": ("jobs.discover", "regions along the path set of a trained run, into a sharded Zarr store"),
+    "sweep": ("jobs.sweep", "submit | resume | status of a sweep (SLURM, local or debug executor)"),
 }
 
 
