@@ -113,9 +113,11 @@ def expand(sweep: SweepConfig, base: Path) -> list[Run]:
                 raise ConfigError(f"sweep {sweep.name}, setting '{setting}': {err}") from err
             run_id = f"{setting}-{config_hash(cfg)}"
             runs.append(Run(run_id, setting, cfg, base / sweep.root / "runs" / run_id))
-    ids = [r.run_id for r in runs]
-    if len(set(ids)) != len(ids):
-        raise ConfigError(f"sweep {sweep.name}: two settings expand to the same training config")
+    hashes = [config_hash(r.config) for r in runs]
+    if len(set(hashes)) != len(hashes):
+        same = sorted({r.run_id for r, h in zip(runs, hashes) if hashes.count(h) > 1})
+        raise ConfigError(f"sweep {sweep.name}: {', '.join(same)} are the same training config (a setting "
+                          "that changes nothing?): each network would be trained twice")
     return runs
 
 
@@ -170,10 +172,15 @@ class AggregateJob(submitit.helpers.Checkpointable):
         self.root = str(root)
 
     def __call__(self):
-        from analysis.collect import aggregate_sweep
+        from analysis.report import aggregate
 
         _threads()
-        return aggregate_sweep(self.root)
+        written = aggregate(self.root)  # into <root>/analysis
+        marker = Path(self.root) / "analysis" / "DONE"
+        tmp = marker.with_name("DONE.tmp")
+        tmp.write_text(json.dumps(written, default=str, indent=1))
+        tmp.replace(marker)  # the marker goes last
+        return written
 
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(AggregateJob(self.root))

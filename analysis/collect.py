@@ -1,0 +1,399 @@
+"""One tidy per-path table for a whole sweep, computed with Dask: one task per store shard.
+
+    from analysis.collect import collect
+    table, stores = collect("runs/sweep", cache_dir="results/sweep/cache")
+
+A sweep is any folder holding training runs; each run folder has ``config.yaml``,
+``metrics.csv`` and its discovery stores ``regions/<checkpoint>-<hash>.zarr``
+(``jobs/discover.py``). Each shard is read by one task (lazily: nothing is read until the graph
+runs, and only the per-segment arrays, never the region arrays); the tasks return per-path
+partial sums, which a per-store task adds up and turns into the measures of
+:meth:`pipeline.store.StoreReader.paths`. With a cache folder the result is incremental: a store
+whose fingerprint (attributes, complete shards and their region counts) is unchanged since the
+last call is not read again. Run labels and metrics are read afresh every time (a few small
+files per run), so a resumed training run's new metrics are never stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+import zarr
+
+from pipeline.store import StoreError, shard_status
+
+from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
+
+__all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
+           "read_shard", "combine_shards", "collect", "dask_client"]
+
+log = logging.getLogger("analysis.collect")
+
+# what identifies a network and its path set, then the per-path measures, then the run's metrics
+LABEL_COLUMNS = ["run_id", "dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "paths",
+                 "path_set"]
+MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
+METRIC_COLUMNS = ["train_error", "train_loss", "test_error", "test_loss", "epochs"]
+MEASURE_COLUMNS = ["path_id", "density", "length", "density_per_length", "deviation", "total_variation",
+                   "certificate", "n_segments"]
+TABLE_COLUMNS = LABEL_COLUMNS + MEASURE_COLUMNS + METRIC_COLUMNS + ["store", "store_complete"]
+CACHE_SCHEMA = 1  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
+SORT_COLUMNS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "paths", "path_set",
+                "run_id", "path_id"]
+
+
+def find_stores(root) -> list[Path]:
+    """Every discovery store ``<run>/regions/*.zarr`` under ``root``, sorted.
+
+    The walk does not descend into stores (they hold thousands of chunk files) nor into
+    ``checkpoints/``; temporaries of an interrupted store creation (``*.zarr.tmp-*``) are not
+    stores.
+
+    Raises
+    ------
+    AnalysisError
+        ``root`` does not exist.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise AnalysisError(f"sweep root {root} does not exist or is not a folder")
+    found = []
+    for here, dirs, _ in os.walk(root):
+        keep = []
+        for d in dirs:
+            if d.endswith(".zarr"):
+                if Path(here).name == "regions" and (Path(here) / d / "zarr.json").exists():
+                    found.append(Path(here) / d)
+            elif ".zarr.tmp-" not in d and d != "checkpoints" and not d.startswith("."):
+                keep.append(d)
+        dirs[:] = keep
+    return sorted(found)
+
+
+def _shard_name(i: int) -> str:
+    return f"shard-{i:05d}"
+
+
+def store_fingerprint(store, status: dict | None = None) -> str:
+    """A hash of what a store's per-path table depends on: its attributes and, for each complete
+    shard, its index and region count. Reads metadata only (``zarr.json`` files)."""
+    store = Path(store)
+    status = status or shard_status(store)
+    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+    shards = [[i, zarr.open_group(str(store / _shard_name(i)), mode="r").attrs.get("n_regions")]
+              for i in status["complete"]]
+    blob = json.dumps({"attrs": attrs, "shards": shards}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _width(model: dict) -> int:
+    """The model's base width: ResNet18's ``k``, otherwise the first conv/linear width."""
+    if str(model.get("name", "")).lower().startswith("resnet") and model.get("k") is not None:
+        return int(model["k"])
+    widths = model.get("widths")
+    if widths:
+        return int(list(widths)[0])
+    return int(model.get("k") or 0)
+
+
+def run_labels(run_dir, attrs: dict) -> dict:
+    """Labels and final metrics of the network behind one store.
+
+    Parameters
+    ----------
+    run_dir : path
+        The training run folder: ``config.yaml`` gives ``setting`` (the recipe), ``seed``,
+        ``noise`` (``data.label_noise``), dataset and model; the last row of ``metrics.csv``
+        gives the train/test error and loss (NaN, with a warning, when it is missing).
+    attrs : dict
+        The store's attributes: checkpoint and path set.
+
+    Returns
+    -------
+    dict
+        ``LABEL_COLUMNS`` and ``METRIC_COLUMNS``.
+
+    Raises
+    ------
+    AnalysisError
+        The run folder has no ``config.yaml``, so the network cannot be labelled.
+    """
+    run_dir = Path(run_dir)
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise AnalysisError(f"{cfg_file} is missing: a store's run folder must hold the training config "
+                            "(setting, seed, noise) to label its networks")
+    cfg = yaml.safe_load(cfg_file.read_text()) or {}
+    model = cfg.get("model") or attrs.get("model") or {}
+    data = cfg.get("data") or attrs.get("dataset") or {}
+    if isinstance(data, str):
+        data = {"name": data}
+    paths = attrs.get("paths") or {}
+    labels = {
+        "run_id": run_dir.name,
+        "dataset": str(data.get("name", "")),
+        "model": str(model.get("name", "")),
+        "width": _width(model),
+        "setting": str(cfg.get("recipe", "vanilla")),
+        "noise": float(data.get("label_noise", 0.0)),
+        "seed": int(cfg.get("seed", 0)),
+        "checkpoint": str(attrs.get("checkpoint") or "final"),
+        "paths": f"{paths.get('kind', '?')}/{attrs.get('split') or paths.get('split', '?')}",
+        "path_set": hashlib.md5(json.dumps(paths, sort_keys=True).encode()).hexdigest()[:8],
+    }
+    metrics = {c: np.nan for c in METRIC_COLUMNS}
+    mfile = run_dir / "metrics.csv"
+    if mfile.is_file():
+        m = pd.read_csv(mfile)
+        if len(m):
+            last = m.iloc[-1]
+            metrics = {c: float(last.get(c, np.nan)) for c in METRIC_COLUMNS[:-1]}
+            metrics["epochs"] = float(last.get("epoch", len(m)))
+    else:
+        log.warning("%s is missing: train/test error and loss of run %s are NaN", mfile, run_dir.name)
+    return {**labels, **metrics}
+
+
+def read_shard(store, shard: int) -> dict:
+    """Per-path partial sums of one shard (the Dask task): ``path_id``, ``density``,
+    ``length``, per-logit ``deviation`` and ``total_variation`` ``(P, K)``, the largest
+    ``continuity_gap`` and the number of segments. Reads the per-segment arrays only."""
+    seg = zarr.open_group(str(Path(store) / _shard_name(shard) / "segments"), mode="r")
+    pid = seg["path_id"][:]
+    ids, inv = np.unique(pid, return_inverse=True)
+
+    def total(x):
+        x = np.asarray(x, dtype=np.float64)
+        out = np.zeros((ids.size,) + x.shape[1:])
+        np.add.at(out, inv, x)
+        return out
+
+    gap = np.full(ids.size, -np.inf)
+    np.maximum.at(gap, inv, seg["continuity_gap"][:])
+    return {"path_id": ids, "density": total(seg["density"][:]), "length": total(seg["length"][:]),
+            "deviation": total(seg["deviation"][:]), "total_variation": total(seg["total_variation"][:]),
+            "certificate": gap, "n_segments": np.bincount(inv, minlength=ids.size)}
+
+
+def combine_shards(parts: list[dict]) -> pd.DataFrame:
+    """The per-path measures of one store from its shards' partial sums (a path may span
+    shards): density and length add up, deviation and total variation add up per logit and
+    then take the L2 norm over logits, the certificate is the largest gap."""
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="float64") for c in MEASURE_COLUMNS})
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    ids, inv = np.unique(cat["path_id"], return_inverse=True)
+
+    def total(x):
+        out = np.zeros((ids.size,) + x.shape[1:], dtype=x.dtype)
+        np.add.at(out, inv, x)
+        return out
+
+    gap = np.full(ids.size, -np.inf)
+    np.maximum.at(gap, inv, cat["certificate"])
+    dens, length = total(cat["density"]), total(cat["length"])
+    return pd.DataFrame({
+        "path_id": ids.astype(np.int64),
+        "density": dens.astype(np.int64),
+        "length": length,
+        "density_per_length": np.divide(dens, length, out=np.full(ids.size, np.nan), where=length > 0),
+        "deviation": np.linalg.norm(total(cat["deviation"]), axis=1),
+        "total_variation": np.linalg.norm(total(cat["total_variation"]), axis=1),
+        "certificate": gap,
+        "n_segments": total(cat["n_segments"]).astype(np.int64),
+    })
+
+
+@contextmanager
+def dask_client(scheduler=None, config: AnalysisConfig = AnalysisConfig()):
+    """A ``distributed.Client``: on a new ``LocalCluster`` (``scheduler=None``) or on the running
+    scheduler at ``scheduler``. Yields ``None`` for dask's local schedulers (``"synchronous"``...)."""
+    if scheduler in LOCAL_SCHEDULERS:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler is None:
+        with LocalCluster(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
+                          processes=config.processes, dashboard_address=None,
+                          # no dashboard (bokeh is not a dependency); its HTTP server on a free local port
+                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, Client(cluster) as client:
+            yield client
+    else:
+        try:
+            client = Client(scheduler, timeout="10s")
+        except OSError as err:
+            raise AnalysisError(f"cannot reach the Dask scheduler at {scheduler!r} ({err}); start it, "
+                                "or leave --scheduler out to run a local cluster") from err
+        with client:
+            yield client
+
+
+def _compute(tasks: dict, scheduler, config: AnalysisConfig) -> dict:
+    if not tasks:
+        return {}
+    import dask
+
+    keys, values = list(tasks), list(tasks.values())
+    with dask_client(scheduler, config) as client:
+        if client is None:
+            results = dask.compute(*values, scheduler=scheduler)
+        else:
+            results = client.gather(client.compute(values))
+    return dict(zip(keys, results))
+
+
+def _load_cache(cache_dir: Path | None):
+    if cache_dir is None:
+        return {}, None
+    manifest, table = cache_dir / "manifest.json", cache_dir / "measures.parquet"
+    if not (manifest.is_file() and table.is_file()):
+        return {}, None
+    try:
+        meta, measures = json.loads(manifest.read_text()), pd.read_parquet(table)
+    except (OSError, ValueError) as err:  # a damaged cache is recomputed, never trusted
+        log.warning("cache in %s is unreadable (%s): every store is read again", cache_dir, err)
+        return {}, None
+    if meta.get("schema") != CACHE_SCHEMA or list(measures.columns) != ["store", *MEASURE_COLUMNS]:
+        log.info("cache in %s was written by another version: every store is read again", cache_dir)
+        return {}, None
+    return meta.get("stores", {}), measures
+
+
+def _save_cache(cache_dir: Path, fingerprints: dict, measures: pd.DataFrame):
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / "measures.parquet.tmp"
+    measures.to_parquet(tmp, index=False)
+    os.replace(tmp, cache_dir / "measures.parquet")
+    tmp = cache_dir / "manifest.json.tmp"
+    tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "stores": fingerprints}, indent=1, sort_keys=True))
+    os.replace(tmp, cache_dir / "manifest.json")  # written last: it vouches for the table
+
+
+def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | None = None,
+            config: AnalysisConfig = AnalysisConfig()):
+    """The per-path table of every store under ``sweep_root``, and a report on every store.
+
+    Parameters
+    ----------
+    sweep_root : path
+        Folder searched for ``<run>/regions/*.zarr`` (:func:`find_stores`).
+    cache_dir : path, optional
+        Where the per-store measures and their fingerprints are kept between calls; unchanged
+        stores are not read again. Without it every store is read.
+    scheduler : str, optional
+        Overrides ``config.scheduler`` (see :class:`AnalysisConfig`).
+    on_incomplete : {"fail", "skip", "report"}, optional
+        Overrides ``config.on_incomplete``.
+    config : AnalysisConfig
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        One row per (store, path), columns ``TABLE_COLUMNS``, sorted by labels then path id.
+    stores : pandas.DataFrame
+        One row per store found: ``store`` (relative to ``sweep_root``), ``run_id``,
+        ``checkpoint``, ``status`` (complete | incomplete), ``action`` (read | cached |
+        skipped), ``n_shards``, ``complete_shards``, ``missing_shards``, ``leftovers``,
+        ``n_paths`` (rows in ``table``).
+
+    Raises
+    ------
+    AnalysisError
+        No store under ``sweep_root`` (the message says where it looked); an incomplete store
+        with ``on_incomplete="fail"`` (all of them are named); a run folder without
+        ``config.yaml``; two stores of one network with the same path set.
+    """
+    root = Path(sweep_root)
+    scheduler = config.scheduler if scheduler is None else scheduler
+    on_incomplete = on_incomplete or config.on_incomplete
+    if on_incomplete not in ("fail", "skip", "report"):
+        raise ValueError(f"on_incomplete must be fail, skip or report, got {on_incomplete!r}")
+    stores = find_stores(root)
+    if not stores:
+        raise AnalysisError(f"no discovery stores found under {root.resolve()}: looked for "
+                            "<run>/regions/*.zarr in every folder below it (run `python -m jobs discover` "
+                            "on the sweep's runs first, or pass the sweep's root folder)")
+    info = {}
+    for store in stores:
+        key = store.relative_to(root).as_posix()
+        try:
+            status = shard_status(store)
+            attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+        except (StoreError, OSError, ValueError) as err:
+            raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
+        info[key] = {"path": store, "status": status, "attrs": attrs,
+                     "labels": run_labels(store.parent.parent, attrs)}
+    incomplete = {k: v for k, v in info.items() if v["status"]["missing"]}
+    if incomplete and on_incomplete == "fail":
+        lines = "\n".join(f"  {k}: shards {v['status']['missing']} of {v['status']['n_shards']} missing"
+                          for k, v in incomplete.items())
+        raise AnalysisError(f"{len(incomplete)} incomplete store(s) under {root}:\n{lines}\nresume their "
+                            "discovery jobs, or pass on_incomplete='skip' (leave them out) or 'report' "
+                            "(count their complete shards, flagged)")
+    for k in incomplete:
+        log.warning("incomplete store %s (shards %s missing): %s", k, incomplete[k]["status"]["missing"],
+                    "skipped" if on_incomplete == "skip" else "its complete shards are counted and flagged")
+
+    use = [k for k in info if not (k in incomplete and on_incomplete == "skip")]
+    fingerprints = {k: store_fingerprint(info[k]["path"], info[k]["status"]) for k in use}
+    cached_fp, cached = _load_cache(Path(cache_dir) if cache_dir else None)
+    have = set(cached["store"].unique()) if cached is not None else set()
+    reuse = [k for k in use if cached_fp.get(k) == fingerprints[k] and k in have]
+    todo = [k for k in use if k not in reuse]
+    if cache_dir:
+        log.info("%d store(s) unchanged since the last aggregation, %d to read", len(reuse), len(todo))
+
+    from dask import delayed
+
+    tasks = {}
+    for k in todo:
+        store = str(info[k]["path"])
+        parts = [delayed(read_shard, pure=True)(store, i) for i in info[k]["status"]["complete"]]
+        tasks[k] = delayed(combine_shards, pure=True)(parts)
+    computed = _compute(tasks, scheduler, config)
+
+    frames = []
+    for k in use:
+        m = cached[cached["store"] == k].drop(columns="store") if k in reuse else computed[k]
+        frames.append(m.assign(store=k))
+    measures = (pd.concat(frames, ignore_index=True) if frames
+                else pd.DataFrame(columns=["store", *MEASURE_COLUMNS]))
+    measures = measures[["store", *MEASURE_COLUMNS]]
+    if cache_dir:
+        _save_cache(Path(cache_dir), fingerprints, measures)
+
+    labels = pd.DataFrame([{"store": k, **info[k]["labels"], "store_complete": k not in incomplete} for k in use])
+    table = measures.merge(labels, on="store", how="left", validate="many_to_one") if len(use) else \
+        pd.DataFrame(columns=TABLE_COLUMNS)
+    table = table[TABLE_COLUMNS].sort_values(SORT_COLUMNS, kind="mergesort").reset_index(drop=True)
+    _check_duplicates(table)
+
+    counts = table["store"].value_counts()
+    report = pd.DataFrame([{
+        "store": k, "run_id": v["labels"]["run_id"], "checkpoint": v["labels"]["checkpoint"],
+        "status": "incomplete" if k in incomplete else "complete",
+        "action": "skipped" if k not in use else ("cached" if k in reuse else "read"),
+        "n_shards": v["status"]["n_shards"],
+        "complete_shards": len(v["status"]["complete"]),
+        "missing_shards": str(v["status"]["missing"]),
+        "leftovers": len(v["status"]["leftovers"]),
+        "n_paths": int(counts.get(k, 0)),
+    } for k, v in info.items()])
+    return table, report
+
+
+def _check_duplicates(table: pd.DataFrame):
+    dup = table.duplicated(["run_id", "checkpoint", "path_set", "path_id"], keep=False)
+    if dup.any():
+        stores = sorted(table.loc[dup, "store"].unique())
+        raise AnalysisError(f"one network has two stores with the same path set: {stores[:4]}; keep one "
+                            "(a copied or renamed store?) so no path is counted twice")

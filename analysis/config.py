@@ -1,0 +1,83 @@
+"""The analysis stage's one config: where the computation runs and what it compares.
+
+    from analysis import AnalysisConfig, aggregate
+    aggregate("runs/sweep", "results/sweep", config=AnalysisConfig(on_incomplete="report"))
+
+YAML files (``python -m analysis SWEEP --config my.yaml``) list only the fields that differ;
+the resolved config is saved beside the tables as ``analysis_config.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["AnalysisConfig", "AnalysisError", "ON_INCOMPLETE", "LOCAL_SCHEDULERS"]
+
+ON_INCOMPLETE = ("fail", "skip", "report")
+# dask's single-machine schedulers: no distributed cluster at all (notebooks, debugging)
+LOCAL_SCHEDULERS = ("synchronous", "threads", "processes")
+
+
+class AnalysisError(ValueError):
+    """The sweep cannot be aggregated as asked: no stores, an incomplete store, an unlabelled run."""
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """How to aggregate a sweep.
+
+    Parameters
+    ----------
+    scheduler : str or None
+        ``None``: start a ``distributed.LocalCluster`` for this call. An address
+        (``tcp://host:8786``): use that running scheduler (its workers must see the sweep's
+        files at the same paths). ``"synchronous"``, ``"threads"``, ``"processes"``: dask's
+        local schedulers, no cluster.
+    n_workers, threads_per_worker, processes : int, int, bool
+        Size of the default ``LocalCluster``. Reading a shard is zarr decompression and numpy
+        sums, which release the GIL: one worker of two threads in this process is enough for a
+        laptop and starts in about a second.
+    on_incomplete : {"fail", "skip", "report"}
+        A store with missing shards: ``"fail"`` raises before anything is read, naming every
+        such store; ``"skip"`` leaves it out of every table; ``"report"`` aggregates its
+        complete shards, flags its rows ``store_complete = False`` and lists it under every
+        Markdown table. In all three modes it is listed in ``stores.csv``.
+    figures : bool
+        Draw the figures (tables only when False).
+    formats : tuple of str
+        Figure file formats.
+    trained, init : str
+        Checkpoint names of the trained network and of its initialisation.
+    noise_reference : tuple of str
+        Settings searched, in order, for the clean (``noise == 0``) network each noise level is
+        compared with: a noisy-recipe run at ``p = 0`` if the sweep has one, else vanilla.
+    path_plots : int
+        Paths drawn with their breakpoints (from the first trained store that kept its affine
+        maps).
+    logits : int
+        Logits drawn per path.
+    """
+
+    scheduler: str | None = None
+    n_workers: int = 1
+    threads_per_worker: int = 2
+    processes: bool = False
+    on_incomplete: str = "fail"  # never count a partial store without being told to
+    figures: bool = True
+    formats: tuple = ("png", "pdf")
+    trained: str = "final"
+    init: str = "init"
+    noise_reference: tuple = ("noisy", "vanilla")
+    path_plots: int = 2
+    logits: int = 3
+
+    def __post_init__(self):
+        if self.on_incomplete not in ON_INCOMPLETE:
+            raise ValueError(f"on_incomplete must be one of {', '.join(ON_INCOMPLETE)}, got {self.on_incomplete!r}")
+        if self.n_workers < 1 or self.threads_per_worker < 1:
+            raise ValueError("n_workers and threads_per_worker must be >= 1")
+        if self.path_plots < 0 or self.logits < 1:
+            raise ValueError("path_plots must be >= 0 and logits >= 1")
+        bad = [f for f in self.formats if f not in ("png", "pdf", "svg")]
+        if bad:
+            raise ValueError(f"figure formats must be png, pdf or svg, got {bad}")

@@ -1,0 +1,126 @@
+"""Aggregate a sweep: the per-path table (Parquet), summary tables (CSV + Markdown), figures.
+
+    from analysis import aggregate
+    written = aggregate("runs/sweep", "results/sweep", on_incomplete="report")
+
+Layout of ``out_dir``::
+
+    paths.parquet          one row per (store, path): labels, measures, run metrics
+    stores.csv             every store found: status, what was done with it, shards, paths
+    tables/spearman.{csv,md}       paper Table 1
+    tables/paired.{csv,md}         paper Table 2
+    tables/noise_medians.{csv,md}  paper Fig. 5 as numbers
+    figures/*.{png,pdf}
+    analysis_config.yaml   the resolved config
+    cache/                 per-store measures and fingerprints (incremental reruns)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+
+from pipeline.config import save_config
+
+from . import tables
+from .collect import collect
+from .config import AnalysisConfig
+
+__all__ = ["aggregate", "write_tables", "TABLES"]
+
+log = logging.getLogger("analysis.report")
+
+# table name -> (title, number format in Markdown)
+TABLES = {
+    "spearman": ("Spearman correlation between density and absolute deviation across paths (paper Table 1)", ".3f"),
+    "paired": ("Fraction of matched paths on which each measure increases (paper Table 2)", ".3f"),
+    "noise_medians": ("Median density and deviation over paths per noise level (paper Fig. 5)", ".4g"),
+}
+
+
+def _write_text(path: Path, text: str):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_tables(frames: dict, out_dir, notes=()) -> list[Path]:
+    """Write each ``{name: DataFrame}`` as ``<name>.csv`` and ``<name>.md`` (fixed number
+    formats, so the files are byte-for-byte reproducible); returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in frames.items():
+        title, fmt = TABLES.get(name, (name, ".4g"))
+        _write_text(out / f"{name}.csv", tables.format_csv(df))
+        _write_text(out / f"{name}.md", tables.format_markdown(df, fmt, title=title, notes=notes))
+        written += [out / f"{name}.csv", out / f"{name}.md"]
+    return written
+
+
+def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
+              config: AnalysisConfig = AnalysisConfig()) -> dict:
+    """Aggregate every store under ``sweep_root`` into tables and figures in ``out_dir``.
+
+    Parameters
+    ----------
+    sweep_root : path
+        Folder holding the sweep's run folders (searched recursively for
+        ``<run>/regions/*.zarr``).
+    out_dir : path, optional
+        Where results go; default ``<sweep_root>/analysis``. Reruns reuse ``out_dir/cache``:
+        stores unchanged since the last call are not read again.
+    scheduler : str, optional
+        A Dask scheduler address; default ``config.scheduler`` (None: a ``LocalCluster``).
+    on_incomplete : {"fail", "skip", "report"}, optional
+        Default ``config.on_incomplete`` (``"fail"``); see :class:`AnalysisConfig`.
+    config : AnalysisConfig
+
+    Returns
+    -------
+    dict
+        ``{"paths": ..., "stores": ..., "config": ..., "tables": [...], "figures": [...]}``:
+        the files written.
+
+    Raises
+    ------
+    AnalysisError
+        No store found, an incomplete store with ``on_incomplete="fail"``, an unlabelled run.
+    """
+    config = replace(config, **{k: v for k, v in (("scheduler", scheduler), ("on_incomplete", on_incomplete))
+                                if v is not None})
+    root = Path(sweep_root)
+    out = Path(out_dir) if out_dir is not None else root / "analysis"
+    table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+
+    written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
+    tmp = out / "paths.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, written["paths"])
+    _write_text(written["stores"], tables.format_csv(stores))
+    save_config(config, written["config"])
+
+    partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]
+    skipped = stores[stores["action"] == "skipped"]
+    notes = []
+    if len(partial):
+        notes.append(f"Incomplete stores counted (their complete shards only; rows flagged store_complete=False): "
+                     f"{', '.join(partial['store'])}")
+    if len(skipped):
+        notes.append(f"Incomplete stores left out: {', '.join(skipped['store'])}")
+    pairs = tables.paired_differences(table, config)
+    frames = {"spearman": tables.spearman_table(table), "paired": tables.paired_table(pairs),
+              "noise_medians": tables.noise_medians(table, config)}
+    written["tables"] = write_tables(frames, out / "tables", notes)
+    written["figures"] = []
+    if config.figures:
+        from .figures import draw_all
+
+        written["figures"] = draw_all(table, pairs, frames["noise_medians"], out / "figures", root, config)
+    log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
+             (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(), len(skipped), out)
+    return written

@@ -1,0 +1,76 @@
+"""Sweep expansion, naming, resume logic and the launcher, with the in-process debug executor."""
+
+import pytest
+
+from jobs.sweep import expand, load_sweep, plan, submit
+from pipeline.config import ConfigError
+from pipeline.store import open_store
+from tests.sweeps import tiny_sweep
+
+
+def test_expansion_is_deterministic_and_named_by_hash(tmp_path):
+    path = tiny_sweep(tmp_path, settings={"a": {}, "b": {"lr": 0.1}, "c": {"data.label_noise": 0.2}})
+    sweep, base = load_sweep(path)
+    runs = expand(sweep, base)
+    assert [r.setting for r in runs] == ["a", "b", "c"]
+    assert expand(sweep, base) == runs  # same file, same names
+    assert runs[1].config.lr == 0.1 and runs[2].config.data.label_noise == 0.2
+    assert all(r.run_id.startswith(r.setting + "-") and r.run_dir.parent.name == "runs" for r in runs)
+    assert len({r.run_id for r in runs}) == 3
+
+
+def test_grid_is_a_cartesian_product(tmp_path):
+    sweep, base = load_sweep(tiny_sweep(tmp_path))
+    from dataclasses import replace
+
+    runs = expand(replace(sweep, grid={"seed": [0, 1, 2], "model.widths": [[4, 8], [6, 16]]}), base)
+    assert len(runs) == 2 * 3 * 2
+    assert {(r.config.seed, tuple(r.config.model.widths)) for r in runs if r.setting == "vanilla"} == {
+        (s, w) for s in (0, 1, 2) for w in ((4, 8), (6, 16))}
+
+
+def test_bad_sweeps(tmp_path):
+    with pytest.raises(ConfigError, match="setting 'bad'.*Did you mean 'lr'"):
+        sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"bad": {"lrr": 1}}))
+        expand(sweep, base)
+    with pytest.raises(ConfigError, match="same training config"):
+        sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"a": {}, "b": {"lr": 0.05}}))
+        expand(sweep, base)
+    path = tiny_sweep(tmp_path)
+    (tmp_path / "train.yaml").unlink()
+    with pytest.raises(ConfigError, match="train.yaml does not exist"):
+        load_sweep(path)
+    with pytest.raises(ConfigError, match="executor must be one of"):
+        path.write_text(path.read_text().replace("executor: debug", "executor: kubernetes"))
+        load_sweep(path)
+
+
+def test_debug_sweep_runs_end_to_end_and_resumes(tmp_path, capsys):
+    sweep, base = load_sweep(tiny_sweep(tmp_path))
+    dry = submit(sweep, base, dry_run=True)
+    assert dry["submitted"] == 0 and not (tmp_path / "out").exists()
+    assert "train           0           0          2" in capsys.readouterr().out
+    first = submit(sweep, base)
+    assert first["submitted"] == 2 + 2 * 2 * 2 + 1
+    p = plan(sweep, base)
+    assert len(p["train"]["done"]) == 2 and len(p["discover"]["done"]) == 8 and p["aggregate"]["done"]
+    for r in p["runs"]:
+        for ckpt in ("init", "final"):
+            stores = list((r.run_dir / "regions").glob(f"{ckpt}-*.zarr"))
+            assert len(stores) == 1 and len(open_store(stores[0]).paths()) == 4
+    assert submit(sweep, base)["submitted"] == 0  # a finished sweep submits nothing
+    # a lost shard is the only thing submitted again
+    import shutil
+
+    store = next((p["runs"][0].run_dir / "regions").glob("final-*.zarr"))
+    shutil.rmtree(store / "shard-00001")
+    again = submit(sweep, base)
+    assert again["submitted"] == 2  # the shard, then the aggregation
+    assert len(open_store(store).paths()) == 4
+
+
+def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    sweep, base = load_sweep(tiny_sweep(tmp_path))
+    with pytest.raises(RuntimeError, match="no sbatch"):
+        submit(sweep, base, executor="slurm")
