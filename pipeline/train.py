@@ -111,12 +111,13 @@ def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
     return model.eval(), ckpt
 
 
-def _evaluate(model, dataset, batch: int = 1024):
+def _evaluate(model, dataset, device, batch: int = 1024):
     model.eval()
     loss, correct, n = 0.0, 0, 0
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
     with torch.no_grad():
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             out = model(x)
             loss += F.cross_entropy(out, y, reduction="sum").item()
             correct += (out.argmax(1) == y).sum().item()
@@ -138,16 +139,24 @@ def _scheduler(cfg: TrainConfig, opt):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def _cpu(state: dict) -> dict:
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63)
 
 
-def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epochs: int | None = None) -> pd.DataFrame:
+def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epochs: int | None = None,
+          device=None) -> pd.DataFrame:
     """Train (or resume) the run in ``run_dir``; returns the per-epoch metrics table.
 
     ``stop_after_epochs`` ends this call after that many epochs *of this call* (as a preemption
-    would), leaving a resumable run.
+    would), leaving a resumable run. ``device`` defaults to CUDA when present (bit-exact resume
+    is guaranteed on CPU only: GPU kernels need not be deterministic). Checkpoints are saved
+    from CPU tensors either way.
     """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +173,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     data = load(cfg.data)
     np.save(run_dir / "noisy_indices.npy", data.noisy_indices)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes, data.input_shape)
+    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
     opt = _optimizer(cfg, model.parameters())
     sched = _scheduler(cfg, opt)
     meta = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), "config": to_dict(cfg),
@@ -173,7 +182,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     start = 0
     last = ckpt_dir / "LAST"
     if last.exists():
-        ckpt = torch.load(ckpt_dir / last.read_text().strip(), map_location="cpu", weights_only=False)
+        ckpt = torch.load(ckpt_dir / last.read_text().strip(), map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -182,7 +191,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
         if ckpt.get("finished"):
             return pd.DataFrame(rows)
     else:
-        _atomic_save({**meta, "model": model.state_dict(), "epoch": 0}, ckpt_dir / "init.pt")
+        _atomic_save({**meta, "model": _cpu(model.state_dict()), "epoch": 0}, ckpt_dir / "init.pt")
 
     bar = None
     if progress:
@@ -197,14 +206,15 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
         loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=order)
         model.train()
         for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(x), y).backward()
             opt.step()
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        train_loss, train_err = _evaluate(model, data.train_eval)
-        val_loss, val_err = _evaluate(model, data.val) if len(data.val) else (math.nan, math.nan)
-        test_loss, test_err = _evaluate(model, data.test)
+        train_loss, train_err = _evaluate(model, data.train_eval, device)
+        val_loss, val_err = _evaluate(model, data.val, device) if len(data.val) else (math.nan, math.nan)
+        test_loss, test_err = _evaluate(model, data.test, device)
         rows.append({"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_error": train_err,
                      "val_loss": val_loss, "val_error": val_err, "test_loss": test_loss, "test_error": test_err})
         if cfg.stop == "loss":
@@ -222,7 +232,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
         periodic = (epoch + 1) % cfg.checkpoint_every == 0
         preempted = stop_after_epochs is not None and done_here >= stop_after_epochs
         if finished or periodic or preempted:
-            state = {**meta, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            state = {**meta, "model": _cpu(model.state_dict()), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "epoch": epoch + 1, "metrics": rows, "finished": finished}
             name = "final.pt" if finished else f"epoch-{epoch + 1:04d}.pt"
             _atomic_save(state, ckpt_dir / name)

@@ -74,3 +74,13 @@ def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):
     sweep, base = load_sweep(tiny_sweep(tmp_path))
     with pytest.raises(RuntimeError, match="no sbatch"):
         submit(sweep, base, executor="slurm")
+
+
+@pytest.mark.slow
+def test_local_executor_runs_the_stages_in_turn(tmp_path):
+    sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"vanilla": {}}, n_shards=1, executor="local"))
+    assert submit(sweep, base)["submitted"] == 1 + 2 + 1
+    p = plan(sweep, base)
+    assert p["aggregate"]["done"] and len(p["discover"]["done"]) == 2
+    assert (tmp_path / "out" / "analysis" / "paths.parquet").exists()
+    assert submit(sweep, base)["submitted"] == 0
