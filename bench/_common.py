@@ -224,3 +224,16 @@ def current_rss_mib() -> float:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except Exception:
         return float("nan")
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.3, window: float = 0.5) -> float:
+    """Block (while this process is idle) until other processes keep fewer than ``threshold``
+    cores busy over a ``window``, or ``max_wait`` seconds have passed. Returns seconds waited."""
+    t0 = time.perf_counter()
+    while True:
+        m0, o0 = _machine_busy_s(), _own_cpu_s()
+        time.sleep(window)
+        busy = (_machine_busy_s() - m0 - (_own_cpu_s() - o0)) / window
+        waited = time.perf_counter() - t0
+        if not busy >= threshold or waited >= max_wait:  # nan (no /proc/stat) counts as quiet
+            return waited

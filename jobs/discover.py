@@ -30,7 +30,7 @@ log = logging.getLogger("jobs.discover")
 class DiscoverConfig:
     paths: PathConfig = field(default_factory=PathConfig)
     checkpoint: str = "final"  # init | final | epoch-NNNN: "trained vs initialisation" needs both
-    method: str = "walk"  # walk | subdivide (same result; see docs/benchmarks.md for speed)
+    method: str = "subdivide"  # subdivide (exact, faster: docs/benchmarks.md) | walk (the paper's, eps)
     eps: float = 1e-6  # the paper's sensitivity, in t units
     dtype: str = "float64"  # the paper's precision
     batch_size: int = 64  # segments in flight

@@ -30,7 +30,7 @@ from .walk import walk
 __all__ = ["discover", "discover_iter", "RegionResult", "UnsupportedOpError", "METHODS"]
 
 METHODS = ("walk", "subdivide")
-DEFAULT_METHOD = "walk"  # the faster of the two on bench/engine.py; see docs/benchmarks.md
+DEFAULT_METHOD = "subdivide"  # the faster of the two, measured side by side: docs/benchmarks.md
 
 
 def _as_tensor(x, name):
@@ -88,7 +88,8 @@ def _prepare_model(model, dtype, device):
 def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
-                  max_vertices: int = 1024, row_block: int | None = None) -> Iterator[RegionResult]:
+                  max_vertices: int = 1024, row_block: int | None = None,
+                  certify: str = "all") -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
@@ -102,6 +103,8 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
     if batch_size < 1 or chunk_segments < 1 or max_vertices < 4:
         raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4")
+    if certify not in ("all", "sample"):
+        raise ValueError(f"certify must be 'all' or 'sample', got {certify!r}")
     if jvp not in ("stacked", "dual"):
         raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
@@ -125,7 +128,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         else:
             chunks = subdivide(work, x0, x1, batch_size=batch_size, dtype=dtype, device=device,
                                keep_affine=keep_affine, chunk_segments=chunk_segments,
-                               max_vertices=max_vertices, row_block=row_block, progress=bar)
+                               max_vertices=max_vertices, row_block=row_block, certify=certify, progress=bar)
         regions = 0
         for chunk in chunks:
             regions += chunk.n_regions
@@ -170,7 +173,8 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         "static", walk only), ``max_vertices`` (subdivide's chunk bound: peak memory is about
         max_vertices x the largest activation x 8 bytes per live tensor), ``row_block`` (rows
         per call of conv/linear layers; default 64 on CPU in float64, 256 in float32, all on
-        GPU: CPU kernels slow down when the batch outgrows the cache).
+        GPU: CPU kernels slow down when the batch outgrows the cache), ``certify`` (subdivide:
+        "all" evaluates the network at every region's midpoint, "sample" at 16 per segment).
 
     Returns
     -------

@@ -119,18 +119,23 @@ def _same(a: RegionResult, b: RegionResult, rtol=1e-10):
 def test_options_do_not_change_the_result():
     net = MaxCNN().eval()
     x0, x1 = segments((2, 6, 6), 7, seed=4)
-    ref = discover(net, x0, x1)
-    _same(ref, discover(net, x0, x1, jvp="dual"))
-    _same(ref, discover(net, x0, x1, scheduling="static", batch_size=3))
-    _same(ref, discover(net, x0, x1, batch_size=1))
-    lean = discover(net, x0, x1, keep_affine=False)
+    walk = {"method": "walk"}
+    ref = discover(net, x0, x1, **walk)
+    _same(ref, discover(net, x0, x1, jvp="dual", **walk))
+    _same(ref, discover(net, x0, x1, scheduling="static", batch_size=3, **walk))
+    _same(ref, discover(net, x0, x1, batch_size=1, **walk))
+    lean = discover(net, x0, x1, keep_affine=False, **walk)
     assert lean.intercept is None and lean.slope is None
     _same(ref, lean)
     sub = discover(net, x0, x1, method="subdivide")
     _same(sub, discover(net, x0, x1, method="subdivide", max_vertices=8, batch_size=2))
-    chunks = list(discover_iter(net, x0, x1, chunk_segments=3, batch_size=2))
-    assert [c.segment_index.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5], [6]]
-    _same(ref, RegionResult.concat(chunks))
+    for method, full in (("walk", ref), ("subdivide", sub)):
+        chunks = list(discover_iter(net, x0, x1, chunk_segments=3, batch_size=2, method=method))
+        assert [c.segment_index.tolist() for c in chunks] == [[0, 1, 2], [3, 4, 5], [6]]
+        _same(full, RegionResult.concat(chunks))
+    sampled = discover(net, x0, x1, method="subdivide", certify="sample")
+    _same(sub, sampled)
+    assert np.all(sampled.continuity_gap <= sub.continuity_gap)  # a sample of the same check
     with pytest.raises(ValueError, match="keep_affine"):
         lean.evaluate(0, [0.5])
 
@@ -157,3 +162,23 @@ def test_cuda_matches_cpu(method):
 def test_progress_bar(capsys):
     discover(MLP().eval(), *segments((4,), 3), progress=True)
     assert "regions" in capsys.readouterr().err
+
+
+class Squared(nn.Module):
+    """x * x is not piecewise linear, and no function-level hook can tell it from x * 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(3, 6, dtype=torch.float64), nn.Linear(6, 2, dtype=torch.float64)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        return self.l2(h * h)
+
+
+@pytest.mark.parametrize("method,certify", [("walk", "all"), ("subdivide", "all"), ("subdivide", "sample")])
+def test_certificate_catches_an_op_the_engine_cannot_see(method, certify):
+    torch.manual_seed(0)
+    x0, x1 = segments((3,), 3, seed=8)
+    res = discover(Squared().eval(), x0, x1, method=method, certify=certify)
+    assert res.continuity_gap.min() > 1e-3  # far above rounding: the maps are not the network
