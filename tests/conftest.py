@@ -9,6 +9,21 @@ def nets():
     return zoo()
 
 
+@pytest.fixture(scope="session")
+def sweep(tmp_path_factory):
+    """The synthetic sweep of analysis/synthetic.py, made once per session; read only."""
+    import shutil
+
+    from analysis.synthetic import make_sweep
+
+    root = tmp_path_factory.getbasetemp() / "analysis-sweep"
+    if not (root / "DONE").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        make_sweep(root)
+        (root / "DONE").write_text("")
+    return root
+
+
 def segments(shape, n, seed=0, scale=2.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn((n, *shape), generator=g, dtype=dtype) * scale,

@@ -11,21 +11,10 @@ from scipy import stats
 from analysis import AnalysisConfig, AnalysisError, aggregate
 from analysis import tables as T
 from analysis.collect import TABLE_COLUMNS, collect, find_stores
-from analysis.synthetic import make_sweep
 from pipeline.store import open_store
 
 SYNC = AnalysisConfig(scheduler="synchronous", figures=False)
 
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory):
-    """The synthetic sweep, made once per session (shared with test_analysis_golden.py); read only."""
-    root = tmp_path_factory.getbasetemp() / "analysis-sweep"
-    if not (root / "DONE").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        make_sweep(root)
-        (root / "DONE").write_text("")
-    return root
 
 
 @pytest.fixture(scope="session")

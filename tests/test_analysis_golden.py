@@ -6,7 +6,6 @@ After an intended change (of the engine, the synthetic sweep or the tables), reg
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -14,23 +13,12 @@ import pytest
 
 from analysis import AnalysisConfig, aggregate
 from analysis.collect import TABLE_COLUMNS
-from analysis.synthetic import make_sweep
 from analysis.tables import format_csv
 
 GOLDEN = Path(__file__).parent / "golden" / "analysis"
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ["spearman.csv", "spearman.md", "paired.csv", "paired.md", "noise_medians.csv", "noise_medians.md"]
 
-
-@pytest.fixture(scope="session")
-def sweep(tmp_path_factory):
-    """The synthetic sweep, made once per session (shared with test_analysis.py); read only."""
-    root = tmp_path_factory.getbasetemp() / "analysis-sweep"
-    if not (root / "DONE").exists():
-        shutil.rmtree(root, ignore_errors=True)
-        make_sweep(root)
-        (root / "DONE").write_text("")
-    return root
 
 
 @pytest.fixture(scope="module")
