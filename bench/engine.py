@@ -1160,6 +1160,11 @@ def main(argv=None):
         data["machine"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
         data["wall_minutes"] = (time.perf_counter() - t0) / 60
         data["gate_waited_s"] = run.waited
+        data.setdefault("runs", []).append({
+            "command": machine["command"], "date": machine["date"], "engine": src["source"],
+            "threads": machine["threads"], "sections": list(only or SECTIONS), "wall_minutes": data["wall_minutes"],
+            "gate_waited_s": run.waited, "loadavg_start": machine["loadavg_start"],
+            "loadavg_end": data["machine"]["loadavg_end"]})
         out_path.write_text(json.dumps(data, indent=1, default=str))
         if src.get("temporary"):
             shutil.rmtree(src["path"], ignore_errors=True)
@@ -1207,16 +1212,27 @@ def render(data, json_path) -> str:
     tag = data.get("tag", "")
     BEGIN, END = _markers(tag)
     L = [BEGIN, "## Region engine (bench/engine.py)" + (f": {tag}" if tag else ""), ""]
-    cmds = sorted({v.get("command", m["command"]) for v in secs.values()})
-    L += [f"Measured {m['date'][:16].replace('T', ' ')} on **{m['cpu']}**, {m['cores']} cores, torch {m['torch']} "
-          f"({m['threads']} threads), Python {m['python']}, numpy {m['numpy']}. Engine: {src['source']} "
-          f"(sha256 of `pipeline/*.py` {src['pipeline_sha256']}).",
-          "",
-          "Command" + ("s" if len(cmds) > 1 else "") + ": " + ", ".join(f"`{c}`" for c in cmds) +
-          f". Total wall time {data.get('wall_minutes', 0):.1f} min"
-          + (" (this file merges several runs: see each section's command in the JSON)" if len(cmds) > 1 else "")
-          + f". Every sample: `{json_path.relative_to(REPO) if json_path.is_absolute() and REPO in json_path.parents else json_path}`.",
-          ""]
+    runs = data.get("runs") or [{"command": m["command"], "date": m["date"], "engine": src["source"],
+                                  "sections": list(secs), "wall_minutes": data.get("wall_minutes", 0),
+                                  "gate_waited_s": data.get("gate_waited_s", 0)}]
+    latest = {}
+    for s_name, v in secs.items():  # which run produced each section (the latest one that ran it)
+        latest.setdefault((v.get("command"), v.get("date")), []).append(s_name)
+    run_lines = []
+    for r in runs:
+        kept = latest.get((r["command"], r["date"]), [])
+        if not kept:
+            continue
+        run_lines.append(f"`{r['command']}` ({r['date'][:16].replace('T', ' ')}, {r['wall_minutes']:.1f} min wall, "
+                         f"engine {r['engine']}; waited {r.get('gate_waited_s', 0):.0f} s for a quiet machine): "
+                         + ("all sections" if len(kept) == len(SECTIONS) else "sections " + ", ".join(kept))
+                         + (f" ({', '.join(x for x in r['sections'] if x not in kept)}: re-run later, see below)"
+                            if set(r["sections"]) - set(kept) else ""))
+    jp = json_path.relative_to(REPO) if json_path.is_absolute() and REPO in json_path.parents else json_path
+    L += [f"Machine: **{m['cpu']}**, {m['cores']} cores, torch {m['torch']}, Python {m['python']}, "
+          f"numpy {m['numpy']}. Engine: {src['source']} (sha256 of `pipeline/*.py` {src['pipeline_sha256']}). "
+          f"Every sample: `{jp}`.", "", "Run" + ("s" if len(run_lines) > 1 else "") + ":", ""]
+    L += [f"- {x}" for x in run_lines] + [""]
     defaults = None
     for sec in ("throughput", "census"):
         for v in (secs.get(sec, {}).get("samples", {}) or {}).values():
@@ -1243,9 +1259,7 @@ def render(data, json_path) -> str:
           "each sample the worker waits (bounded) for the load to drop below that, short disturbed samples are "
           "retried, and variants short of undisturbed samples get a top-up round. Medians are over the "
           "undisturbed samples (over all of them when none is; the \"max foreign load\" columns show the "
-          f"largest load among the samples used). Waited {data.get('gate_waited_s', 0):.0f} s in total; load "
-          f"average {' '.join(m.get('loadavg_start', []))} at the start, {' '.join(m.get('loadavg_end', []))} at "
-          "the end.", ""]
+          "largest load among the samples used).", ""]
     fr = plan["frac"]
     L += ["**Workload.** Networks, random init, float64 unless stated: " +
           "; ".join(f"{NET_TITLE[k]}: {v}" for k, v in data["networks"].items()) + ". "
@@ -1533,9 +1547,9 @@ def _conclusions(data):
                    f"against {r['rows_static']:.1f}")
             w4, w16 = idx.get((r["net"], "walk", 4)), idx.get((r["net"], "walk", 16))
             if w4 and w16:
-                txt += (f"; a fuller batch is worth what batching is worth, and the walk gains ×"
-                        f"{w16['regions_per_s'] / w4['regions_per_s']:.2f} in regions/s from B = 4 to B = 16 on this "
-                        "network (section 1)")
+                txt += ("; keeping the batch full only pays where a bigger batch pays: from B = 4 to B = 16 the "
+                        f"walk's regions/s grow ×{w16['regions_per_s'] / w4['regions_per_s']:.2f} on this network "
+                        "(section 1)")
             out.append(txt + ".")
     prof = secs.get("subdivide", {}).get("profile", {})
     for variant in ("subdivide", "walk"):
