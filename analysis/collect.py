@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 import zarr
 
-from pipeline.store import StoreError, shard_status
+from pipeline.store import StoreError, shard_name, shard_status
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
@@ -78,9 +78,6 @@ def find_stores(root) -> list[Path]:
     return sorted(found)
 
 
-def _shard_name(i: int) -> str:
-    return f"shard-{i:05d}"
-
 
 def store_fingerprint(store, status: dict | None = None) -> str:
     """A hash of what a store's per-path table depends on: its attributes and, for each complete
@@ -88,7 +85,7 @@ def store_fingerprint(store, status: dict | None = None) -> str:
     store = Path(store)
     status = status or shard_status(store)
     attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-    shards = [[i, zarr.open_group(str(store / _shard_name(i)), mode="r").attrs.get("n_regions")]
+    shards = [[i, zarr.open_group(str(store / shard_name(i)), mode="r").attrs.get("n_regions")]
               for i in status["complete"]]
     blob = json.dumps({"attrs": attrs, "shards": shards}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -166,7 +163,7 @@ def read_shard(store, shard: int) -> dict:
     """Per-path partial sums of one shard (the Dask task): ``path_id``, ``density``,
     ``length``, per-logit ``deviation`` and ``total_variation`` ``(P, K)``, the largest
     ``continuity_gap`` and the number of segments. Reads the per-segment arrays only."""
-    seg = zarr.open_group(str(Path(store) / _shard_name(shard) / "segments"), mode="r")
+    seg = zarr.open_group(str(Path(store) / shard_name(shard) / "segments"), mode="r")
     pid = seg["path_id"][:]
     ids, inv = np.unique(pid, return_inverse=True)
 

@@ -59,19 +59,16 @@ def shard_paths(n_paths: int, n_shards: int, shard: int) -> np.ndarray:
 
 def run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None) -> dict:
     """Write the missing shards among ``shards`` (default: all); returns the store's status."""
-    from pipeline.data import load
+    from pipeline.config import from_dict
+    from pipeline.data import DataConfig, load
     from pipeline.paths import bundle_paths
-    from pipeline.regions import discover_iter
-    from pipeline.store import ShardWriter, open_or_create, shard_status
+    from pipeline.store import open_or_create, shard_status
     from pipeline.train import load_checkpoint
 
     run_dir = Path(run_dir)
     model, ckpt = load_checkpoint(run_dir, cfg.checkpoint)
     ckpt_file = run_dir / "checkpoints" / f"{cfg.checkpoint}.pt"
     train_cfg = ckpt["config"]
-    from pipeline.config import from_dict
-    from pipeline.data import DataConfig
-
     data = load(from_dict(DataConfig, train_cfg["data"]))
     paths = bundle_paths(data, cfg.paths)  # bases chosen by clean labels: one path set for every network
     n_paths = paths.n_paths
@@ -95,11 +92,14 @@ def run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=
     log.info("store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]), cfg.n_shards,
              len(todo))
     for shard in todo:
-        _write_shard(model, paths, shard, cfg, store, k, dtype, device, progress, discover_iter, ShardWriter)
+        _write_shard(model, paths, shard, cfg, store, k, dtype, device, progress)
     return shard_status(store)
 
 
-def _write_shard(model, paths, shard, cfg, store, k, dtype, device, progress, discover_iter, ShardWriter):
+def _write_shard(model, paths, shard, cfg, store, k, dtype, device, progress):
+    from pipeline.regions import discover_iter
+    from pipeline.store import ShardWriter
+
     ids = np.unique(paths.path_id)
     pos = np.flatnonzero(np.isin(paths.path_id, ids[shard_paths(ids.size, cfg.n_shards, shard)]))
     writer = ShardWriter(store, shard, paths.path_id[pos], paths.segment_index[pos], k, cfg.store)

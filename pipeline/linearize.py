@@ -139,7 +139,7 @@ class LinearizeMode(TorchFunctionMode):
     """Intercepts the piecewise-linear ops of one pass and freezes their pattern.
 
     :meth:`tau` gives, per row of the batch, the distance to the first kink ahead when
-    ``track`` is true; ``n_ops`` counts the piecewise-linear calls seen.
+    ``track`` is true.
     """
 
     def __init__(self, backend, track: bool = True):
@@ -147,14 +147,12 @@ class LinearizeMode(TorchFunctionMode):
         self.backend = backend
         self.track = track
         self.ratio = None  # per-row minimum kink ratio, in the backend's scale
-        self.n_ops = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         call = pwl.recognise(func, args, kwargs)
         if call is None:
             return func(*args, **kwargs)
-        self.n_ops += 1
         step = self.backend.relu if call.kind == "relu" else self.backend.pool
         out, tau = step(call, self.track)
         if tau is not None:

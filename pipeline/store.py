@@ -32,7 +32,7 @@ import zarr
 from .measures import path_measures
 
 __all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "open_or_create", "ShardWriter", "shard_status",
-           "StoreReader", "open_store", "open_stores"]
+           "StoreReader", "open_store", "open_stores", "shard_name"]
 
 SCHEMA_VERSION = 1
 SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap")
@@ -66,7 +66,8 @@ class StoreConfig:
         return ZstdCodec(level=self.level) if self.compressor == "zstd" else BloscCodec(cname="zstd", clevel=self.level)
 
 
-def _shard_name(i: int) -> str:
+def shard_name(i: int) -> str:
+    """The group name of shard ``i`` in a store."""
     return f"shard-{i:05d}"
 
 
@@ -116,9 +117,9 @@ class ShardWriter:
 
     def __init__(self, store, shard: int, path_id, segment_index, k: int, cfg: StoreConfig = StoreConfig()):
         self.store = Path(store)
-        self.final = self.store / _shard_name(shard)
+        self.final = self.store / shard_name(shard)
         token = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self.tmp = self.store / f"{_shard_name(shard)}.tmp-{token}"
+        self.tmp = self.store / f"{shard_name(shard)}.tmp-{token}"
         self.cfg = cfg
         self.n = len(path_id)
         self.written = 0
@@ -238,7 +239,7 @@ class StoreReader:
         self.shards = self.status["complete"]
 
     def _group(self, i):
-        return zarr.open_group(str(self.path / _shard_name(i)), mode="r")
+        return zarr.open_group(str(self.path / shard_name(i)), mode="r")
 
     def segment_array(self, name: str) -> np.ndarray:
         """A per-segment array over all complete shards, in shard order."""
@@ -272,7 +273,7 @@ class StoreReader:
         """A region array (``t_start``, ``t_end``, ``intercept``, ``slope``) as one lazy dask array."""
         import dask.array as da
 
-        parts = [da.from_zarr(str(self.path), component=f"{_shard_name(i)}/regions/{name}") for i in self.shards]
+        parts = [da.from_zarr(str(self.path), component=f"{shard_name(i)}/regions/{name}") for i in self.shards]
         return da.concatenate(parts) if parts else da.zeros((0,))
 
 
