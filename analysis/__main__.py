@@ -16,15 +16,18 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m analysis", resolve=None,
+         example: str = "python -m analysis sweeps/demo --out results/demo --on-incomplete report") -> int:
+    """The command line; ``resolve`` maps the positional argument to the sweep root (the jobs
+    command line passes one that also accepts a sweep file)."""
     from .config import ON_INCOMPLETE, AnalysisConfig, AnalysisError
 
     p = argparse.ArgumentParser(
-        prog="python -m analysis", description=__doc__.split("\n\n")[0],
-        epilog="example: python -m analysis runs/sweep --out results/sweep --on-incomplete report",
+        prog=prog, description=__doc__.split("\n\n")[0], epilog=f"example: {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("sweep", type=Path, help="sweep root: searched recursively for <run>/regions/*.zarr")
+    p.add_argument("sweep", type=Path, help="sweep root: searched recursively for <run>/regions/*.zarr"
+                   + ("; or the sweep's YAML file" if resolve else ""))
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <sweep>/analysis)")
     p.add_argument("--config", type=Path, default=None, help="an AnalysisConfig YAML (fields that differ)")
     p.add_argument("--scheduler", default=None,
@@ -43,6 +46,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(a.config, AnalysisConfig) if a.config else AnalysisConfig()
+        root = resolve(a.sweep) if resolve else a.sweep
     except ConfigError as err:
         p.error(str(err))
     if a.workers is not None:
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     if a.no_figures:
         cfg = replace(cfg, figures=False)
     try:
-        written = aggregate(a.sweep, a.out, scheduler=a.scheduler, on_incomplete=a.on_incomplete, config=cfg)
+        written = aggregate(root, a.out, scheduler=a.scheduler, on_incomplete=a.on_incomplete, config=cfg)
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -219,11 +219,18 @@ def dask_client(scheduler=None, config: AnalysisConfig = AnalysisConfig()):
     from distributed import Client, LocalCluster
 
     if scheduler is None:
-        with LocalCluster(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
-                          processes=config.processes, dashboard_address=None,
-                          # no dashboard (bokeh is not a dependency); its HTTP server on a free local port
-                          scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, Client(cluster) as client:
-            yield client
+        quiet = logging.getLogger("distributed")  # a private cluster's start/stop chatter is noise
+        level = quiet.level
+        quiet.setLevel(max(level, logging.WARNING))
+        try:
+            with LocalCluster(n_workers=config.n_workers, threads_per_worker=config.threads_per_worker,
+                              processes=config.processes, dashboard_address=None,
+                              # no dashboard (bokeh is not a dependency); its HTTP server on a free local port
+                              scheduler_kwargs={"dashboard_address": "127.0.0.1:0"}) as cluster, \
+                    Client(cluster) as client:
+                yield client
+        finally:
+            quiet.setLevel(level)
     else:
         try:
             client = Client(scheduler, timeout="10s")

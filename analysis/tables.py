@@ -29,7 +29,8 @@ import pandas as pd
 from .config import AnalysisConfig, AnalysisError
 
 __all__ = ["GROUP", "PAIRED_MEASURES", "spearman", "summarize", "spearman_table", "paired_differences",
-           "paired_table", "noise_medians", "clean_reference", "format_csv", "format_markdown", "mean_std"]
+           "paired_table", "noise_medians", "clean_reference", "format_csv", "display_cells", "format_markdown",
+           "mean_std"]
 
 log = logging.getLogger("analysis.tables")
 
@@ -243,9 +244,10 @@ def mean_std(mean, std, fmt: str) -> str:
     return "–" if one(mean) == "–" else f"{one(mean)} ± {one(std)}"
 
 
-def format_markdown(df: pd.DataFrame, fmt: str = ".3f", title: str | None = None, notes=()) -> str:
-    """A Markdown table: every ``<x>_mean`` / ``<x>_std`` pair becomes one ``<x>`` column
-    written ``mean ± std`` (``fmt``), other columns as they are (noise with ``g``)."""
+def display_cells(df: pd.DataFrame, fmt: str = ".3f") -> tuple[list, list, list]:
+    """The table as text, for Markdown and HTML alike: every ``<x>_mean`` / ``<x>_std`` pair
+    becomes one ``<x>`` column written ``mean ± std`` (``fmt``), other columns as they are
+    (numbers with ``g``). Returns ``(columns, rows of cells, is-numeric per column)``."""
     cols, out_cols = list(df.columns), []
     for c in cols:
         if c.endswith("_std") and c[:-4] + "_mean" in cols:
@@ -262,6 +264,12 @@ def format_markdown(df: pd.DataFrame, fmt: str = ".3f", title: str | None = None
                 cells.append("–" if isinstance(v, float) and math.isnan(v) else _cell(v, "g"))
         rows.append(cells)
     numeric = [c + "_mean" in cols or pd.api.types.is_numeric_dtype(df[c]) for c in out_cols]
+    return out_cols, rows, numeric
+
+
+def format_markdown(df: pd.DataFrame, fmt: str = ".3f", title: str | None = None, notes=()) -> str:
+    """A Markdown table of :func:`display_cells`, with a title and notes under it."""
+    out_cols, rows, numeric = display_cells(df, fmt)
     text = [] if title is None else [f"### {title}", ""]
     text.append("| " + " | ".join(out_cols) + " |")
     text.append("|" + "|".join("---:" if n else "---" for n in numeric) + "|")

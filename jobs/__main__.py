@@ -1,6 +1,7 @@
 """Command line of the pipeline: ``python -m jobs <command> --help``.
 
-    python -m jobs demo            # the main job on the embedded dataset
+    python -m jobs demo                            # the main job on the embedded dataset
+    python -m jobs run configs/demo.yaml --executor slurm
     python -m jobs train configs/train/digits-vgg8.yaml --out runs/digits-vgg8
 """
 
@@ -9,10 +10,14 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "demo": ("jobs.demo", "regions and measures along closed loops of real 8x8 digits"),
+    "demo": ("jobs.demo", "the main job: `run configs/demo.yaml` (embedded digits, about 5 min on 2 cores)"),
+    "run": ("jobs.run", "a sweep from start to report: train, discover, aggregate, report (resumes)"),
     "train": ("jobs.train", "train one network from a recipe file (resumes)"),
     "discover": ("jobs.discover", "regions along the path set of a trained run, into a sharded Zarr store"),
+    "aggregate": ("jobs.aggregate", "a sweep's stores -> per-path table, summary tables, figures (Dask)"),
+    "report": ("jobs.report", "a sweep's report: findings in plain words, tables, figures (HTML, Markdown)"),
     "sweep": ("jobs.sweep", "submit | resume | status of a sweep (SLURM, local or debug executor)"),
+    "engine": ("jobs.engine", "the region engine alone on an untrained VGG8, both methods (seconds)"),
 }
 
 
@@ -22,7 +27,7 @@ def main(argv=None) -> int:
         print("usage: python -m jobs <command> [options]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<10} {text}")
-        print("\nexample: python -m jobs demo --paths 4")
+        print("\nexample: python -m jobs run configs/demo.yaml --executor local")
         return 0
     name = argv[0]
     if name not in COMMANDS:

@@ -39,6 +39,18 @@ class DiscoverConfig:
     device: str = "auto"  # auto: cuda when present
     store: StoreConfig = field(default_factory=StoreConfig)
 
+    def __post_init__(self):
+        if self.method not in ("subdivide", "walk"):
+            raise ValueError(f"method must be subdivide or walk; got {self.method!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32; got {self.dtype!r}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if min(self.batch_size, self.chunk_segments, self.n_shards) < 1:
+            raise ValueError("batch_size, chunk_segments and n_shards must be >= 1")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0; got {self.eps}")
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
@@ -66,6 +78,10 @@ def run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=
     from pipeline.train import load_checkpoint
 
     run_dir = Path(run_dir)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {cfg.device} asked for, but torch sees no GPU here (torch.cuda.is_available() "
+                           "is False): use device: auto (GPU when present, else CPU) or cpu, or run this job on "
+                           "a GPU node")
     model, ckpt = load_checkpoint(run_dir, cfg.checkpoint)
     ckpt_file = run_dir / "checkpoints" / f"{cfg.checkpoint}.pt"
     train_cfg = ckpt["config"]
@@ -85,6 +101,7 @@ def run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=
         "paths": to_dict(paths.config), "eps": cfg.eps, "dtype": cfg.dtype, "method": cfg.method,
         "n_shards": cfg.n_shards, "n_paths": n_paths, "K": int(k), "keep_affine": cfg.store.keep_affine,
         "affine_dtype": cfg.store.affine_dtype, "versions": _versions(),
+        "discover_config": to_dict(cfg),  # the resolved config, beside the results (not an identity key)
     }
     open_or_create(store, attrs)
     status = shard_status(store)

@@ -1,8 +1,8 @@
 """Sweeps: one YAML file -> training job array -> dependent discovery arrays -> aggregation.
 
-    python -m jobs sweep submit configs/sweeps/demo.yaml [--executor slurm] [--dry-run]
-    python -m jobs sweep status configs/sweeps/demo.yaml
-    python -m jobs sweep resume configs/sweeps/demo.yaml     # submit only what is missing
+    python -m jobs sweep submit configs/demo.yaml [--executor slurm] [--dry-run]
+    python -m jobs sweep status configs/demo.yaml
+    python -m jobs sweep resume configs/demo.yaml     # submit only what is missing
 
 A sweep file names a base training recipe, named settings (overrides), a grid (for example
 seeds or ResNet widths), a discovery config, the checkpoints to analyse and per-stage
@@ -18,6 +18,7 @@ import copy
 import itertools
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -93,6 +94,18 @@ def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
             raise ConfigError(f"{path}: {key}: {base / getattr(cfg, key)} does not exist (relative paths are "
                               f"resolved against {base}: run from the checkout, or use absolute paths)")
     return cfg, base
+
+
+def sweep_root(arg) -> tuple[Path, "SweepConfig | None"]:
+    """A sweep named on the command line, as a sweep YAML or as its root folder: ``(root,
+    config or None)``."""
+    arg = Path(arg)
+    if arg.is_file():
+        sweep, base = load_sweep(arg)
+        return base / sweep.root, sweep
+    if arg.is_dir():
+        return arg.resolve(), None
+    raise ConfigError(f"{arg}: neither a sweep file (configs/*.yaml) nor a sweep folder")
 
 
 def expand(sweep: SweepConfig, base: Path) -> list[Run]:
@@ -261,28 +274,92 @@ def _record(root: Path, stage: str, job, **extra):
                             "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr), **extra}) + "\n")
 
 
-def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_run: bool = False,
-           wait: bool | None = None) -> dict:
-    """Submit what is missing. SLURM: arrays with ``afterok`` dependencies, returns at once;
-    local/debug: stage after stage, waiting (they have no dependencies)."""
-    kind = executor or sweep.executor
-    if kind == "slurm":
-        import shutil
+def check_resources(sweep: SweepConfig, kind: str):
+    """Refuse what this machine cannot do before anything is written: SLURM without ``sbatch``,
+    GPUs asked of the local executors on a machine without CUDA."""
+    import shutil
 
-        if not shutil.which("sbatch"):
-            raise RuntimeError("executor 'slurm' asked for but there is no sbatch on this machine: use --executor "
-                               "local, or start a cluster (scripts/slurm/start.sh)")
+    if kind == "slurm" and not shutil.which("sbatch"):
+        raise RuntimeError("executor 'slurm' asked for but there is no sbatch on this machine: use --executor "
+                           "local, or start a cluster (scripts/slurm/start.sh)")
+    if kind != "slurm":
+        gpus = [s for s in ("train", "discover", "aggregate") if getattr(sweep, f"{s}_resources").gpus]
+        if gpus:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"{', '.join(gpus)}_resources ask for GPUs, but this machine has none that torch "
+                                   f"can use (torch.cuda.is_available() is False): set gpus: 0 to run on the CPU "
+                                   f"here, or submit with --executor slurm to a cluster with GPUs")
+
+
+# what makes a sweep folder "this sweep": everything but where and how its jobs run
+_IDENTITY_EXCLUDED = ("executor", "train_resources", "discover_resources", "aggregate_resources", "root")
+
+
+def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:
+    """Make ``<root>`` this sweep's folder, or refuse if it holds another sweep.
+
+    A folder that holds a different sweep (another name, settings, grid, discovery config,
+    checkpoints or shards, or runs from an edited training recipe) would mix two experiments
+    in one analysis: nothing is written and the error lists the differences. Executor and
+    resources may change between submissions (resume a local sweep on SLURM, for example).
+    """
+    root = base / sweep.root
+    have_file, runs_file = root / "sweep.yaml", root / "runs.txt"
+    want = {k: v for k, v in to_dict(sweep).items() if k not in _IDENTITY_EXCLUDED}
+    ids = sorted(r.run_id for r in runs)
+    if have_file.exists():
+        have = {k: v for k, v in (yaml.safe_load(have_file.read_text()) or {}).items() if k not in _IDENTITY_EXCLUDED}
+        diff = [k for k in sorted(set(want) | set(have)) if json.dumps(want.get(k), sort_keys=True, default=str)
+                != json.dumps(have.get(k), sort_keys=True, default=str)]
+        if not diff and runs_file.exists() and runs_file.read_text().split() != ids:
+            diff = ["the training runs (the recipe file changed since the sweep was submitted)"]
+        if diff:
+            detail = "; ".join(d if d.startswith("the ") else f"{d}: folder has {have.get(d)!r}, config has "
+                               f"{want.get(d)!r}" for d in diff)
+            raise ConfigError(f"{root} already holds another sweep ({have_file}): {detail}. Nothing was written. "
+                              "Give this sweep its own root (root: in the sweep file), or move that folder away.")
+    elif root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} exists and is not a sweep folder (no sweep.yaml): nothing was written. Give the "
+                          "sweep another root, or empty the folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    for path, text in ((have_file, yaml.safe_dump(to_dict(sweep), sort_keys=True)), (runs_file, "\n".join(ids) + "\n")):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_run: bool = False,
+           wait: bool | None = None, workers: int | None = None) -> dict:
+    """Submit what is missing.
+
+    - ``slurm``: a training array, per-run discovery arrays with ``afterok`` dependencies and
+      one aggregation job; returns at once (``wait=True`` waits).
+    - ``local``: a pool of ``workers`` processes on this machine (default: one per core), each
+      run's discovery starting as soon as its training ends, then the aggregation; waits.
+    - ``debug``: every job in this process, stage after stage (for debuggers); waits.
+
+    Returns ``{"submitted": n, "plan": ..., "jobs": [...]}``.
+    """
+    kind = executor or sweep.executor
+    check_resources(sweep, kind)
     root = base / sweep.root
     p = plan(sweep, base)
     print(f"sweep {sweep.name} ({len(p['runs'])} runs) in {root}\n{summary(p)}")
     if dry_run:
         print("dry run: nothing submitted")
-        return {"submitted": 0, "plan": p}
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "sweep.yaml").write_text(yaml.safe_dump(to_dict(sweep), sort_keys=True))
+        return {"submitted": 0, "plan": p, "jobs": []}
+    claim_root(sweep, base, p["runs"])
+    if kind == "local":
+        from .local import run_local
+
+        n = run_local(sweep, root, p, workers=workers)
+        return {"submitted": n, "plan": p, "jobs": []}
     logs = root / "logs" / "%j"
     wait = kind != "slurm" if wait is None else wait
     submitted = 0
+    all_jobs = []
 
     to_train = p["train"]["todo"] + p["train"]["incomplete"]
     train_jobs = {}
@@ -293,6 +370,7 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
                 train_jobs[r.run_id] = ex.submit(TrainJob(str(r.run_dir), to_dict(r.config)))
         for r in to_train:
             _record(root, "train", train_jobs[r.run_id], run=r.run_id)
+        all_jobs += list(train_jobs.values())
         submitted += len(to_train)
         if wait:
             _wait(train_jobs.values(), "train")
@@ -312,6 +390,7 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
         for job, (dcfg, shard) in zip(jobs, items):
             _record(root, "discover", job, run=run_id, checkpoint=dcfg.checkpoint, shard=shard)
         disc_jobs += jobs
+        all_jobs += jobs
         submitted += len(jobs)
     if wait and disc_jobs:
         _wait(disc_jobs, "discover")
@@ -323,11 +402,12 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
             ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(map(str, deps))})
         job = ex.submit(AggregateJob(str(root)))
         _record(root, "aggregate", job)
+        all_jobs.append(job)
         submitted += 1
         if wait:
             _wait([job], "aggregate")
     print(f"submitted {submitted} job(s) with the {kind} executor; logs in {root / 'logs'}")
-    return {"submitted": submitted, "plan": p}
+    return {"submitted": submitted, "plan": p, "jobs": all_jobs}
 
 
 def _wait(jobs, stage):
@@ -373,6 +453,7 @@ def _sacct(ids) -> dict:
     import shutil
     import subprocess
 
+    ids = [i for i in ids if i.split("_")[0].isdigit()]  # SLURM ids only (not the local pool's)
     if not ids or not shutil.which("sacct"):
         return {}
     res = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(sorted(set(ids)))],
@@ -390,13 +471,14 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m jobs sweep", description="Submit, resume and inspect a sweep.",
-        epilog="example: python -m jobs sweep submit configs/sweeps/demo.yaml --dry-run",
+        epilog="example: python -m jobs sweep submit configs/demo.yaml --dry-run",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("action", choices=["submit", "resume", "status"])
     p.add_argument("sweep", type=Path, help="a sweep YAML (configs/sweeps/*.yaml)")
     p.add_argument("--executor", choices=EXECUTORS, default=None, help="override the sweep's executor")
     p.add_argument("--dry-run", action="store_true", help="print what would be submitted, submit nothing")
+    p.add_argument("--workers", type=int, default=None, help="local executor: processes at once (default: cores)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -406,5 +488,9 @@ def main(argv=None) -> int:
     if a.action == "status":
         print(status(sweep, base))
         return 0
-    submit(sweep, base, executor=a.executor, dry_run=a.dry_run)
+    try:
+        submit(sweep, base, executor=a.executor, dry_run=a.dry_run, workers=a.workers)
+    except (ConfigError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0

@@ -38,6 +38,18 @@ class ModelConfig:
     widths: tuple = (6, 16, 64)  # VGG8 conv widths (paper); the 8x8 digits take (6, 16)
     pool: str = "avg"  # VGG8 pooling: the paper's average pooling keeps the function simply piecewise affine
 
+    def __post_init__(self):
+        from .models import MODELS
+
+        if self.name.lower() not in MODELS:
+            import difflib
+
+            close = difflib.get_close_matches(self.name.lower(), MODELS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(f"unknown model {self.name!r}.{hint} Known models: {', '.join(sorted(MODELS))}")
+        if self.pool not in ("avg", "max"):
+            raise ValueError(f"pool must be avg or max; got {self.pool!r}")
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -2,13 +2,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs import demo
+from jobs import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_and_methods_agree(capsys):
-    assert demo.main(["--paths", "2", "--anchors", "3"]) == 0
+    assert engine.main(["--paths", "2", "--anchors", "3"]) == 0
     out = capsys.readouterr().out
     assert "walk:" in out and "subdivide:" in out and "density_walk" in out
 

@@ -49,34 +49,37 @@ def _squeue(name):
 
 
 def test_sweep_end_to_end_through_sbatch(cluster, tmp_path):
-    sweep, base = load_sweep(tiny_sweep(tmp_path, executor="slurm"))
-    res = submit(sweep, base)
-    assert res["submitted"] == 11
+    """`python -m jobs run --executor slurm`: submit, wait with sacct, report."""
+    from jobs.run import run
+
+    path = tiny_sweep(tmp_path, executor="slurm")
+    out = run(path, poll_s=2)
+    assert out["jobs"] == 11 and out["html"].exists() and out["markdown"].exists()
+    sweep, base = load_sweep(path)
     p = _wait_done(sweep, base)
     for r in p["runs"]:
         assert (r.run_dir / "checkpoints" / "final.pt").exists()
         for store in (r.run_dir / "regions").glob("*.zarr"):
             assert len(open_store(store).paths()) == 4
-    deadline = time.time() + 60  # the marker is written just before the last job exits
-    while "COMPLETED 11" not in (report := status(sweep, base)) and time.time() < deadline:
-        time.sleep(1)
-    assert "COMPLETED 11" in report
+    assert "COMPLETED 11" in status(sweep, base)
     assert submit(sweep, base)["submitted"] == 0  # a second submission of a finished sweep
 
 
 def test_failing_job_is_reported_with_its_traceback(cluster, tmp_path):
+    from jobs.run import run
+
     extra = {"data": {"name": "cifar10", "root": str(tmp_path / "no-cifar")}}
-    sweep, base = load_sweep(tiny_sweep(tmp_path, name="broken", settings={"vanilla": {}}, train_extra=extra,
-                                        executor="slurm"))
-    submit(sweep, base)
-    deadline = time.time() + 180
-    while time.time() < deadline and "FAILED" not in status(sweep, base):
-        time.sleep(2)
+    path = tiny_sweep(tmp_path, name="broken", settings={"vanilla": {}}, train_extra=extra, executor="slurm")
+    with pytest.raises(RuntimeError, match="(?s)1 SLURM job.*failed.*dependants were cancelled.*DatasetNotFoundError"):
+        run(path, poll_s=2)
+    deadline = time.time() + 30  # the dependants that could never run are gone from the queue
+    while (_squeue("broken-discover") or _squeue("broken-aggregate")) and time.time() < deadline:
+        time.sleep(1)
+    assert not _squeue("broken-discover") and not _squeue("broken-aggregate")
+    sweep, base = load_sweep(path)
     report = status(sweep, base)
     assert "train job" in report and "FAILED" in report
     assert "DatasetNotFoundError" in report and "no-cifar" in report  # the traceback's last lines
-    subprocess.run(["scancel", "-n", "broken-discover"])  # dependants can never run
-    subprocess.run(["scancel", "-n", "broken-aggregate"])
 
 
 def test_cancelled_discovery_resumes_to_an_equal_store(cluster, tmp_path):

@@ -1,0 +1,215 @@
+"""The local executor: a sweep's jobs on this machine, a few at a time, in dependency order.
+
+    from jobs.local import LocalPool
+    with LocalPool(folder="sweeps/demo/logs", workers=2) as pool:
+        job = pool.submit(TrainJob(...), name="train noisy-1a2b")
+        job.result()
+
+submitit's own local executor starts every job of an array at once; on a laptop that means
+twenty processes, each with an OpenMP pool as wide as the machine, on two cores (small torch
+ops then slow down by orders of magnitude). Here a fixed pool of ``workers`` processes (one per
+core by default) runs the jobs, each process with ``threads`` CPU threads, and the Python
+interpreter and torch are imported once per worker, not once per job. Each job writes its
+output (stdout, stderr and logging) to its own files, ``<folder>/<job id>_log.out`` and
+``_log.err``, and a job that raises keeps its traceback there. Jobs are submitit-style
+callables: the same ``TrainJob`` and ``DiscoverJob`` objects that go to SLURM.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["LocalPool", "LocalJob", "JobFailed", "default_workers"]
+
+
+def default_workers() -> int:
+    """One worker per CPU this process may use (``sched_getaffinity``, else ``cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS
+        return max(1, os.cpu_count() or 1)
+
+
+class JobFailed(RuntimeError):
+    """A job raised: the message names the job, the error and the log holding its traceback."""
+
+
+@dataclass(frozen=True)
+class _Paths:
+    stdout: Path
+    stderr: Path
+
+
+class LocalJob:
+    """A submitted job: ``job_id``, ``paths.stdout`` / ``paths.stderr``, ``result()``, ``done()``."""
+
+    def __init__(self, job_id: str, name: str, paths: _Paths, future: cf.Future):
+        self.job_id, self.name, self.paths, self.future = job_id, name, paths, future
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def result(self):
+        """The job's return value; :class:`JobFailed` if it raised (its traceback is in the log)."""
+        try:
+            return self.future.result()
+        except cf.process.BrokenProcessPool as err:
+            raise JobFailed(f"{self.name} (job {self.job_id}): its worker process died (killed, or out of "
+                            f"memory?); log: {self.paths.stderr}") from err
+
+
+def _init_worker(threads: int):
+    # before torch is imported by the first job: OpenMP reads this once
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run(fn, stdout: str, stderr: str):
+    """Run ``fn()`` in a worker with fds 1 and 2 (and logging) sent to the job's log files."""
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(stdout, "a") as out, open(stderr, "a") as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        level = root.level
+        root.setLevel(logging.INFO)
+        try:
+            return fn()
+        except BaseException as e:
+            traceback.print_exc()
+            sys.stderr.flush()
+            summary = f"{type(e).__name__}: {e}".strip().splitlines()
+            raise JobFailed(f"{summary[0] if summary else type(e).__name__} (traceback in {stderr})") from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            root.removeHandler(handler)
+            root.setLevel(level)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class LocalPool:
+    """At most ``workers`` jobs at once in worker processes (``spawn``: no state inherited)."""
+
+    def __init__(self, folder, workers: int | None = None, threads: int = 1):
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.workers = workers or default_workers()
+        self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(threads,))
+        self._count = 0
+        self._prefix = f"local-{os.getpid()}"
+
+    def submit(self, fn, name: str = "job") -> LocalJob:
+        self._count += 1
+        job_id = f"{self._prefix}-{self._count}"
+        paths = _Paths(self.folder / f"{job_id}_log.out", self.folder / f"{job_id}_log.err")
+        future = self._pool.submit(_run, fn, str(paths.stdout), str(paths.stderr))
+        return LocalJob(job_id, name, paths, future)
+
+    def close(self, cancel: bool = False):
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        # on an error or Ctrl-C, jobs not yet started are dropped; running ones finish their
+        # atomic writes (a killed one would leave only a temporary, which resume ignores)
+        self.close(cancel=exc_type is not None)
+
+
+def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
+    """Run what ``plan`` (:func:`jobs.sweep.plan`) lists as missing on a :class:`LocalPool`.
+
+    Trainings start longest first (by epoch budget); each run's discovery shards start as soon
+    as its training ends, so the pool stays busy; the aggregation runs last, in this process.
+    A failed job does not stop the others: its dependants are skipped, everything that
+    finished stays on disk, and the error at the end lists each failure with its log, so the
+    same command resumes. Returns the number of jobs run.
+    """
+    import concurrent.futures as cf
+
+    from pipeline.config import to_dict
+    from tqdm.auto import tqdm
+
+    from .sweep import AggregateJob, DiscoverJob, TrainJob, _record
+
+    to_train = sorted(plan["train"]["todo"] + plan["train"]["incomplete"],
+                      key=lambda r: (-r.config.max_epochs, r.run_id))
+    shards: dict[str, list] = {}
+    for r, dcfg, shard in plan["discover"]["todo"] + plan["discover"]["incomplete"]:
+        shards.setdefault(r.run_id, []).append((r, dcfg, shard))
+    total = len(to_train) + sum(map(len, shards.values()))
+    failed, count = [], 0
+    logs = root / "logs"
+    with LocalPool(logs, workers) as pool, tqdm(total=total, unit="job", desc=f"sweep {sweep.name}",
+                                                 dynamic_ncols=True) as bar:
+        running = {}
+
+        def launch(job, stage, **extra):
+            running[job.future] = (job, stage, extra)
+            _record(root, stage, job, **extra)
+
+        def launch_discovery(run_id):
+            for r, dcfg, shard in shards.pop(run_id, []):
+                launch(pool.submit(DiscoverJob(str(r.run_dir), to_dict(dcfg), shard),
+                                   name=f"discover {run_id} {dcfg.checkpoint} shard {shard}"),
+                       "discover", run=run_id, checkpoint=dcfg.checkpoint, shard=shard)
+
+        bar.write(f"{pool.workers} worker process(es), one CPU thread each; job logs in {logs}")
+        training = {r.run_id for r in to_train}
+        for r in to_train:
+            launch(pool.submit(TrainJob(str(r.run_dir), to_dict(r.config)), name=f"train {r.run_id}"),
+                   "train", run=r.run_id)
+        for run_id in [k for k in shards if k not in training]:
+            launch_discovery(run_id)
+        while running:
+            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+            for future in done:
+                job, stage, extra = running.pop(future)
+                count += 1
+                bar.update(1)
+                try:
+                    job.result()
+                except Exception as err:
+                    failed.append((job, err))
+                    bar.write(f"FAILED {job.name}: {err}")
+                    if stage == "train":
+                        skipped = shards.pop(extra["run"], [])
+                        bar.update(len(skipped))
+                    continue
+                if stage == "train":
+                    launch_discovery(extra["run"])
+            bar.set_postfix(running=len(running), failed=len(failed))
+    if failed:
+        lines = "\n".join(f"  {j.name}: {e}" for j, e in failed)  # each names its log
+        raise JobFailed(f"{len(failed)} job(s) failed (everything else is saved; fix the cause and run the same "
+                        f"command again to resume):\n{lines}")
+    if plan["aggregate"]["todo"] or count:
+        print("aggregating ...", flush=True)
+        AggregateJob(str(root))()
+        count += 1
+    print(f"ran {count} job(s) on this machine; logs in {logs}")
+    return count

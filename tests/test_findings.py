@@ -1,0 +1,145 @@
+"""The report's sentences: built on tables whose answers are known by construction, and checked
+against an independent recomputation of every number they quote."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.findings import findings, strength
+from analysis.tables import spearman
+
+N_PATHS = 10
+
+
+def _net(run_id, setting, noise, seed, checkpoint, density, deviation, train_error=0.0, test_error=0.1,
+         model="vgg8", width=8):
+    return pd.DataFrame({
+        "run_id": run_id, "dataset": "digits", "model": model, "width": width, "setting": setting,
+        "noise": float(noise), "seed": seed, "checkpoint": checkpoint, "paths": "circle/train", "path_set": "abc",
+        "path_id": np.arange(N_PATHS), "density": np.asarray(density, dtype=np.int64),
+        "length": 10.0, "density_per_length": np.asarray(density, dtype=float) / 10.0,
+        "deviation": np.asarray(deviation, dtype=float), "total_variation": np.asarray(deviation, dtype=float),
+        "certificate": 0.0, "n_segments": 8, "train_error": train_error, "train_loss": 0.01,
+        "test_error": test_error, "test_loss": 0.5, "epochs": 10, "store": f"runs/{run_id}/x.zarr",
+        "store_complete": True})
+
+
+def _table():
+    """Two seeds. Noise adds deviation on every path but density on only the first three; the
+    p = 1.0 networks of seed 1 do not fit; augmentation lowers both on every path."""
+    rng = np.random.default_rng(0)
+    parts = []
+    for seed in (0, 1):
+        den0 = 100 + rng.permutation(N_PATHS) * 3
+        dev0 = 1.0 + rng.random(N_PATHS)
+        for setting, noise, tr, te in (("vanilla", 0, 0.0, 0.05), ("augment", 0, 0.0, 0.04),
+                                       ("noisy", 0.5, 0.0, 0.4), ("noisy", 1.0, 0.0 if seed == 0 else 0.3, 0.9)):
+            rid = f"{setting}{noise}-{seed}"
+            if setting == "vanilla":
+                den, dev = den0, dev0
+            elif setting == "augment":
+                den, dev = den0 - 5, dev0 - 0.5
+            else:
+                den = den0 + np.where(np.arange(N_PATHS) < 3, 7, -1) * (1 + noise)
+                dev = dev0 + 2 * noise
+            parts.append(_net(rid, setting, noise, seed, "final", den, dev, tr, te))
+            parts.append(_net(rid, setting, noise, seed, "init", den0 - 50, dev0 * 0.1, tr, te))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _by_topic(found):
+    return {f.topic: f for f in found}
+
+
+def test_findings_say_what_the_table_holds():
+    table = _table()
+    found = findings(table)
+    topics = _by_topic(found)
+    assert set(topics) == {"training", "correlation", "noise", "noise_medians", "augment", "training_vs_init",
+                           "test_error"}
+    assert all(f.text.startswith("VGG8 (width 8) on digits: ") for f in found)
+
+    t = topics["training"]
+    assert t.numbers == {"noisy_networks": 4, "fit": 3, "worst_train_error": 0.3}
+    assert "3 of 4 networks" in t.text and "up to 30%" in t.text
+
+    n = topics["noise"]  # deviation rises on all 10 paths, density on 3 of 10, at both levels
+    assert n.numbers["p=0.5"] == {"deviation": 1.0, "density": 0.3}
+    assert n.numbers["p=1"] == {"deviation": 1.0, "density": 0.3}
+    assert "at p = 0.5 on 100% of paths (density: 30%)" in n.text
+    assert "more often than density at every noise level" in n.text
+
+    a = topics["augment"]
+    assert a.numbers == {"deviation": 0.0, "density": 0.0} and "on 0% of paths and density on 0%" in a.text
+
+    v = topics["training_vs_init"]  # trained deviation = 10x init, density +50 everywhere
+    assert v.numbers["deviation"] == 1.0 and v.numbers["density"] == 1.0 and "(vanilla)" in v.text
+
+    m = topics["noise_medians"]
+    clean = table[(table.setting == "vanilla") & (table.checkpoint == "final")]
+    want0 = clean.groupby("seed")["deviation"].median().mean()
+    assert m.numbers["noise"] == [0.0, 0.5, 1.0]
+    assert m.numbers["median_deviation"][0] == pytest.approx(want0)
+    assert "deviation over paths rises at every step" in m.text
+
+
+def test_correlation_and_test_error_numbers_are_recomputed_independently():
+    table = _table()
+    topics = _by_topic(findings(table))
+    final = table[table.checkpoint == "final"]
+    rhos = [spearman(g["density"], g["deviation"]) for _, g in final.groupby("run_id")]
+    c = topics["correlation"]
+    assert c.numbers["rho_mean"] == pytest.approx(np.mean(rhos))
+    assert c.numbers["networks"] == 8
+    assert f"averages {np.mean(rhos):.2f}" in c.text and strength(np.mean(rhos)) in c.text
+    per = final.groupby("run_id").agg(dev=("deviation", "median"), err=("test_error", "first"))
+    e = topics["test_error"]
+    assert e.numbers["rho_deviation"] == pytest.approx(spearman(per["dev"], per["err"]))
+    assert f"(ρ = {e.numbers['rho_deviation']:.2f})" in e.text
+
+
+def test_every_percentage_in_the_text_is_one_of_the_numbers():
+    for f in findings(_table()):
+        flat = []
+
+        def walk(v):
+            if isinstance(v, dict):
+                for x in v.values():
+                    walk(x)
+            elif isinstance(v, (list, tuple)):
+                for x in v:
+                    walk(x)
+            elif isinstance(v, (int, float)):
+                flat.append(float(v))
+        walk(f.numbers)
+        text = f.text.replace("100% training accuracy", "")  # the criterion's name, not a result
+        for pct in re.findall(r"(\d+)%", text):
+            assert any(round(100 * x) == int(pct) for x in flat), (pct, text)
+
+
+def test_verdict_words_follow_the_comparison():
+    table = _table()
+    # make density win at p = 1: it rises everywhere while deviation falls
+    sel = (table.setting == "noisy") & (table.noise == 1.0) & (table.checkpoint == "final")
+    table.loc[sel, "density"] += 1000
+    table.loc[sel, "deviation"] = 0.0
+    n = _by_topic(findings(table))["noise"]
+    assert n.numbers["deviation_better"] == 1 and n.numbers["deviation_worse"] == 1
+    assert "more often than density at 1 of 2 noise levels, less often than density at 1 of 2" in n.text
+
+
+def test_no_comparison_no_sentence():
+    one = _net("a", "vanilla", 0, 0, "final", np.arange(N_PATHS) + 5, np.arange(N_PATHS) * 1.0)
+    topics = _by_topic(findings(one))
+    assert set(topics) == {"correlation"}  # one network: nothing to compare, no noise, no test-error trend
+    assert topics["correlation"].numbers["rho_mean"] == pytest.approx(1.0)
+    assert "a strong positive" in topics["correlation"].text
+    assert findings(one.iloc[:0]) == []
+
+
+def test_strength_words():
+    assert strength(0.05) == "no" and strength(-0.2) == "a weak negative"
+    assert strength(0.45) == "a moderate positive" and strength(0.9) == "a strong positive"
+    assert strength(float("nan")) == "an undefined"

@@ -1,0 +1,206 @@
+"""The main job end to end: `run` (sweep -> report), the local process pool, the demo config,
+and the errors that must stop a run before it writes anything."""
+
+import functools
+import html
+import json
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from jobs.local import JobFailed, LocalPool
+from jobs.run import run
+from jobs.sweep import claim_root, expand, load_sweep, plan, submit
+from pipeline.config import ConfigError
+from tests.sweeps import tiny_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Html(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.stack, self.mismatched, self.images = [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+        elif tag not in ("meta", "br"):
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if self.stack and self.stack[-1] == tag:
+            self.stack.pop()
+        else:
+            self.mismatched += 1
+
+
+def _check_report(out: dict):
+    page = out["html"].read_text()
+    parser = _Html()
+    parser.feed(page)
+    assert parser.stack == [] and parser.mismatched == 0
+    assert parser.images and all((out["html"].parent / src).is_file() for src in parser.images)
+    found = json.loads(out["findings"].read_text())["findings"]
+    md = out["markdown"].read_text()
+    for f in found:  # every sentence, in both documents
+        body = f["text"][len(f["group"]) + 2:]
+        assert body[1:] in md and body[1:] in html.unescape(page)
+    return found, md, page
+
+
+def test_run_goes_from_sweep_file_to_report_and_resumes(tmp_path, capsys):
+    path = tiny_sweep(tmp_path, settings={"vanilla": {}, "augment": {"recipe": "augment", "data.augment": True}},
+                      n_paths=6)
+    out = run(path)
+    assert out["jobs"] == 2 + 2 * 2 * 2 + 1
+    found, md, page = _check_report(out)
+    topics = {f["topic"] for f in found}
+    assert {"correlation", "augment", "training_vs_init"} <= topics
+    assert "| vgg8 |" not in md or "Trained networks" in md
+    assert "Trained networks" in page and "paper Table 1" in page
+    again = run(path)  # finished: nothing runs again, the report is rewritten
+    assert again["jobs"] == 0 and again["html"].exists()
+    sweep, base = load_sweep(path)
+    assert yaml.safe_load((base / sweep.root / "sweep.yaml").read_text())["name"] == "tiny"
+
+
+def test_report_before_aggregation_says_what_to_do(tmp_path):
+    from jobs.report import main
+
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+
+
+def test_a_folder_holding_another_sweep_is_refused_untouched(tmp_path):
+    first, base = load_sweep(tiny_sweep(tmp_path))
+    claim_root(first, base, expand(first, base))
+    before = (tmp_path / "out" / "sweep.yaml").read_text()
+    other, _ = load_sweep(tiny_sweep(tmp_path, name="other"))
+    with pytest.raises(ConfigError, match="already holds another sweep.*name: folder has 'tiny'"):
+        submit(other, base)
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="grid"):
+        submit(replace(first, grid={"seed": [0, 1]}), base)
+    assert (tmp_path / "out" / "sweep.yaml").read_text() == before
+    # the recipe file edited since: other runs, same sweep file
+    (tmp_path / "train.yaml").write_text((tmp_path / "train.yaml").read_text().replace("lr: 0.05", "lr: 0.07"))
+    with pytest.raises(ConfigError, match="recipe file changed"):
+        submit(first, base)
+    # where and how jobs run may change
+    (tmp_path / "train.yaml").write_text((tmp_path / "train.yaml").read_text().replace("lr: 0.07", "lr: 0.05"))
+    claim_root(replace(first, executor="local"), base, expand(first, base))
+    # a folder that is not a sweep at all
+    stray, _ = load_sweep(tiny_sweep(tmp_path, name="stray"))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a sweep folder"):
+        claim_root(replace(stray, root=str(tmp_path / "elsewhere")), base, [])
+    assert sorted(p.name for p in (tmp_path / "elsewhere").iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_gpus_asked_of_a_machine_without_one(tmp_path):
+    sweep, base = load_sweep(tiny_sweep(tmp_path))
+    from dataclasses import replace
+
+    from jobs.sweep import Resources
+
+    with pytest.raises(RuntimeError, match="discover_resources ask for GPUs.*gpus: 0"):
+        submit(replace(sweep, discover_resources=Resources(gpus=1)), base, executor="debug")
+    assert not (tmp_path / "out").exists()
+    from jobs.discover import DiscoverConfig
+    from jobs.discover import run as discover
+
+    with pytest.raises(RuntimeError, match="device: cuda asked for.*no GPU"):
+        discover(tmp_path / "no-run", DiscoverConfig(device="cuda"))
+    with pytest.raises(ValueError, match="device must be"):
+        DiscoverConfig(device="tpu")
+
+
+def test_unknown_model_is_named_with_the_closest():
+    from pipeline.config import from_dict
+    from pipeline.train import TrainConfig
+
+    with pytest.raises(ConfigError, match="unknown model 'vgg9'. Did you mean 'vgg8'"):
+        from_dict(TrainConfig, {"model": {"name": "vgg9"}})
+
+
+def test_demo_config_is_the_issue_s_experiment(capsys):
+    sweep, base = load_sweep(ROOT / "configs" / "demo.yaml", ROOT)
+    runs = expand(sweep, base)
+    cfgs = [r.config for r in runs]
+    assert {c.model.name for c in cfgs} == {"vgg8", "resnet18"}
+    assert {c.recipe for c in cfgs} == {"vanilla", "augment", "noisy"}
+    assert len({c.data.label_noise for c in cfgs if c.recipe == "noisy"}) >= 3
+    assert {c.seed for c in cfgs} == {0, 1}
+    assert set(sweep.checkpoints) == {"init", "final"} and sweep.executor == "local"
+    assert all(c.data.name == "digits" for c in cfgs)
+    dry = submit(sweep, base, dry_run=True)
+    assert dry["submitted"] == 0 and len(dry["plan"]["runs"]) == len(runs) == 20
+
+
+def _boom():
+    print("about to fail")
+    raise ValueError("bad input 42")
+
+
+def test_local_pool_keeps_each_job_s_output_and_errors(tmp_path):
+    with LocalPool(tmp_path / "logs", workers=2) as pool:
+        ok = pool.submit(functools.partial(print, "hello from a job"), name="ok")
+        bad = pool.submit(_boom, name="bad")
+        assert ok.result() is None
+        with pytest.raises(JobFailed, match="ValueError: bad input 42.*traceback in"):
+            bad.result()
+    assert ok.paths.stdout.read_text() == "hello from a job\n"
+    assert "about to fail" in bad.paths.stdout.read_text()
+    assert "Traceback" in bad.paths.stderr.read_text() and "bad input 42" in bad.paths.stderr.read_text()
+    with pytest.raises(ValueError, match="workers"):
+        LocalPool(tmp_path, workers=0)
+
+
+@pytest.mark.slow
+def test_local_executor_runs_on_after_a_failure_and_resumes(tmp_path):
+    bad = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar")}
+    path = tiny_sweep(tmp_path, settings={"vanilla": {}, "broken": bad}, n_shards=1, executor="local")
+    sweep, base = load_sweep(path)
+    with pytest.raises(JobFailed, match=r"(?s)1 job\(s\) failed.*train broken-.*DatasetNotFoundError.*traceback in .*_log.err"):
+        submit(sweep, base, workers=2)
+    p = plan(sweep, base)
+    assert len(p["train"]["done"]) == 1 and len(p["discover"]["done"]) == 2  # the good run went on
+    logs = list((tmp_path / "out" / "logs").glob("*_log.err"))
+    assert any("no-cifar" in f.read_text() for f in logs)
+    shutil.rmtree(tmp_path / "out" / "runs" / p["train"]["todo"][0].run_id, ignore_errors=True)
+    fixed = yaml.safe_load(path.read_text())
+    del fixed["settings"]["broken"]
+    path.write_text(yaml.safe_dump(fixed))
+    with pytest.raises(ConfigError, match="settings"):  # the folder is the old sweep's: refused, not mixed
+        submit(*load_sweep(path), workers=2)
+
+
+@pytest.mark.slow
+def test_the_demo_runs_end_to_end(tmp_path):
+    """The README's main job, as a user runs it (a subprocess, the local executor, 2 workers),
+    in a copy of the configs so the checkout is left alone."""
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    out = subprocess.run([sys.executable, "-m", "jobs", "run", "configs/demo.yaml", "--base", str(tmp_path),
+                          "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    report = tmp_path / "sweeps" / "demo" / "report"
+    found, md, _ = _check_report({"html": report / "index.html", "markdown": report / "report.md",
+                                  "findings": report / "findings.json"})
+    for model in ("VGG8", "ResNet18"):
+        topics = {f["topic"] for f in found if f["group"].startswith(model)}
+        assert {"training", "correlation", "noise", "noise_medians", "augment", "training_vs_init",
+                "test_error"} <= topics, (model, topics)
+    assert "findings:" in out.stdout and "report:" in out.stdout
+    again = subprocess.run([sys.executable, "-m", "jobs", "run", "configs/demo.yaml", "--base", str(tmp_path)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "0 job(s)" in again.stdout
