@@ -73,9 +73,11 @@ def _init_worker(threads: int):
     torch.set_num_threads(threads)
 
 
-def _run(fn, stdout: str, stderr: str):
-    """Run ``fn()`` in a worker with fds 1 and 2 (and logging) sent to the job's log files."""
+def _run(fn, stdout: str, stderr: str, name: str = "job"):
+    """Run ``fn()`` in a worker with fds 1 and 2 (and logging) sent to the job's log files; the
+    last line of its stdout log says how long it took."""
     import logging
+    import time
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -89,8 +91,11 @@ def _run(fn, stdout: str, stderr: str):
         root.addHandler(handler)
         level = root.level
         root.setLevel(logging.INFO)
+        start = time.perf_counter()
         try:
-            return fn()
+            out = fn()
+            print(f"[{name}] done in {time.perf_counter() - start:.2f} s")
+            return out
         except BaseException as e:
             traceback.print_exc()
             sys.stderr.flush()
@@ -125,7 +130,7 @@ class LocalPool:
         self._count += 1
         job_id = f"{self._prefix}-{self._count}"
         paths = _Paths(self.folder / f"{job_id}_log.out", self.folder / f"{job_id}_log.err")
-        future = self._pool.submit(_run, fn, str(paths.stdout), str(paths.stderr))
+        future = self._pool.submit(_run, fn, str(paths.stdout), str(paths.stderr), name)
         return LocalJob(job_id, name, paths, future)
 
     def close(self, cancel: bool = False):

@@ -103,6 +103,10 @@ def main(argv=None) -> int:
     except (ConfigError, AnalysisError, RuntimeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished work is saved (checkpoints, complete shards); run the same command again "
+              "to resume", file=sys.stderr)
+        return 130
     import json
 
     found = json.loads(out["findings"].read_text())["findings"]
