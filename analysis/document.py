@@ -42,6 +42,9 @@ FIGURES = {
     "double-descent": "Model-wise double descent",
     "path": "Single paths: the network's logits along the loop, with every breakpoint",
 }
+DATA = ("The numbers behind this report: the per-path table ../analysis/paths.parquet (one row per network "
+        "and path), the tables ../analysis/tables/*.csv, every region in ../runs/*/regions/*.zarr. The notebook "
+        "analysis/explore.ipynb of the code's checkout shows how to read them.")
 INTRO = (
     "A ReLU network is piecewise affine. Along each closed path (a training image translated along a "
     "circle) every linear region the path crosses was found exactly, with its affine map. "
@@ -193,6 +196,7 @@ def _markdown(meta, found, shown, figs) -> str:
     lines += ["## Figures", ""]
     for caption, files in figs:
         lines += [f"### {caption}", ""] + [f"![{f.stem}](figures/{f.name})" for f in files] + [""]
+    lines += ["## Data", "", DATA, ""]
     return "\n".join(lines)
 
 
@@ -242,5 +246,6 @@ def _html(meta, found, shown, figs) -> str:
         parts.append(f"<h3>{esc(caption)}</h3>" + "".join(
             f"<figure><a href='figures/{esc(f.name)}'><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'></a>"
             f"<figcaption class='note'>{esc(f.stem)}</figcaption></figure>" for f in files))
+    parts.append(f"<h2>Data</h2><p>{esc(DATA)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -435,7 +435,7 @@ def status(sweep: SweepConfig, base: Path) -> str:
         failed = []
         counts = {}
         for r in records:
-            st = states.get(r["job_id"], "unknown")
+            st = states.get(r["job_id"], "local (see logs)" if r["job_id"].startswith("local-") else "unknown")
             counts[st] = counts.get(st, 0) + 1
             if st.startswith(("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED")):
                 failed.append((r, st))
