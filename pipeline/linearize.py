@@ -36,11 +36,14 @@ class _Stacked:
     def relu(self, call: pwl.PWLCall, track: bool):
         x, b = call.input, self.batch
         z, ahead = x[:b], x[b:]  # ahead = z + zdot: the frozen-pattern value one d further
-        mask = z > 0
+        if call.negative_slope == 0.0:  # the 0/1 factor straight in x's dtype (one kernel)
+            mask = torch.gt(z, 0, out=torch.empty_like(z))
+        else:
+            mask = z > 0
         zero = z == 0
         has_zero = bool(zero.any())
         if has_zero:  # on a kink: take the side the line moves into (zdot = ahead there)
-            mask |= zero & (ahead > 0)
+            mask.masked_fill_(zero & (ahead > 0), 1)
         tau = None
         if track:
             # z + tau zdot = 0  <=>  tau = 1 / (1 - r), r = ahead / z; crossings ahead have
@@ -50,12 +53,15 @@ class _Stacked:
             if has_zero:
                 r.masked_fill_(zero, math.inf)
             tau = r.flatten(1).amin(1)
-        m = _slope_mask(mask, call.negative_slope, x.dtype)
+        if call.negative_slope == 0.0:
+            m = pat = mask
+        else:
+            m, pat = _slope_mask(mask, call.negative_slope, x.dtype), mask
         out = x.view(2, b, *x.shape[1:])
         if call.inplace:
             out.mul_(m)
-            return x, tau
-        return (out * m).view(x.shape), tau
+            return x, tau, pat
+        return (out * m).view(x.shape), tau, pat
 
     def pool(self, call: pwl.PWLCall, track: bool):
         b = self.batch
@@ -64,7 +70,7 @@ class _Stacked:
         cur = pwl.lex_argmax(wz, wzdot, 2)
         tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
         out = win.gather(2, torch.cat([cur, cur])).view(2 * b, *shape[1:])
-        return out, tau
+        return out, tau, cur
 
     # Kinks are tracked as the per-row minimum of r = (z + zdot) / z, monotone in the distance
     # tau = 1 / (1 - r) for r < 1; converted once per pass.
@@ -103,8 +109,8 @@ class _Dual:
             if has_zero:
                 q.masked_fill_(zero, math.inf)
             tau = q.flatten(1).amin(1)
-        m = _slope_mask(mask, call.negative_slope, z.dtype)
-        return fwAD.make_dual(z * m, zdot * m), tau
+        m, pat = _masks(self, mask, call.negative_slope, z.dtype)
+        return fwAD.make_dual(z * m, zdot * m), tau, pat
 
     def pool(self, call, track: bool):
         z, zdot = self.split(call.input)
@@ -113,7 +119,7 @@ class _Dual:
         wzdot = torch.nan_to_num(wzdot, nan=0.0, posinf=0.0, neginf=0.0)
         cur = pwl.lex_argmax(wz, wzdot, 2)
         tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
-        return fwAD.make_dual(wz.gather(2, cur).view(shape), wzdot.gather(2, cur).view(shape)), tau
+        return fwAD.make_dual(wz.gather(2, cur).view(shape), wzdot.gather(2, cur).view(shape)), tau, cur
 
     # Kinks are tracked as the per-row minimum of q = zdot / z; tau = -1 / q for q < 0.
     @staticmethod
@@ -129,6 +135,16 @@ class _Dual:
         return p.reshape(p.shape[0], -1), t.reshape(t.shape[0], -1)
 
 
+def _masks(backend, mask, negative_slope: float, dtype):
+    """The factor a ReLU applies, and the pattern to hash. When the pattern is hashed in
+    float64 anyway, a ReLU's 0/1 factor is made float64 once and serves both."""
+    m = _slope_mask(mask, negative_slope, dtype)
+    if getattr(backend, "hashing", False) and m is mask and dtype == torch.float64:
+        m = mask.to(torch.float64)
+        return m, m
+    return m, mask
+
+
 def _slope_mask(mask, negative_slope: float, dtype):
     if negative_slope == 0.0:
         return mask
@@ -139,14 +155,20 @@ class LinearizeMode(TorchFunctionMode):
     """Intercepts the piecewise-linear ops of one pass and freezes their pattern.
 
     :meth:`tau` gives, per row of the batch, the distance to the first kink ahead when
-    ``track`` is true.
+    ``track`` is true. With ``pattern``, :meth:`pattern` gives a 64-bit hash of each row's
+    activation pattern (every ReLU mask and max-pool argmax of the pass): equal patterns
+    give equal hashes; different ones collide with probability about ``2**-40`` on VGG8-sized
+    layers (see :func:`_pattern_hash`).
     """
 
-    def __init__(self, backend, track: bool = True):
+    def __init__(self, backend, track: bool = True, pattern: bool = False):
         super().__init__()
         self.backend = backend
         self.track = track
         self.ratio = None  # per-row minimum kink ratio, in the backend's scale
+        self.hashes = [] if pattern else None  # per op, per row: exact integer sums (float64)
+        backend.hashing = pattern
+        self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -154,9 +176,12 @@ class LinearizeMode(TorchFunctionMode):
         if call is None:
             return func(*args, **kwargs)
         step = self.backend.relu if call.kind == "relu" else self.backend.pool
-        out, tau = step(call, self.track)
+        out, tau, pat = step(call, self.track)
         if tau is not None:
             self.ratio = tau if self.ratio is None else torch.minimum(self.ratio, tau)
+        if self.hashes is not None:
+            self.hashes.append(_pattern_hash(pat, self.calls))
+        self.calls += 1
         return out
 
     def tau(self, batch: int, device):
@@ -165,45 +190,87 @@ class LinearizeMode(TorchFunctionMode):
             return torch.full((batch,), math.inf, dtype=torch.float64, device=device)
         return self.backend.to_tau(self.ratio.double())
 
+    def pattern(self, batch: int, device):
+        """Hash of the activation pattern per row (int64; 0 for a network without kinks)."""
+        if not self.hashes:
+            return torch.zeros(batch, dtype=torch.long, device=device)
+        # each op's sum is an integer below 2**53: 512 of them add up exactly in int64
+        h = torch.stack(self.hashes).long()
+        out = h[:512].sum(0)
+        for i in range(512, h.shape[0], 512):  # very deep networks: add modulo a prime
+            out = (out.remainder_(_HASH_MOD) + h[i:i + 512].sum(0))
+        return out
+
+
+_HASH_WEIGHTS: dict = {}
+_HASH_MOD = 2**61 - 1  # a prime: pattern hashes of passes with more than 512 ops are reduced modulo it
+
+
+def _pattern_hash(pat: torch.Tensor, call: int) -> torch.Tensor:
+    """``sum_u w_u pat_u`` over each row's units (ReLU: mask, max-pool: argmax index in the
+    window) with fixed pseudo-random integer weights per op and unit, as one float64
+    matrix-vector product. The weights are small enough (``U * max(pat) * w < 2**53``) that
+    every partial sum is an exactly representable integer: the result is exact, whatever the
+    summation order of the kernel. Two patterns that differ in this op collide with
+    probability about ``2**-(53 - log2(U max(pat)))`` (``2**-40`` for 6,144 ReLU units)."""
+    flat = pat.flatten(1)  # 0/1 float or bool (ReLU), int64 argmax index (max-pool)
+    n = flat.shape[1]
+    key = (call, n, flat.dtype, flat.device)
+    w = _HASH_WEIGHTS.get(key)
+    if w is None:
+        # windows of more than 256 elements would make the sums inexact: still a hash, but
+        # without the exactness argument above
+        top = 255 if flat.dtype == torch.long else 1
+        bits = max(53 - (n * top).bit_length(), 1)
+        g = torch.Generator().manual_seed(1_000_003 * (call + 1) + n)
+        w = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.long).to(device=flat.device, dtype=torch.float64)
+        _HASH_WEIGHTS[key] = w
+    return torch.mv(flat.to(torch.float64), w)
+
 
 def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", track: bool = True,
-              out: torch.Tensor | None = None, row_block: int = 0):
+              out: torch.Tensor | None = None, row_block: int = 0, pattern: bool = False):
     """Linearise ``model`` at points ``x`` along directions ``d`` (both ``(B, *input_shape)``),
     in groups of ``row_block // 2`` rows (one pass per group; 0: one pass for all).
 
     Returns ``(f, fdot, tau)``: outputs ``(B, K)``, their derivatives along ``d``, and the
     distance in ``t`` to the first kink ahead (``inf`` if none). The pattern used at a point
     on a kink is the one just ahead (``z > 0``, or ``z == 0`` and ``zdot > 0``).
+    With ``pattern``, a fourth array ``(B,)`` int64 hashes each row's activation pattern
+    (see :class:`LinearizeMode`): the walk uses it to recognise a step that did not get past
+    the kink it aimed at (rounding, see :mod:`pipeline.walk`).
     ``out`` optionally provides a ``(2B, *input_shape)`` buffer for the stacked input.
     """
     b = x.shape[0]
     rows = max(1, row_block // 2) if row_block else b
     if b <= rows:
-        return _linearize(model, x, d, jvp, track, out)
-    parts = [_linearize(model, x[i:i + rows], d[i:i + rows], jvp, track,
-                        None if out is None else out[2 * i:2 * i + 2 * min(rows, b - i)])
-             for i in range(0, b, rows)]
-    return tuple(torch.cat(p) for p in zip(*parts))
+        res = _linearize(model, x, d, jvp, track, out, pattern)
+    else:
+        parts = [_linearize(model, x[i:i + rows], d[i:i + rows], jvp, track,
+                            None if out is None else out[2 * i:2 * i + 2 * min(rows, b - i)], pattern)
+                 for i in range(0, b, rows)]
+        res = tuple(torch.cat(p) for p in zip(*parts))
+    return res if pattern else res[:3]
 
 
-def _linearize(model, x, d, jvp, track, out):
+def _linearize(model, x, d, jvp, track, out, pattern=False):
     b = x.shape[0]
     if jvp == "stacked":
         stacked = out if out is not None else torch.empty((2 * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
         stacked[:b].copy_(x)
         torch.add(x, d, out=stacked[b:])
-        mode = LinearizeMode(_Stacked(b), track)
+        mode = LinearizeMode(_Stacked(b), track, pattern)
         with torch.no_grad(), mode:
             y = model(stacked)
         f, fdot = mode.backend.output(y)
-        return f, fdot, mode.tau(b, x.device)
+        return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     if jvp == "dual":
-        mode = LinearizeMode(_Dual(), track)
+        mode = LinearizeMode(_Dual(), track, pattern)
         with torch.no_grad(), fwAD.dual_level():
             with mode:
                 y = model(fwAD.make_dual(x, d))
             f, fdot = mode.backend.output(y)
-        return f, fdot, mode.tau(b, x.device)
+        return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
 
 

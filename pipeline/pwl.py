@@ -116,11 +116,19 @@ _ROW_BLOCKED = _names(F, "conv1d", "conv2d", "conv3d", "linear") | _names(torch,
 )
 
 
-def default_row_block(device, dtype) -> int:
-    """Rows per call of a heavy layer: small blocks on CPU (cache), none on GPUs."""
+def default_row_block(device, dtype, method: str = "walk") -> int:
+    """Rows per call of a heavy layer: small blocks on CPU (cache), none on GPUs.
+
+    ``subdivide`` in float64 uses 16: its layers and its midpoint certificate run on
+    thousands of rows, and on VGG8 (one thread) blocks of 16 rows ran the whole method
+    1.1-1.2x faster than blocks of 64 (docs/benchmarks.md). The walk keeps 64 (its passes
+    hold 2 rows per segment in flight, so blocks rarely split at the batch sizes used).
+    """
     if torch.device(device).type != "cpu":
         return 0
-    return 64 if dtype == torch.float64 else 256
+    if dtype == torch.float64:
+        return 16 if method == "subdivide" else 64
+    return 256
 
 
 def call_blocked(func, args, kwargs, block: int):
@@ -279,20 +287,26 @@ def maxpool_first_kink(wz, wzdot, cur):
     return tau.flatten(1).amin(1)
 
 
-def relu_crossings(za: torch.Tensor, zb: torch.Tensor, same: torch.Tensor):
+def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor):
     """Every sign change of a unit between consecutive vertices.
 
-    ``za``, ``zb``: ``(P, U)`` values at the two ends of each piece; ``same``: ``(P,)`` whether
-    the piece joins two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in
-    ``(0, 1)``, float64.
+    ``za``, ``zb``: ``(P, U)`` values at the two ends of each piece; or ``za`` the ``(P + 1, U)``
+    values at the vertices of a chain and ``zb=None`` (pieces join consecutive rows: the signs
+    are then computed once per vertex, not twice). ``same``: ``(P,)`` whether the piece joins
+    two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in ``(0, 1)``, float64.
     """
-    # strict sign changes; za and zb are usually overlapping views z[:-1], z[1:] of one chain
-    pos_a, neg_a, pos_b, neg_b = za > 0, za < 0, zb > 0, zb < 0
-    cross = (pos_a & neg_b) | (neg_a & pos_b)
-    cross &= same[:, None]
-    p, u = cross.nonzero(as_tuple=True)
-    a = za[p, u].double()
-    b = zb[p, u].double()
+    # strict sign changes. One pass over (P, U) finds the candidates (positive on one side
+    # only); zeros, nan and pieces joining two segments are then dropped from the (few)
+    # candidates.
+    if zb is None:
+        pos = za > 0
+        p, u = (pos[:-1] != pos[1:]).nonzero(as_tuple=True)
+        a, b = za[p, u], za[p + 1, u]
+    else:
+        p, u = ((za > 0) != (zb > 0)).nonzero(as_tuple=True)
+        a, b = za[p, u], zb[p, u]
+    ok = ((a < 0) | (a > 0)) & ((b < 0) | (b > 0)) & same[p]
+    p, a, b = p[ok], a[ok].double(), b[ok].double()
     return p, a / (a - b)
 
 

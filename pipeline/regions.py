@@ -114,7 +114,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
     x0, x1 = x0.to(dtype), x1.to(dtype)
     work, device = _prepare_model(model, dtype, device)
     if row_block is None:
-        row_block = default_row_block(device, dtype)
+        row_block = default_row_block(device, dtype, method)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -172,9 +172,10 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         ``chunk_segments``, ``jvp`` ("stacked" or "dual"), ``scheduling`` ("continuous" or
         "static", walk only), ``max_vertices`` (subdivide's chunk bound: peak memory is about
         max_vertices x the largest activation x 8 bytes per live tensor), ``row_block`` (rows
-        per call of conv/linear layers; default 64 on CPU in float64, 256 in float32, all on
-        GPU: CPU kernels slow down when the batch outgrows the cache), ``certify`` (subdivide:
-        "all" evaluates the network at every region's midpoint, "sample" at 16 per segment).
+        per call of conv/linear layers; default on CPU in float64 16 for subdivide and 64 for
+        walk, 256 in float32, all on GPU: CPU kernels slow down when the batch outgrows the
+        cache), ``certify`` (subdivide: "all" evaluates the network at every region's
+        midpoint, "sample" at 16 per segment).
 
     Returns
     -------

@@ -8,6 +8,10 @@ linear interpolation root; a max-pool window changes argmax at a kink of the upp
 of its (affine) elements. Each such point becomes a new vertex, and every live tensor
 (skip connections included) is interpolated there. No ``eps``, no sequential stepping.
 
+A ReLU whose input nothing reads afterwards (the graph's last use, no other live value in
+the same memory, not a view: the sub-chains of a split hold views of one tensor) rectifies
+that input in place, which saves one tensor of the chain's size per ReLU layer.
+
 Memory stays bounded: when a chain of vertices grows past ``max_vertices`` it is split into
 sub-chains (sharing their end vertex) that continue depth-first, left to right, so vertices
 reach the output in order.
@@ -27,6 +31,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
@@ -57,6 +62,7 @@ class _Plan:
                 self.batched[n] = False
             else:
                 self.batched[n] = any(self.batched[a] for a in n.all_input_nodes)
+        self.relu_input = {n: _bare_relu_input(self, n) for n in self.nodes}
         self.dead_after = {i: [] for i in range(len(self.nodes))}
         for n in self.nodes:
             self.dead_after[self.last_use[n]].append(n)
@@ -152,6 +158,8 @@ class _SubdivideMode(TorchFunctionMode):
         self.row_block = row_block
         self.chain: _Chain | None = None
         self.args_ids: set = set()
+        self.index = -1  # position of the node being run
+        self.may_overwrite = False  # the node is a bare ReLU whose input dies with it
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -169,7 +177,7 @@ class _SubdivideMode(TorchFunctionMode):
         same = chain.seg[1:] == chain.seg[:-1]
         if call.kind == "relu":
             flat = z.reshape(v, -1)
-            piece, tau = pwl.relu_crossings(flat[:-1], flat[1:], same)
+            piece, tau = pwl.relu_crossings(flat, None, same)
         else:
             win, _ = pwl.pool_windows(z, call.pool)
             piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
@@ -177,10 +185,44 @@ class _SubdivideMode(TorchFunctionMode):
             extra = {"z": z}
             _insert(chain, self.plan, piece, tau, extra, self.tol)
             z = extra["z"]
+        if call.kind == "relu" and not call.inplace and self.may_overwrite and self._unshared(z):
+            # nothing reads z after this op: rectify it in place (no new tensor of the chain's size)
+            return torch.relu_(z) if call.negative_slope == 0.0 else F.leaky_relu_(z, call.negative_slope)
         args = (z, *args[1:]) if args else args
         if not args:
             kwargs = dict(kwargs, input=z)
         return func(*args, **kwargs)
+
+    def _unshared(self, z: torch.Tensor) -> bool:
+        """``z`` owns its memory (not a view: the sub-chains of a split hold views of one
+        tensor) and no value still needed after this node shares it."""
+        if z._base is not None:
+            return False
+        ptr = z.untyped_storage().data_ptr()
+        last_use, i = self.plan.last_use, self.index
+        for node, val in self.chain.env.items():
+            if (last_use[node] > i and isinstance(val, torch.Tensor)
+                    and val.untyped_storage().data_ptr() == ptr):
+                return False
+        return True
+
+
+_RELU_TARGETS = (F.relu, torch.relu, F.leaky_relu)
+_RELU_MODULES = (torch.nn.ReLU, torch.nn.LeakyReLU)
+
+
+def _bare_relu_input(plan: _Plan, node: fx.Node):
+    """The input node of a node that only applies a ReLU / leaky ReLU (else None)."""
+    if node.op == "call_function" and node.target in _RELU_TARGETS:
+        pass
+    elif node.op == "call_method" and node.target == "relu":
+        pass
+    elif node.op == "call_module" and isinstance(plan.gm.get_submodule(node.target), _RELU_MODULES):
+        pass
+    else:
+        return None
+    first = node.args[0] if node.args else node.kwargs.get("input")
+    return first if isinstance(first, fx.Node) else None
 
 
 def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
@@ -215,6 +257,9 @@ def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, em
             kwargs = map_arg(node.kwargs, lambda n: env[n])
             mode.chain = ch
             mode.args_ids = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+            mode.index = i
+            src = plan.relu_input[node]
+            mode.may_overwrite = src is not None and plan.batched[src] and plan.last_use[src] == i
             v_before = ch.t.numel()
             with mode:
                 if node.op == "call_function":
