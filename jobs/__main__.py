@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 COMMANDS = {
-    "demo": ("jobs.demo", "the main job: `run configs/demo.yaml` (embedded digits, about 5 min on 2 cores)"),
+    "demo": ("jobs.demo", "the main job: `run configs/demo.yaml` (embedded digits, about 6 min on 2 cores)"),
     "run": ("jobs.run", "a sweep from start to report: train, discover, aggregate, report (resumes)"),
     "train": ("jobs.train", "train one network from a recipe file (resumes)"),
     "discover": ("jobs.discover", "regions along the path set of a trained run, into a sharded Zarr store"),
