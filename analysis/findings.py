@@ -66,7 +66,9 @@ def _pct(x: float) -> str:
 
 
 def _num(x: float) -> str:
-    return "n/a" if math.isnan(x) else f"{x:.3g}"
+    if math.isnan(x):
+        return "n/a"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
 
 
 def _p(p: float) -> str:
@@ -136,8 +138,11 @@ def _training(rows, label, config) -> list[Finding]:
     else:
         text = f"{label}: {k} of {n} networks trained on noisy labels reached 100% training accuracy"
     if not fit.all():
-        text += (f"; the others stopped at their epoch budget with training error up to {_pct(worst)}, so they did "
-                 "not fit their noisy labels and the noise comparisons below understate what the paper measures")
+        rest = n - k
+        text += (f"; {'the other one' if rest == 1 else f'the other {rest}'} stopped at the epoch budget with "
+                 f"training error {'' if rest == 1 else 'up to '}{_pct(worst)}, so the noise comparisons below include "
+                 f"{'a network' if rest == 1 else 'networks'} that did not fit {'its' if rest == 1 else 'their'} "
+                 "noisy labels (the paper's all do)")
     return [Finding("training", label, text + ".", {"noisy_networks": len(noisy), "fit": int(fit.sum()),
                                                      "worst_train_error": worst})]
 

@@ -63,7 +63,7 @@ def test_findings_say_what_the_table_holds():
 
     t = topics["training"]
     assert t.numbers == {"noisy_networks": 4, "fit": 3, "worst_train_error": 0.3}
-    assert "3 of 4 networks" in t.text and "up to 30%" in t.text
+    assert "3 of 4 networks" in t.text and "the other one stopped at the epoch budget with training error 30%" in t.text
 
     n = topics["noise"]  # deviation rises on all 10 paths, density on 3 of 10, at both levels
     assert n.numbers["p=0.5"] == {"deviation": 1.0, "density": 0.3}
@@ -143,3 +143,15 @@ def test_strength_words():
     assert strength(0.05) == "no" and strength(-0.2) == "a weak negative"
     assert strength(0.45) == "a moderate positive" and strength(0.9) == "a strong positive"
     assert strength(float("nan")) == "an undefined"
+
+
+def test_training_sentence_counts_the_networks_that_did_not_fit():
+    table = _table()
+    table.loc[(table.setting == "noisy") & (table.noise == 0.5) & (table.seed == 0), "train_error"] = 0.12
+    t = _by_topic(findings(table))["training"]
+    assert t.numbers == {"noisy_networks": 4, "fit": 2, "worst_train_error": 0.3}
+    assert "2 of 4 networks" in t.text and "the other 2 stopped at the epoch budget with training error up to 30%" \
+        in t.text
+    table["train_error"] = 0.0
+    t = _by_topic(findings(table))["training"]
+    assert "all 4 networks trained on noisy labels reached 100% training accuracy" in t.text
