@@ -145,6 +145,18 @@ class LocalPool:
         self.close(cancel=exc_type is not None)
 
 
+def _shard_regions(store: Path, shard: int) -> int:
+    """Regions in a complete shard (its attributes), 0 if unreadable: for the progress bar only."""
+    import zarr
+
+    from pipeline.store import shard_name
+
+    try:
+        return int(zarr.open_group(str(store / shard_name(shard)), mode="r").attrs.get("n_regions", 0))
+    except Exception:  # noqa: BLE001 - a progress figure must never fail the run
+        return 0
+
+
 def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
     """Run what ``plan`` (:func:`jobs.sweep.plan`) lists as missing on a :class:`LocalPool`.
 
@@ -159,6 +171,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
     from pipeline.config import to_dict
     from tqdm.auto import tqdm
 
+    from .discover import store_path
     from .sweep import AggregateJob, DiscoverJob, TrainJob, _record
 
     to_train = sorted(plan["train"]["todo"] + plan["train"]["incomplete"],
@@ -167,11 +180,11 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
     for r, dcfg, shard in plan["discover"]["todo"] + plan["discover"]["incomplete"]:
         shards.setdefault(r.run_id, []).append((r, dcfg, shard))
     total = len(to_train) + sum(map(len, shards.values()))
-    failed, count = [], 0
+    failed, count, regions = [], 0, 0
     logs = root / "logs"
     with LocalPool(logs, workers) as pool, tqdm(total=total, unit="job", desc=f"sweep {sweep.name}",
                                                  dynamic_ncols=True) as bar:
-        running = {}
+        running, stores = {}, {}
 
         def launch(job, stage, **extra):
             running[job.future] = (job, stage, extra)
@@ -179,9 +192,10 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
 
         def launch_discovery(run_id):
             for r, dcfg, shard in shards.pop(run_id, []):
-                launch(pool.submit(DiscoverJob(str(r.run_dir), to_dict(dcfg), shard),
-                                   name=f"discover {run_id} {dcfg.checkpoint} shard {shard}"),
-                       "discover", run=run_id, checkpoint=dcfg.checkpoint, shard=shard)
+                job = pool.submit(DiscoverJob(str(r.run_dir), to_dict(dcfg), shard),
+                                  name=f"discover {run_id} {dcfg.checkpoint} shard {shard}")
+                stores[job.future] = (store_path(r.run_dir, dcfg), shard)
+                launch(job, "discover", run=run_id, checkpoint=dcfg.checkpoint, shard=shard)
 
         bar.write(f"{pool.workers} worker process(es), one CPU thread each; job logs in {logs}")
         training = {r.run_id for r in to_train}
@@ -207,7 +221,9 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
                     continue
                 if stage == "train":
                     launch_discovery(extra["run"])
-            bar.set_postfix(running=len(running), failed=len(failed))
+                else:
+                    regions += _shard_regions(*stores.pop(future))
+            bar.set_postfix(running=len(running), failed=len(failed), regions=f"{regions:,}")
     if failed:
         lines = "\n".join(f"  {j.name}: {e}" for j, e in failed)  # each names its log
         raise JobFailed(f"{len(failed)} job(s) failed (everything else is saved; fix the cause and run the same "
@@ -216,5 +232,6 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
         print("aggregating ...", flush=True)
         AggregateJob(str(root))()
         count += 1
-    print(f"ran {count} job(s) on this machine; logs in {logs}")
+    print(f"ran {count} job(s) on this machine ({regions:,} regions found by this run's discovery jobs); "
+          f"logs in {logs}")
     return count
