@@ -28,6 +28,7 @@ import pandas as pd
 import yaml
 import zarr
 
+from pipeline.config import write_atomic
 from pipeline.store import StoreError, shard_name, shard_status
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
@@ -277,9 +278,9 @@ def _save_cache(cache_dir: Path, fingerprints: dict, measures: pd.DataFrame):
     tmp = cache_dir / "measures.parquet.tmp"
     measures.to_parquet(tmp, index=False)
     os.replace(tmp, cache_dir / "measures.parquet")
-    tmp = cache_dir / "manifest.json.tmp"
-    tmp.write_text(json.dumps({"schema": CACHE_SCHEMA, "stores": fingerprints}, indent=1, sort_keys=True))
-    os.replace(tmp, cache_dir / "manifest.json")  # written last: it vouches for the table
+    # written last: it vouches for the table
+    write_atomic(cache_dir / "manifest.json", json.dumps({"schema": CACHE_SCHEMA, "stores": fingerprints}, indent=1,
+                                                         sort_keys=True))
 
 
 def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | None = None,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import tables
+from pipeline.config import write_atomic
+
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, findings
 from .report import TABLES
@@ -101,18 +102,10 @@ def _figures(analysis_dir: Path) -> list[tuple[str, list[Path]]]:
     files = sorted((analysis_dir / "figures").glob("*.png"))
     sections = []
     for prefix, caption in FIGURES.items():
-        mine = [f for f in files if f.name.startswith(prefix + "-") or f.name.startswith(prefix + "_")]
-        if prefix == "noise":
-            mine = [f for f in mine if not f.name.startswith("noise_")]
+        mine = [f for f in files if f.name.startswith(prefix + "-")]  # figures.draw_all names them <kind>-...
         if mine:
             sections.append((caption, mine))
     return sections
-
-
-def _write(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisConfig = AnalysisConfig(),
@@ -145,9 +138,9 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
     meta = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "summary": _summary(table, config), "constant": const, "notes": list(notes)}
     written = {"html": out / "index.html", "markdown": out / "report.md", "findings": out / "findings.json"}
-    _write(written["html"], _html(meta, found, shown, figs))
-    _write(written["markdown"], _markdown(meta, found, shown, figs))
-    _write(written["findings"], json.dumps({"meta": meta, "findings": [f.__dict__ for f in found]}, indent=1,
+    write_atomic(written["html"], _html(meta, found, shown, figs))
+    write_atomic(written["markdown"], _markdown(meta, found, shown, figs))
+    write_atomic(written["findings"], json.dumps({"meta": meta, "findings": [f.__dict__ for f in found]}, indent=1,
                                            default=_json_default))
     return written
 

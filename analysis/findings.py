@@ -87,21 +87,22 @@ def findings(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()) -> 
     for k, rows in table.groupby(GROUP, sort=True, dropna=False):
         keys = dict(zip(GROUP, k))
         label = group_label(keys, several)
-        sel = {c: keys[c] for c in GROUP}
 
         def mine(df):
             if df.empty:
                 return df
-            return df[np.logical_and.reduce([df[c] == v for c, v in sel.items()])]
+            return df[np.logical_and.reduce([df[c] == v for c, v in keys.items()])]
 
         main = rows[rows["setting"] != "double_descent"]
-        out += _training(main, label, config)
-        out += _correlation(main, label, config)
-        out += _noise(mine(paired), label)
+        trained, init = _networks(main, config.trained), _networks(main, config.init)
+        fractions = mine(paired)
+        out += _training(trained, label)
+        out += _correlation(trained, init, label)
+        out += _noise(fractions, label)
         out += _noise_medians(mine(medians), label)
-        out += _augment(mine(paired), label)
-        out += _trained_vs_init(mine(paired), label)
-        out += _test_error(main, label, config)
+        out += _augment(fractions, label)
+        out += _trained_vs_init(fractions, label)
+        out += _test_error(trained, label)
     dd = table[table["setting"] == "double_descent"]
     for k, rows in dd.groupby(["dataset", "model", "paths", "path_set"], sort=True):
         out += _double_descent(rows, dict(zip(["dataset", "model", "paths", "path_set"], k)), config)
@@ -122,8 +123,7 @@ def _networks(rows: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     return net.reset_index()
 
 
-def _training(rows, label, config) -> list[Finding]:
-    net = _networks(rows, config.trained)
+def _training(net, label) -> list[Finding]:
     if net.empty:
         return []
     noisy = net[net["noise"] > 0]
@@ -147,8 +147,7 @@ def _training(rows, label, config) -> list[Finding]:
                                                      "worst_train_error": worst})]
 
 
-def _correlation(rows, label, config) -> list[Finding]:
-    net = _networks(rows, config.trained)
+def _correlation(net, init, label) -> list[Finding]:
     if net.empty or net["rho"].isna().all():
         return []
     rho = net["rho"].dropna()
@@ -156,7 +155,6 @@ def _correlation(rows, label, config) -> list[Finding]:
     text = (f"{label}: across the paths of each trained network, density and deviation show {strength(m)} rank "
             f"correlation: Spearman's ρ averages {m:.2f} (from {lo:.2f} to {hi:.2f} over {len(rho)} networks)")
     numbers = {"rho_mean": m, "rho_min": lo, "rho_max": hi, "networks": len(rho)}
-    init = _networks(rows, config.init)
     if not init.empty and init["rho"].notna().any():
         mi = float(init["rho"].dropna().mean())
         text += f"; at initialisation it averages {mi:.2f}"
@@ -255,8 +253,7 @@ def _trained_vs_init(paired, label) -> list[Finding]:
     return [Finding("training_vs_init", label, text, {"setting": what, "deviation": dev, "density": den})]
 
 
-def _test_error(rows, label, config) -> list[Finding]:
-    net = _networks(rows, config.trained)
+def _test_error(net, label) -> list[Finding]:
     if len(net) < 3 or net["test_error"].nunique() < 2:
         return []
     r_dev = spearman(net["median_deviation"], net["test_error"])

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 
 
-from pipeline.config import save_config
+from pipeline.config import save_config, write_atomic
 
 from . import tables
 from .collect import collect
@@ -41,12 +41,6 @@ TABLES = {
 }
 
 
-def _write_text(path: Path, text: str):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tables(frames: dict, out_dir, notes=()) -> list[Path]:
     """Write each ``{name: DataFrame}`` as ``<name>.csv`` and ``<name>.md`` (fixed number
     formats, so the files are byte-for-byte reproducible); returns the files written."""
@@ -55,8 +49,8 @@ def write_tables(frames: dict, out_dir, notes=()) -> list[Path]:
     written = []
     for name, df in frames.items():
         title, fmt = TABLES.get(name, (name, ".4g"))
-        _write_text(out / f"{name}.csv", tables.format_csv(df))
-        _write_text(out / f"{name}.md", tables.format_markdown(df, fmt, title=title, notes=notes))
+        write_atomic(out / f"{name}.csv", tables.format_csv(df))
+        write_atomic(out / f"{name}.md", tables.format_markdown(df, fmt, title=title, notes=notes))
         written += [out / f"{name}.csv", out / f"{name}.md"]
     return written
 
@@ -101,7 +95,7 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     tmp = out / "paths.parquet.tmp"
     table.to_parquet(tmp, index=False)
     os.replace(tmp, written["paths"])
-    _write_text(written["stores"], tables.format_csv(stores))
+    write_atomic(written["stores"], tables.format_csv(stores))
     save_config(config, written["config"])
 
     partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]

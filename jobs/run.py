@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 log = logging.getLogger("jobs.run")
-FAILED_STATES = ("FAILED", "OUT_OF_MEMORY", "NODE_FAIL", "TIMEOUT", "CANCELLED", "BOOT_FAIL", "DEADLINE")
 
 
 def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> None:
@@ -26,6 +25,8 @@ def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> No
     submission's jobs that can no longer run (their dependencies failed) and raise with the
     failed job's log."""
     from tqdm.auto import tqdm
+
+    from .sweep import FAILED_STATES, log_tail
 
     start = time.time()
     with tqdm(total=len(jobs), unit="job", desc="slurm jobs", dynamic_ncols=True) as bar:
@@ -40,7 +41,7 @@ def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> No
                 for j, s in zip(jobs, states):
                     if s in ("PENDING", "REQUEUED"):
                         j.cancel(check=False)
-                lines = "\n".join(f"  job {j.job_id} {s}; log: {j.paths.stderr}\n" + _tail(j.paths.stderr)
+                lines = "\n".join(f"  job {j.job_id} {s}; log: {j.paths.stderr}\n" + log_tail(j.paths.stderr)
                                   for j, s in failed)
                 raise RuntimeError(f"{len(failed)} SLURM job(s) failed; their pending dependants were cancelled. "
                                    f"Fix the cause and run the same command again to resume:\n{lines}")
@@ -49,13 +50,6 @@ def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> No
             if timeout_s is not None and time.time() - start > timeout_s:
                 raise TimeoutError(f"{len(jobs) - done} job(s) still not done after {timeout_s:.0f} s")
             time.sleep(poll_s)
-
-
-def _tail(path, n: int = 6) -> str:
-    path = Path(path)
-    if not path.exists():
-        return ""
-    return "\n".join("      " + line for line in path.read_text(errors="replace").strip().splitlines()[-n:])
 
 
 def run(sweep_file, executor: str | None = None, workers: int | None = None, poll_s: float = 10.0,

@@ -26,13 +26,15 @@ from pathlib import Path
 import submitit
 import yaml
 
-from pipeline.config import ConfigError, config_hash, from_dict, to_dict
+from pipeline.config import ConfigError, config_hash, from_dict, to_dict, write_atomic
 from pipeline.train import TrainConfig
 
 from .discover import DiscoverConfig, store_path
 
 log = logging.getLogger("jobs.sweep")
 EXECUTORS = ("slurm", "local", "debug")
+# SLURM states of a job that ended without finishing (prefixes: sacct may add "by <uid>", or cut names short)
+FAILED_STATES = ("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED", "BOOT_FAIL", "DEADLINE")
 
 
 @dataclass(frozen=True)
@@ -189,10 +191,8 @@ class AggregateJob(submitit.helpers.Checkpointable):
 
         _threads()
         written = aggregate(self.root)  # into <root>/analysis
-        marker = Path(self.root) / "analysis" / "DONE"
-        tmp = marker.with_name("DONE.tmp")
-        tmp.write_text(json.dumps(written, default=str, indent=1))
-        tmp.replace(marker)  # the marker goes last
+        # the marker goes last
+        write_atomic(Path(self.root) / "analysis" / "DONE", json.dumps(written, default=str, indent=1))
         return written
 
     def checkpoint(self, *args, **kwargs):
@@ -324,10 +324,8 @@ def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:
         raise ConfigError(f"{root} exists and is not a sweep folder (no sweep.yaml): nothing was written. Give the "
                           "sweep another root, or empty the folder.")
     root.mkdir(parents=True, exist_ok=True)
-    for path, text in ((have_file, yaml.safe_dump(to_dict(sweep), sort_keys=True)), (runs_file, "\n".join(ids) + "\n")):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+    write_atomic(have_file, yaml.safe_dump(to_dict(sweep), sort_keys=True))
+    write_atomic(runs_file, "\n".join(ids) + "\n")
 
 
 def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_run: bool = False,
@@ -437,16 +435,21 @@ def status(sweep: SweepConfig, base: Path) -> str:
         for r in records:
             st = states.get(r["job_id"], "local (see logs)" if r["job_id"].startswith("local-") else "unknown")
             counts[st] = counts.get(st, 0) + 1
-            if st.startswith(("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED")):
+            if st.startswith(FAILED_STATES):
                 failed.append((r, st))
         out.append("jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         for r, st in failed:
-            tail = ""
-            err = Path(r["stderr"])
-            if err.exists():
-                tail = "\n".join("      " + line for line in err.read_text(errors="replace").strip().splitlines()[-6:])
-            out.append(f"  {r['stage']} job {r['job_id']} {st} ({r.get('run', '')}): {err}\n{tail}")
+            out.append(f"  {r['stage']} job {r['job_id']} {st} ({r.get('run', '')}): {r['stderr']}\n"
+                       f"{log_tail(r['stderr'])}")
     return "\n".join(out)
+
+
+def log_tail(path, n: int = 6) -> str:
+    """The last ``n`` lines of a job's log, indented (empty if there is no log)."""
+    path = Path(path)
+    if not path.exists():
+        return ""
+    return "\n".join("      " + line for line in path.read_text(errors="replace").strip().splitlines()[-n:])
 
 
 def _sacct(ids) -> dict:

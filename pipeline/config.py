@@ -71,11 +71,18 @@ def load_config(path, cls):
         raise ConfigError(f"{path}: {err}") from err
 
 
-def save_config(cfg, path) -> None:
+def write_atomic(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and a rename: a reader never
+    sees a half-written file, and a killed writer leaves only the temporary."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=True))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+    return path
+
+
+def save_config(cfg, path) -> None:
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=True))
 
 
 def config_hash(cfg, length: int = 12) -> str:

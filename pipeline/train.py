@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, save_config, to_dict
+from .config import ConfigError, save_config, to_dict, write_atomic
 from .data import DataConfig, load
 from .models import build
 
@@ -98,12 +98,6 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape) -> torch.nn.Mod
 def _atomic_save(obj, path: Path):
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_text(text: str, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -239,8 +233,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3g}", err=f"{train_err:.3f}", test_err=f"{test_err:.3f}")
-        pd.DataFrame(rows).to_csv(run_dir / "metrics.csv.tmp", index=False)
-        os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
+        write_atomic(run_dir / "metrics.csv", pd.DataFrame(rows).to_csv(index=False))
         periodic = (epoch + 1) % cfg.checkpoint_every == 0
         preempted = stop_after_epochs is not None and done_here >= stop_after_epochs
         if finished or periodic or preempted:
@@ -248,7 +241,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
                      "scheduler": sched.state_dict(), "epoch": epoch + 1, "metrics": rows, "finished": finished}
             name = "final.pt" if finished else f"epoch-{epoch + 1:04d}.pt"
             _atomic_save(state, ckpt_dir / name)
-            _atomic_text(name, last)  # the marker goes last: LAST always names a complete file
+            write_atomic(last, name)  # the marker goes last: LAST always names a complete file
         if finished or preempted:
             break
     if bar is not None:
