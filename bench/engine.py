@@ -141,7 +141,9 @@ def segments(n: int, frac: float = 1.0, offset: int = 0, fracs=None, spread: boo
 
 def prepared(net, dtype):
     """The network as the engine runs it: a private copy in ``dtype``, eval, no grad."""
-    m = copy.deepcopy(net).to(dtype).eval()
+    from pipeline.fastops import with_fast_layers
+
+    m = with_fast_layers(copy.deepcopy(net).to(dtype).eval())
     for p in m.parameters():
         p.requires_grad_(False)
     return m

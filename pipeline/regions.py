@@ -22,6 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .fastops import with_fast_layers
 from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
@@ -79,7 +80,7 @@ def _prepare_model(model, dtype, device):
         raise RuntimeError("device='cuda' was asked for but no CUDA device is available here; "
                            "use device='cpu'")
     # A private copy in the working dtype: the caller's model is never touched.
-    work = copy.deepcopy(model).to(device=device, dtype=dtype)
+    work = with_fast_layers(copy.deepcopy(model).to(device=device, dtype=dtype), device)
     for p in work.parameters():
         p.requires_grad_(False)
     return work, device

@@ -36,6 +36,7 @@ from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from . import pwl
+from .fastops import PairAvgPool2d
 from .linearize import forward_blocked
 from .result import RegionResult, assemble
 
@@ -68,9 +69,16 @@ class _Plan:
             self.dead_after[self.last_use[n]].append(n)
 
 
+class _Tracer(fx.Tracer):
+    """fx's default tracer, with the engine's own fast layers kept as single (leaf) calls."""
+
+    def is_leaf_module(self, m: torch.nn.Module, qualname: str) -> bool:
+        return isinstance(m, PairAvgPool2d) or super().is_leaf_module(m, qualname)
+
+
 def trace(model) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as err:  # fx raises many types; the cause is kept
         raise ValueError(
             f"method='subdivide' needs a model that torch.fx can trace (no data-dependent control "
