@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import pwl
 
-__all__ = ["LinearizeMode", "linearize", "bare_pass", "forward_blocked"]
+__all__ = ["LinearizeMode", "PatternHash", "linearize", "bare_pass", "forward_blocked"]
 
 
 class _Stacked:
@@ -158,16 +158,17 @@ class LinearizeMode(TorchFunctionMode):
     ``track`` is true. With ``pattern``, :meth:`pattern` gives a 64-bit hash of each row's
     activation pattern (every ReLU mask and max-pool argmax of the pass): equal patterns
     give equal hashes; different ones collide with probability about ``2**-40`` on VGG8-sized
-    layers (see :func:`_pattern_hash`).
+    layers (see :class:`PatternHash`; pass one to reuse its weights across passes).
     """
 
-    def __init__(self, backend, track: bool = True, pattern: bool = False):
+    def __init__(self, backend, track: bool = True, pattern: "bool | PatternHash" = False):
         super().__init__()
         self.backend = backend
         self.track = track
         self.ratio = None  # per-row minimum kink ratio, in the backend's scale
+        self.hasher = (pattern if isinstance(pattern, PatternHash) else PatternHash()) if pattern else None
         self.hashes = [] if pattern else None  # per op, per row: exact integer sums (float64)
-        backend.hashing = pattern
+        backend.hashing = bool(pattern)
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -180,7 +181,7 @@ class LinearizeMode(TorchFunctionMode):
         if tau is not None:
             self.ratio = tau if self.ratio is None else torch.minimum(self.ratio, tau)
         if self.hashes is not None:
-            self.hashes.append(_pattern_hash(pat, self.calls))
+            self.hashes.append(self.hasher(pat, self.calls))
         self.calls += 1
         return out
 
@@ -202,42 +203,51 @@ class LinearizeMode(TorchFunctionMode):
         return out
 
 
-_HASH_WEIGHTS: dict = {}
 _HASH_MOD = 2**61 - 1  # a prime: pattern hashes of passes with more than 512 ops are reduced modulo it
 
 
-def _pattern_hash(pat: torch.Tensor, call: int) -> torch.Tensor:
+class PatternHash:
     """``sum_u w_u pat_u`` over each row's units (ReLU: mask, max-pool: argmax index in the
     window) with fixed pseudo-random integer weights per op and unit, as one float64
     matrix-vector product. The weights are small enough (``U * max(pat) * w < 2**53``) that
     every partial sum is an exactly representable integer: the result is exact, whatever the
     summation order of the kernel. Two patterns that differ in this op collide with
-    probability about ``2**-(53 - log2(U max(pat)))`` (``2**-40`` for 6,144 ReLU units)."""
-    flat = pat.flatten(1)  # 0/1 float or bool (ReLU), int64 argmax index (max-pool)
-    n = flat.shape[1]
-    key = (call, n, flat.dtype, flat.device)
-    w = _HASH_WEIGHTS.get(key)
-    if w is None:
-        # windows of more than 256 elements would make the sums inexact: still a hash, but
-        # without the exactness argument above
-        top = 255 if flat.dtype == torch.long else 1
-        bits = max(53 - (n * top).bit_length(), 1)
-        g = torch.Generator().manual_seed(1_000_003 * (call + 1) + n)
-        w = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.long).to(device=flat.device, dtype=torch.float64)
-        _HASH_WEIGHTS[key] = w
-    return torch.mv(flat.to(torch.float64), w)
+    probability about ``2**-(53 - log2(U max(pat)))`` (``2**-40`` for 6,144 ReLU units).
+
+    The weights are drawn from seeded generators, so every instance hashes alike; an instance
+    keeps the weights it has drawn, so one instance per walk draws them once.
+    """
+
+    def __init__(self):
+        self.weights: dict = {}
+
+    def __call__(self, pat: torch.Tensor, call: int) -> torch.Tensor:
+        flat = pat.flatten(1)  # 0/1 float or bool (ReLU), int64 argmax index (max-pool)
+        n = flat.shape[1]
+        key = (call, n, flat.dtype, flat.device)
+        w = self.weights.get(key)
+        if w is None:
+            # windows of more than 256 elements would make the sums inexact: still a hash, but
+            # without the exactness argument above
+            top = 255 if flat.dtype == torch.long else 1
+            bits = max(53 - (n * top).bit_length(), 1)
+            g = torch.Generator().manual_seed(1_000_003 * (call + 1) + n)
+            w = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.long).to(device=flat.device,
+                                                                                   dtype=torch.float64)
+            self.weights[key] = w
+        return torch.mv(flat.to(torch.float64), w)
 
 
 def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", track: bool = True,
-              out: torch.Tensor | None = None, row_block: int = 0, pattern: bool = False):
+              out: torch.Tensor | None = None, row_block: int = 0, pattern: "bool | PatternHash" = False):
     """Linearise ``model`` at points ``x`` along directions ``d`` (both ``(B, *input_shape)``),
     in groups of ``row_block // 2`` rows (one pass per group; 0: one pass for all).
 
     Returns ``(f, fdot, tau)``: outputs ``(B, K)``, their derivatives along ``d``, and the
     distance in ``t`` to the first kink ahead (``inf`` if none). The pattern used at a point
     on a kink is the one just ahead (``z > 0``, or ``z == 0`` and ``zdot > 0``).
-    With ``pattern``, a fourth array ``(B,)`` int64 hashes each row's activation pattern
-    (see :class:`LinearizeMode`): the walk uses it to recognise a step that did not get past
+    With ``pattern`` (true, or a :class:`PatternHash` to reuse), a fourth array ``(B,)``
+    int64 hashes each row's activation pattern (see :class:`LinearizeMode`): the walk uses it to recognise a step that did not get past
     the kink it aimed at (rounding, see :mod:`pipeline.walk`).
     ``out`` optionally provides a ``(2B, *input_shape)`` buffer for the stacked input.
     """

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .linearize import forward_blocked, linearize
+from .linearize import PatternHash, forward_blocked, linearize
 from .result import RegionResult, assemble
 
 __all__ = ["walk"]
@@ -143,6 +143,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
     emitted = 0  # segments [0, emitted) have been yielded
     ready = 0  # segments [0, ready) are finished
     slots = None
+    hasher = PatternHash()  # its weights are drawn once per walk
 
     while True:
         if slots is None or slots.seg.numel() == 0:  # start, or static batching between batches
@@ -153,7 +154,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
         f, fdot, tau, pattern = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block,
-                                          pattern=True)
+                                          pattern=hasher)
         if buffer is None:
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
         t_cur = slots.t_cur

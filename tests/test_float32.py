@@ -70,3 +70,25 @@ def test_consecutive_exits_of_one_window_are_not_merged(dtype):
     res = discover(_Envelope().eval(), x0, x1, method="walk", dtype=dtype)
     np.testing.assert_allclose(res.breakpoints(0), [0.0, 0.3, 0.4, 1.0], atol=1e-6)
     np.testing.assert_allclose(res.slope[:, 0], [0.0, 1.0, 2.0], atol=1e-5)
+
+
+def test_pattern_hashes_agree_across_hashers_and_weights_are_drawn_once():
+    """The walk keeps one PatternHash per call (no module-level memo): two hashers give the
+    same hash, a second pass draws no new weights, and a pattern changed in one unit changes
+    the hash."""
+    from pipeline.linearize import PatternHash, linearize
+
+    torch.manual_seed(0)
+    net = VGG8().eval().double()
+    x0, x1 = _short_segment()
+    d = x1 - x0
+    a, b = PatternHash(), PatternHash()
+    ha = linearize(net, x0, d, pattern=a)[3]
+    drawn = len(a.weights)
+    assert drawn == 7  # one weight vector per ReLU of VGG8 (six conv, one fc)
+    assert torch.equal(linearize(net, x0, d, pattern=a)[3], ha) and len(a.weights) == drawn
+    assert torch.equal(linearize(net, x0, d, pattern=b)[3], ha)
+    mask = torch.zeros(2, 6144, dtype=torch.float64)
+    flipped = mask.clone()
+    flipped[1, 1234] = 1.0
+    assert a(mask, 0)[0] != a(flipped, 0)[1]
