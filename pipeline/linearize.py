@@ -36,27 +36,16 @@ class _Stacked:
     def relu(self, call: pwl.PWLCall, track: bool):
         x, b = call.input, self.batch
         z, ahead = x[:b], x[b:]  # ahead = z + zdot: the frozen-pattern value one d further
-        if call.negative_slope == 0.0:  # the 0/1 factor straight in x's dtype (one kernel)
-            mask = torch.gt(z, 0, out=torch.empty_like(z))
-        else:
-            mask = z > 0
-        zero = z == 0
-        has_zero = bool(zero.any())
-        if has_zero:  # on a kink: take the side the line moves into (zdot = ahead there)
-            mask.masked_fill_(zero & (ahead > 0), 1)
+        m, pat, zero = _relu_pattern(z, ahead, call.negative_slope)  # on a kink, zdot = ahead
         tau = None
         if track:
             # z + tau zdot = 0  <=>  tau = 1 / (1 - r), r = ahead / z; crossings ahead have
             # r < 1 and the smallest r is the nearest one. No subtraction, no cancellation for
             # kinks within one segment length (r <= 0 there).
             r = torch.div(ahead, z)
-            if has_zero:
+            if zero is not None:
                 r.masked_fill_(zero, math.inf)
             tau = r.flatten(1).amin(1)
-        if call.negative_slope == 0.0:
-            m = pat = mask
-        else:
-            m, pat = _slope_mask(mask, call.negative_slope, x.dtype), mask
         out = x.view(2, b, *x.shape[1:])
         if call.inplace:
             out.mul_(m)
@@ -98,18 +87,13 @@ class _Dual:
 
     def relu(self, call: pwl.PWLCall, track: bool):
         z, zdot = self.split(call.input)
-        mask = z > 0
-        zero = z == 0
-        has_zero = bool(zero.any())
-        if has_zero:
-            mask |= zero & (zdot > 0)
+        m, pat, zero = _relu_pattern(z, zdot, call.negative_slope)
         tau = None
         if track:
             q = torch.div(zdot, z)  # tau = -1 / q for q < 0; the most negative q is nearest
-            if has_zero:
+            if zero is not None:
                 q.masked_fill_(zero, math.inf)
             tau = q.flatten(1).amin(1)
-        m, pat = _masks(self, mask, call.negative_slope, z.dtype)
         return fwAD.make_dual(z * m, zdot * m), tau, pat
 
     def pool(self, call, track: bool):
@@ -135,20 +119,24 @@ class _Dual:
         return p.reshape(p.shape[0], -1), t.reshape(t.shape[0], -1)
 
 
-def _masks(backend, mask, negative_slope: float, dtype):
-    """The factor a ReLU applies, and the pattern to hash. When the pattern is hashed in
-    float64 anyway, a ReLU's 0/1 factor is made float64 once and serves both."""
-    m = _slope_mask(mask, negative_slope, dtype)
-    if getattr(backend, "hashing", False) and m is mask and dtype == torch.float64:
-        m = mask.to(torch.float64)
-        return m, m
-    return m, mask
-
-
-def _slope_mask(mask, negative_slope: float, dtype):
+def _relu_pattern(z, zdot, negative_slope: float):
+    """A ReLU's frozen pattern at ``z``: ``z > 0``, and on a kink (``z == 0``) the side the
+    line moves into (``zdot > 0``; any tensor with ``zdot``'s sign there). Returns the factor
+    the ReLU applies, the pattern to hash, and the kinks (``z == 0``; None when there are none).
+    For a plain ReLU the 0/1 factor is made straight in ``z``'s dtype (one kernel) and serves
+    as the pattern too."""
     if negative_slope == 0.0:
-        return mask
-    return mask.to(dtype).mul_(1.0 - negative_slope).add_(negative_slope)
+        mask = torch.gt(z, 0, out=torch.empty_like(z))
+    else:
+        mask = z > 0
+    zero = z == 0
+    if bool(zero.any()):
+        mask.masked_fill_(zero & (zdot > 0), 1)
+    else:
+        zero = None
+    if negative_slope == 0.0:
+        return mask, mask, zero
+    return mask.to(z.dtype).mul_(1.0 - negative_slope).add_(negative_slope), mask, zero
 
 
 class LinearizeMode(TorchFunctionMode):
@@ -168,7 +156,6 @@ class LinearizeMode(TorchFunctionMode):
         self.ratio = None  # per-row minimum kink ratio, in the backend's scale
         self.hasher = (pattern if isinstance(pattern, PatternHash) else PatternHash()) if pattern else None
         self.hashes = [] if pattern else None  # per op, per row: exact integer sums (float64)
-        backend.hashing = bool(pattern)
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

@@ -215,21 +215,14 @@ class _SubdivideMode(TorchFunctionMode):
         return True
 
 
-_RELU_TARGETS = (F.relu, torch.relu, F.leaky_relu)
-_RELU_MODULES = (torch.nn.ReLU, torch.nn.LeakyReLU)
-
-
 def _bare_relu_input(plan: _Plan, node: fx.Node):
-    """The input node of a node that only applies a ReLU / leaky ReLU (else None)."""
-    if node.op == "call_function" and node.target in _RELU_TARGETS:
-        pass
-    elif node.op == "call_method" and node.target == "relu":
-        pass
-    elif node.op == "call_module" and isinstance(plan.gm.get_submodule(node.target), _RELU_MODULES):
-        pass
-    else:
-        return None
-    first = node.args[0] if node.args else node.kwargs.get("input")
+    """The input node of a node that only applies a ReLU / leaky ReLU (else None). The
+    functions are the ones :func:`pwl.recognise` treats as a (not in-place) ReLU."""
+    bare = ((node.op == "call_function" and (node.target in pwl._RELU or node.target in pwl._LEAKY))
+            or (node.op == "call_method" and node.target == "relu")
+            or (node.op == "call_module"
+                and isinstance(plan.gm.get_submodule(node.target), (torch.nn.ReLU, torch.nn.LeakyReLU))))
+    first = (node.args[0] if node.args else node.kwargs.get("input")) if bare else None
     return first if isinstance(first, fx.Node) else None
 
 
