@@ -143,7 +143,7 @@ def prepared(net, dtype):
     """The network as the engine runs it: a private copy in ``dtype``, eval, no grad."""
     from pipeline.fastops import with_fast_layers
 
-    m = with_fast_layers(copy.deepcopy(net).to(dtype).eval())
+    m = with_fast_layers(copy.deepcopy(net).to(dtype).eval(), "cpu")
     for p in m.parameters():
         p.requires_grad_(False)
     return m

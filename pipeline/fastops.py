@@ -42,13 +42,9 @@ def _is_pair_average(m: nn.Module) -> bool:
             and m.padding in (0, (0, 0)) and not m.ceil_mode and m.divisor_override is None)
 
 
-def with_fast_layers(model: nn.Module, device=None) -> nn.Module:
+def with_fast_layers(model: nn.Module, device) -> nn.Module:
     """Swap, in place, every ``nn.AvgPool2d(2)`` of ``model`` for :class:`PairAvgPool2d` when
-    the model runs on the CPU (``device``, default: where its parameters are); returns
-    ``model``. Meant for a private copy."""
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
+    the model runs on the CPU (``device``); returns ``model``. Meant for a private copy."""
     if torch.device(device).type != "cpu":
         return model
     for name, child in list(model.named_children()):

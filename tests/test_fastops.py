@@ -37,7 +37,7 @@ def _net():
 
 def test_only_plain_two_by_two_averages_are_swapped_and_values_agree():
     net = _net()
-    fast = with_fast_layers(copy.deepcopy(net))
+    fast = with_fast_layers(copy.deepcopy(net), "cpu")
     kinds = [type(m).__name__ for m in fast.modules()]
     assert kinds.count("PairAvgPool2d") == 2 and kinds.count("AvgPool2d") == 2
     x = torch.randn(5, 1, 8, 8)
@@ -52,7 +52,7 @@ def test_nothing_is_swapped_off_the_cpu():
 
 
 def test_the_fast_layer_stays_one_call_in_the_traced_graph():
-    gm = trace(with_fast_layers(_net()))
+    gm = trace(with_fast_layers(_net(), "cpu"))
     called = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
     assert sum(isinstance(m, PairAvgPool2d) for m in called) == 2
 
