@@ -31,6 +31,7 @@ from .walk import walk
 __all__ = ["discover", "discover_iter", "RegionResult", "UnsupportedOpError", "METHODS"]
 
 METHODS = ("walk", "subdivide")
+CERTIFY = ("all", "strict", "sample")  # subdivide's midpoint certificate (see discover)
 DEFAULT_METHOD = "subdivide"  # the faster of the two, measured side by side: docs/benchmarks.md
 
 
@@ -104,8 +105,8 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
     if batch_size < 1 or chunk_segments < 1 or max_vertices < 4:
         raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4")
-    if certify not in ("all", "sample"):
-        raise ValueError(f"certify must be 'all' or 'sample', got {certify!r}")
+    if certify not in CERTIFY:
+        raise ValueError(f"certify must be one of {CERTIFY}, got {certify!r}")
     if jvp not in ("stacked", "dual"):
         raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
@@ -175,8 +176,12 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         max_vertices x the largest activation x 8 bytes per live tensor), ``row_block`` (rows
         per call of conv/linear layers; default on CPU in float64 16 for subdivide and 64 for
         walk, 256 in float32, all on GPU: CPU kernels slow down when the batch outgrows the
-        cache), ``certify`` (subdivide: "all" evaluates the network at every region's
-        midpoint, "sample" at 16 per segment).
+        cache), ``certify`` (subdivide: the network at region midpoints against the maps.
+        "all", the default, checks every region: in float64 it screens every midpoint in
+        float32 and evaluates in float64 16 regions per segment and every region whose screen
+        is inconclusive, reporting the screen's tolerance as ``certificate_tol``; "strict"
+        evaluates every midpoint in the working precision, about twice the cost; "sample"
+        only the 16 per segment).
 
     Returns
     -------

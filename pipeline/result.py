@@ -18,7 +18,10 @@ class RegionResult:
     Per segment: ``segment_index (S,)`` (position of the segment in the caller's input),
     ``density (S,)`` regions crossed, ``region_offset (S+1,)``, ``f0, f1 (S, K)`` network
     values at the ends, ``deviation (S, K)`` absolute deviation, ``total_variation (S, K)``,
-    ``continuity_gap (S,)`` the certificate, ``length (S,)`` ``‖x1 - x0‖``.
+    ``continuity_gap (S,)`` the certificate, ``length (S,)`` ``‖x1 - x0‖``,
+    ``certificate_tol (S,)``: 0 where every region was checked in the working precision; with
+    subdivide's float32 screen (``certify="all"`` in float64) the tolerance within which the
+    regions it alone checked agree with the network (``continuity_gap`` covers the rest).
     Per region: ``t_start, t_end (R,)`` and, unless ``keep_affine=False``, ``intercept,
     slope (R, K)`` with ``f(x0 + t d) = intercept + slope * t`` on the region.
     """
@@ -36,6 +39,7 @@ class RegionResult:
     t_end: np.ndarray
     intercept: np.ndarray | None
     slope: np.ndarray | None
+    certificate_tol: np.ndarray | None = None
 
     @property
     def n_segments(self) -> int:
@@ -89,11 +93,12 @@ class RegionResult:
 
 
 def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0, f1, length,
-             keep_affine: bool, extra_gap=None) -> RegionResult:
+             keep_affine: bool, extra_gap=None, certificate_tol=None) -> RegionResult:
     """Build a :class:`RegionResult` from region rows sorted by segment then ``t``.
 
     ``seg_of_region`` holds positions ``0..S-1`` into ``segment_index``; ``extra_gap`` (S,)
-    is a further certificate to fold into ``continuity_gap`` (subdivide's midpoint check).
+    is a further certificate to fold into ``continuity_gap`` (subdivide's midpoint check);
+    ``certificate_tol`` (S,) the float32 screen's tolerance where it vouched for regions.
     """
     s = len(segment_index)
     counts = np.bincount(seg_of_region, minlength=s)
@@ -110,6 +115,7 @@ def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0,
         deviation=measures.absolute_deviation(*args, f0, f1, length),
         total_variation=measures.total_variation(t_start, t_end, slope, offset),
         continuity_gap=gap if extra_gap is None else np.maximum(gap, extra_gap),
+        certificate_tol=np.zeros(s) if certificate_tol is None else np.asarray(certificate_tol, dtype=np.float64),
         length=np.asarray(length, dtype=np.float64),
         t_start=t_start,
         t_end=t_end,

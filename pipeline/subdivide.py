@@ -18,14 +18,22 @@ reach the output in order.
 
 The affine map of each region is the chord between its vertices' outputs (``f`` is affine
 there). The certificate evaluates the network, independently of the subdivision, at region
-midpoints and records the largest disagreement with the maps: at every region
-(``certify="all"``: a missed kink anywhere shows up; one more forward per region, about half
-the method's time) or at 16 random regions per segment (``certify="sample"``: an op the
-engine misread, which bends many regions, shows up; a single missed kink may not).
+midpoints and records the largest disagreement with the maps. ``certify="all"`` (default)
+checks every region: in float64 each midpoint is first evaluated by a float32 copy of the
+network (a third of the cost), and in float64 at 16 random regions per segment and at every
+region whose float32 error exceeds ``SCREEN_SAFETY`` times the float32 forward's own error on
+that segment (measured on the 16); ``continuity_gap`` is the float64 part, ``certificate_tol``
+the screen's tolerance. A missed kink bends its region's chord by about the slope change times
+the region's width, so every kink not within about ``certificate_tol / |slope change|`` (in
+``t``) of a vertex is caught. ``certify="strict"`` evaluates every midpoint in the working
+precision (one more float64 forward per region, about half the method's time);
+``certify="sample"`` only the 16 per segment (an op the engine misread, which bends many
+regions, shows up; a single missed kink may not).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -38,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from . import pwl
 from .fastops import PairAvgPool2d
 from .linearize import forward_blocked
+from .pwl import default_row_block
 from .result import RegionResult, assemble
 
 __all__ = ["subdivide", "trace"]
@@ -284,6 +293,8 @@ def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dty
               progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     plan = _Plan(trace(model))
+    # the float32 screen of certify="all" (a float32 copy: the model is the engine's own)
+    screen = copy.deepcopy(model).float() if certify == "all" and dtype == torch.float64 else None
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
     mode = _SubdivideMode(plan, tol, row_block)
     n_seg = x0.shape[0]
@@ -315,14 +326,14 @@ def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dty
                 _run(plan, mode, chain, max_vertices, emit)
             if progress is not None:
                 progress.update(b1 - b0)
-        yield _regions(model, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
+        yield _regions(model, screen, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
                        torch.cat(parts_f).numpy(), length, dtype, device, max_vertices, keep_affine, tol, row_block,
                        certify)
         lo = hi
 
 
-def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol, row_block,
-             certify):
+def _regions(model, screen, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol,
+             row_block, certify):
     # vertices are in order; _insert never puts two within tol, so this only drops the copies
     # of a vertex shared by two chunks of one chain
     keep = np.ones(seg.size, dtype=bool)
@@ -340,32 +351,81 @@ def _regions(model, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_p
     # the maps are the chords between vertex values: f is affine between consecutive vertices
     slope = (fv[inner + 1] - fv[inner]) / (t_end - t_start)[:, None]
     intercept = fv[inner] - slope * t_start[:, None]
-    # certificate: the network at region midpoints against the maps (all regions, or a sample)
-    check = _certified(rseg, certify)
-    mid = 0.5 * (t_start + t_end)[check]
-    rseg_c, intercept_c, slope_c = rseg[check], intercept[check], slope[check]
+    mid = 0.5 * (t_start + t_end)
+    evaluate = _Midpoints(x0, d_all, rseg, mid, intercept, slope, device, rows_per_pass)
     gap = np.zeros(hi - lo)
-    bcast = (-1,) + (1,) * (x0.ndim - 1)
-    for i in range(0, mid.size, rows_per_pass):
-        sl = slice(i, i + rows_per_pass)
-        s = torch.from_numpy(rseg_c[sl])
-        m = torch.from_numpy(mid[sl]).to(device=device, dtype=dtype).view(bcast)
-        x = torch.addcmul(x0[s].to(device=device, dtype=dtype), m, d_all[s].to(device=device, dtype=dtype))
-        y = forward_blocked(model, x, row_block)
-        err = np.abs(y.reshape(y.shape[0], -1).double().cpu().numpy() - (intercept_c[sl] + slope_c[sl] * mid[sl, None]))
-        np.maximum.at(gap, rseg_c[sl] - lo, err.max(axis=1, initial=0.0))
+    screen_tol = np.zeros(hi - lo)
+    sampled = _certified(rseg)
+    if certify == "all" and screen is not None:
+        # float32 screen of every midpoint, float64 where it is inconclusive (see certificate)
+        err32, y32 = evaluate(screen, torch.float32, np.arange(rseg.size), row_block=default_row_block(device, torch.float32))
+        check = sampled | ~np.isfinite(err32)
+        err64, y64 = evaluate(model, dtype, np.flatnonzero(check), row_block=row_block)
+        idx = np.flatnonzero(check)
+        s = rseg[idx] - lo
+        rounding = np.zeros(hi - lo)  # the float32 forward's error, measured on the sample
+        np.maximum.at(rounding, s, np.nan_to_num(np.abs(y32[idx] - y64).max(axis=1, initial=0.0), nan=0.0,
+                                                 posinf=0.0))
+        scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
+        np.maximum.at(scale, rseg - lo, np.abs(fv[inner]).max(axis=1, initial=0.0))
+        screen_tol = SCREEN_SAFETY * np.maximum(rounding, np.finfo(np.float32).eps / 2 * scale)
+        np.maximum.at(gap, s, err64)
+        # every region the screen cannot vouch for is evaluated in float64
+        doubt = ~check & ~(err32 <= screen_tol[rseg - lo])
+        if doubt.any():
+            err, _ = evaluate(model, dtype, np.flatnonzero(doubt), row_block=row_block)
+            np.maximum.at(gap, rseg[doubt] - lo, err)
+        whole = np.bincount(rseg[check | doubt] - lo, minlength=hi - lo) == np.bincount(rseg - lo, minlength=hi - lo)
+        screen_tol[whole] = 0.0
+    else:
+        idx = np.flatnonzero(sampled if certify == "sample" else np.ones(rseg.size, dtype=bool))
+        err, _ = evaluate(model, dtype, idx, row_block=row_block)
+        np.maximum.at(gap, rseg[idx] - lo, err)
     return assemble(np.arange(lo, hi), rseg - lo, t_start, t_end, intercept, slope, f0, f1, length[lo:hi],
-                    keep_affine, extra_gap=gap)
+                    keep_affine, extra_gap=gap, certificate_tol=screen_tol)
 
 
-CERTIFY_SAMPLES = 16  # regions checked per segment with certify="sample"
+class _Midpoints:
+    """The network at region midpoints against the regions' maps: per region, the largest
+    disagreement over the outputs, and the outputs themselves (float64 numpy)."""
+
+    def __init__(self, x0, d_all, rseg, mid, intercept, slope, device, rows_per_pass):
+        self.x0, self.d, self.rseg, self.mid = x0, d_all, rseg, mid
+        self.intercept, self.slope = intercept, slope
+        self.device, self.rows = device, rows_per_pass
+        self.bcast = (-1,) + (1,) * (x0.ndim - 1)
+
+    def __call__(self, model, dtype, which: np.ndarray, row_block: int):
+        k = self.intercept.shape[1]
+        err, ys = np.zeros(which.size), np.zeros((which.size, k))
+        for i in range(0, which.size, self.rows):
+            sl = which[i:i + self.rows]
+            s = torch.from_numpy(self.rseg[sl])
+            m = torch.from_numpy(self.mid[sl]).to(device=self.device).view(self.bcast)
+            # the point in float64, rounded once to the model's precision
+            x = torch.addcmul(self.x0[s].to(device=self.device, dtype=torch.float64), m,
+                              self.d[s].to(device=self.device, dtype=torch.float64)).to(dtype)
+            y = forward_blocked(model, x, row_block)
+            y = y.reshape(y.shape[0], -1).double().cpu().numpy()
+            ys[i:i + sl.size] = y
+            with np.errstate(invalid="ignore"):
+                err[i:i + sl.size] = np.abs(y - (self.intercept[sl] + self.slope[sl] * self.mid[sl, None])).max(
+                    axis=1, initial=0.0)
+            err[i:i + sl.size][~np.isfinite(y).all(axis=1)] = np.inf
+        return err, ys
 
 
-def _certified(rseg: np.ndarray, certify: str) -> np.ndarray:
-    """Which regions' midpoints to evaluate: all, or CERTIFY_SAMPLES per segment chosen at
-    random (seeded, so a rerun checks the same ones)."""
-    if certify == "all":
-        return np.ones(rseg.size, dtype=bool)
+CERTIFY_SAMPLES = 16  # regions checked per segment with certify="sample" (and in float64 by the screen)
+# The float32 screen passes a region when its midpoint error is at most SCREEN_SAFETY times the
+# float32 forward's own error on this segment (measured against float64 on the sampled regions,
+# floored at half an ulp of the segment's largest output). On VGG8 the largest screened error
+# was 1.6-1.8 times the sampled rounding error (docs/benchmarks.md), so 8 leaves a margin of 4.
+SCREEN_SAFETY = 8.0
+
+
+def _certified(rseg: np.ndarray) -> np.ndarray:
+    """CERTIFY_SAMPLES regions per segment chosen at random (seeded, so a rerun checks the
+    same ones); all of them where a segment has fewer."""
     key = np.random.default_rng(0).random(rseg.size)
     order = np.lexsort((key, rseg))
     first = np.r_[0, np.flatnonzero(rseg[order][1:] != rseg[order][:-1]) + 1]

@@ -1,0 +1,155 @@
+"""The default certificate (float32 screen of every region, float64 on a sample and wherever the
+screen is inconclusive) catches every fault the tests plant, including one missed kink that a
+per-segment sample does not see."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pipeline.pwl as pwl
+import pipeline.subdivide as subdivide_module
+from pipeline.regions import discover
+from tests.conftest import segments
+from tests.nets import MaxCNN
+
+
+def _wide_mlp():
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(6, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(), nn.Linear(96, 96), nn.ReLU(),
+                         nn.Linear(96, 4)).eval()
+
+
+def _float64_calls(monkeypatch):
+    """Rows evaluated per precision by the midpoint certificate."""
+    rows = {torch.float32: 0, torch.float64: 0}
+    real = subdivide_module._Midpoints.__call__
+
+    def spy(self, model, dtype, which, row_block):
+        rows[dtype] += which.size
+        return real(self, model, dtype, which, row_block)
+
+    monkeypatch.setattr(subdivide_module._Midpoints, "__call__", spy)
+    return rows
+
+
+def test_clean_network_passes_the_screen_in_float32(monkeypatch):
+    net = _wide_mlp()
+    x0, x1 = segments((6,), 3, seed=2, scale=8.0)
+    rows = _float64_calls(monkeypatch)
+    res = discover(net, x0, x1)
+    assert res.density.min() > 3 * subdivide_module.CERTIFY_SAMPLES  # so the sample is a sample
+    assert rows[torch.float32] == res.n_regions  # every region screened
+    assert rows[torch.float64] == 3 * subdivide_module.CERTIFY_SAMPLES  # none inconclusive
+    assert res.continuity_gap.max() < 1e-12  # the float64 part of the check
+    scale = np.abs(res.f0).max()
+    assert np.all(res.certificate_tol > 0) and res.certificate_tol.max() < 1e-5 * scale
+    strict = discover(net, x0, x1, certify="strict")
+    assert np.all(strict.certificate_tol == 0)
+    np.testing.assert_array_equal(strict.t_start, res.t_start)
+
+
+def _drop_one_crossing(monkeypatch, which_call: int, which: float):
+    """Make the subdivision miss one ReLU kink: at the ``which_call``-th ReLU layer that has
+    crossings, drop the one at quantile ``which`` of its list."""
+    real = pwl.relu_crossings
+    state = {"calls": 0, "dropped": None}
+
+    def faulty(za, zb, same):
+        piece, tau = real(za, zb, same)
+        if piece.numel() > 2 and state["dropped"] is None:
+            if state["calls"] == which_call:
+                i = int(which * (piece.numel() - 1))
+                state["dropped"] = (int(piece[i]), float(tau[i]))
+                keep = torch.ones(piece.numel(), dtype=torch.bool)
+                keep[i] = False
+                piece, tau = piece[keep], tau[keep]
+            state["calls"] += 1
+        return piece, tau
+
+    monkeypatch.setattr(pwl, "relu_crossings", faulty)
+    return state
+
+
+def test_one_missed_kink_is_caught_by_the_default(monkeypatch):
+    net = _wide_mlp()
+    x0, x1 = segments((6,), 1, seed=2, scale=8.0)
+    clean = discover(net, x0, x1)
+    state = _drop_one_crossing(monkeypatch, which_call=2, which=0.5)
+    sampled = discover(net, x0, x1, certify="sample")
+    assert state["dropped"] is not None
+    assert sampled.density[0] == clean.density[0] - 1
+    state["calls"], state["dropped"] = 0, None
+    res = discover(net, x0, x1)  # the default
+    assert res.density[0] == clean.density[0] - 1
+    # the sample of 16 regions per segment happens to miss the bent region; the screen does not
+    assert sampled.continuity_gap[0] < 1e-12
+    assert res.continuity_gap[0] > 1e-6
+    assert res.continuity_gap[0] > 100 * res.certificate_tol[0]  # far outside the screen's tolerance
+
+
+def test_misread_max_pool_is_caught_by_the_default(monkeypatch):
+    net = MaxCNN().eval()
+    x0, x1 = segments((2, 6, 6), 2, seed=3)
+    assert discover(net, x0, x1).continuity_gap.max() < 1e-12
+    real = pwl.maxpool_crossings
+    calls = {"n": 0}
+
+    def first_pool_blind(wa, wb, same):  # the first max-pool's argmax changes are not seen
+        calls["n"] += 1
+        piece, tau = real(wa, wb, same)
+        return (piece[:0], tau[:0]) if calls["n"] == 1 else (piece, tau)
+
+    monkeypatch.setattr(pwl, "maxpool_crossings", first_pool_blind)
+    res = discover(net, x0, x1)
+    assert res.continuity_gap.min() > 1e-6
+
+
+class HiddenSquare(nn.Module):
+    """x * x is not piecewise linear, and no function-level hook can tell it from x * 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 24), nn.Linear(24, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.l1(x))
+        return self.l2(h * h)
+
+
+def test_hidden_square_is_caught_by_the_default():
+    torch.manual_seed(0)
+    x0, x1 = segments((6,), 3, seed=8)
+    res = discover(HiddenSquare().eval(), x0, x1)
+    assert res.continuity_gap.min() > 1e-3
+
+
+def test_screen_sends_a_large_error_to_float64(monkeypatch):
+    """A fault that only the float32 copy makes (its forward is off by 1e-3 in one region)
+    must be confirmed in float64 before it is reported: the float64 value is what counts."""
+    net = _wide_mlp()
+    x0, x1 = segments((6,), 1, seed=2, scale=8.0)
+    rows = _float64_calls(monkeypatch)
+    real = subdivide_module.forward_blocked
+
+    def off_in_float32(model, x, row_block=0):
+        y = real(model, x, row_block)
+        if x.dtype == torch.float32:  # one region outside the float64 sample
+            i = np.flatnonzero(~subdivide_module._certified(np.zeros(y.shape[0], dtype=np.int64)))[0]
+            y = y.clone()
+            y[i] += 1e-3
+        return y
+
+    monkeypatch.setattr(subdivide_module, "forward_blocked", off_in_float32)
+    res = discover(net, x0, x1)
+    assert rows[torch.float64] == subdivide_module.CERTIFY_SAMPLES + 1  # the sample and the doubtful one
+    assert res.continuity_gap[0] < 1e-12  # float64 says the map is right
+
+
+@pytest.mark.parametrize("certify", ["all", "strict", "sample"])
+def test_float32_mode_has_no_screen(certify):
+    net = _wide_mlp()
+    x0, x1 = segments((6,), 2, seed=4)
+    res = discover(net, x0, x1, dtype=torch.float32, certify=certify)
+    assert np.all(res.certificate_tol == 0)
+    assert res.continuity_gap.max() < 1e-4
