@@ -16,19 +16,18 @@ the arrays returned.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from .fastops import with_fast_layers
+from .prepared import PreparedModel, prepare
 from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
 from .walk import walk
 
-__all__ = ["discover", "discover_iter", "RegionResult", "UnsupportedOpError", "METHODS"]
+__all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResult", "UnsupportedOpError", "METHODS"]
 
 METHODS = ("walk", "subdivide")
 CERTIFY = ("all", "strict", "sample")  # subdivide's midpoint certificate (see discover)
@@ -64,29 +63,6 @@ def _check_inputs(x0, x1):
     return x0, x1
 
 
-def _prepare_model(model, dtype, device):
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise ValueError(
-            f"the model is in training mode ({', '.join(training[:3])}{'...' if len(training) > 3 else ''}): "
-            "BatchNorm and dropout are not fixed affine maps there. Call model.eval() first."
-        )
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but no CUDA device is available here; "
-                           "use device='cpu'")
-    # A private copy in the working dtype: the caller's model is never touched.
-    work = with_fast_layers(copy.deepcopy(model).to(device=device, dtype=dtype), device)
-    for p in work.parameters():
-        p.requires_grad_(False)
-    return work, device
-
-
 def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
@@ -111,10 +87,17 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
         raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
+    if isinstance(model, PreparedModel):
+        if model.dtype != dtype or (device is not None and torch.device(device) != model.device):
+            raise ValueError(f"this model was prepared for {model.dtype} on {model.device}; pass the same dtype "
+                             f"and device (got {dtype} on {device}) or prepare it again")
+        prepared = model.refresh()
+    else:
+        prepared = prepare(model, dtype, device)
     x0, x1 = _check_inputs(x0, x1)
     # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
     x0, x1 = x0.to(dtype), x1.to(dtype)
-    work, device = _prepare_model(model, dtype, device)
+    work, device = prepared.work, prepared.device
     if row_block is None:
         row_block = default_row_block(device, dtype, method)
     bar = None
@@ -128,8 +111,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
                           keep_affine=keep_affine, chunk_segments=chunk_segments, jvp=jvp,
                           scheduling=scheduling, row_block=row_block, progress=bar)
         else:
-            chunks = subdivide(work, x0, x1, batch_size=batch_size, dtype=dtype, device=device,
-                               keep_affine=keep_affine, chunk_segments=chunk_segments,
+            chunks = subdivide(prepared, x0, x1, batch_size=batch_size, keep_affine=keep_affine, chunk_segments=chunk_segments,
                                max_vertices=max_vertices, row_block=row_block, certify=certify, progress=bar)
         regions = 0
         for chunk in chunks:
@@ -149,9 +131,10 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : torch.nn.Module or PreparedModel
         In eval mode; affine layers (Linear, Conv, AvgPool, BatchNorm in eval, residual adds,
-        reshapes...) and ReLU / LeakyReLU / max-pooling. It is copied, never modified.
+        reshapes...) and ReLU / LeakyReLU / max-pooling. It is copied, never modified. Pass
+        ``prepare(model)`` instead to pay for the copies and the tracing once over many calls.
     x0, x1 : Tensor or ndarray, shape ``(S, *input_shape)``
         Segment ends.
     eps : float

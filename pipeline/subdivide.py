@@ -33,7 +33,6 @@ regions, shows up; a single missed kink may not).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -49,10 +48,10 @@ from .linearize import forward_blocked
 from .pwl import default_row_block
 from .result import RegionResult, assemble
 
-__all__ = ["subdivide", "trace"]
+__all__ = ["subdivide", "trace", "Plan"]
 
 
-class _Plan:
+class Plan:
     """The traced graph with, per node, its last use and whether it depends on the input."""
 
     def __init__(self, gm: fx.GraphModule):
@@ -102,7 +101,7 @@ class _Chain:
     def __init__(self, seg, t, env, pos):
         self.seg, self.t, self.env, self.pos = seg, t, env, pos
 
-    def split(self, plan: _Plan, size: int) -> list["_Chain"]:
+    def split(self, plan: Plan, size: int) -> list["_Chain"]:
         v = self.t.numel()
         out = []
         for s in range(0, v - 1, size - 1):
@@ -114,7 +113,7 @@ class _Chain:
         return out
 
 
-def _insert(chain: _Chain, plan: _Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float):
+def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float):
     """Insert vertices at fraction ``tau`` of pieces ``piece``; interpolate every live tensor.
 
     A kink closer than ``tol`` (in ``t``) to a vertex, or to the previous kink in its piece,
@@ -168,7 +167,7 @@ def _insert(chain: _Chain, plan: _Plan, piece: torch.Tensor, tau: torch.Tensor, 
 
 
 class _SubdivideMode(TorchFunctionMode):
-    def __init__(self, plan: _Plan, tol: float, row_block: int):
+    def __init__(self, plan: Plan, tol: float, row_block: int):
         super().__init__()
         self.plan = plan
         self.tol = tol
@@ -224,7 +223,7 @@ class _SubdivideMode(TorchFunctionMode):
         return True
 
 
-def _bare_relu_input(plan: _Plan, node: fx.Node):
+def _bare_relu_input(plan: Plan, node: fx.Node):
     """The input node of a node that only applies a ReLU / leaky ReLU (else None). The
     functions are the ones :func:`pwl.recognise` treats as a (not in-place) ReLU."""
     bare = ((node.op == "call_function" and (node.target in pwl._RELU or node.target in pwl._LEAKY))
@@ -235,7 +234,7 @@ def _bare_relu_input(plan: _Plan, node: fx.Node):
     return first if isinstance(first, fx.Node) else None
 
 
-def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
+def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
     """Interpret the graph on ``chain`` depth-first; ``emit(seg, t, out)`` receives vertices in order."""
     stack = [chain]
     gm = plan.gm
@@ -288,13 +287,14 @@ def _run(plan: _Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, em
                 break
 
 
-def subdivide(model, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, dtype, device, keep_affine: bool,
+def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, keep_affine: bool,
               chunk_segments: int, max_vertices: int, row_block: int = 0, certify: str = "all",
               progress=None) -> Iterator[RegionResult]:
-    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
-    plan = _Plan(trace(model))
-    # the float32 screen of certify="all" (a float32 copy: the model is the engine's own)
-    screen = copy.deepcopy(model).float() if certify == "all" and dtype == torch.float64 else None
+    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
+    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
+    model, plan, dtype, device = prepared.work, prepared.plan, prepared.dtype, prepared.device
+    # the float32 screen of certify="all"
+    screen = prepared.screen if certify == "all" and dtype == torch.float64 else None
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
     mode = _SubdivideMode(plan, tol, row_block)
     n_seg = x0.shape[0]
