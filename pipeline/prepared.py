@@ -70,8 +70,8 @@ def _private_copy(model, dtype, device):
 class PreparedModel:
     """The engine's view of one network in one dtype on one device (see the module docstring).
 
-    ``work`` is the private copy the engine runs; ``plan`` (the traced graph) and ``screen``
-    (the float32 copy of the certificate) are made when first needed.
+    ``work`` is the private copy the engine runs; ``plan`` (the traced graph), ``screen``
+    (the float32 copy of the certificate) and ``screen_plan`` are made when first needed.
     """
 
     def __init__(self, model: torch.nn.Module, dtype=torch.float64, device=None):
@@ -85,7 +85,7 @@ class PreparedModel:
     def _build(self):
         self.signature = _signature(self.source)
         self.work = _private_copy(self.source, self.dtype, self.device)
-        self._plan = self._screen = None
+        self._plan = self._screen = self._screen_plan = None
 
     def refresh(self) -> "PreparedModel":
         """Rebuild the copies if the source module changed since they were made."""
@@ -101,6 +101,15 @@ class PreparedModel:
 
             self._plan = Plan(trace(self.work))
         return self._plan
+
+    @property
+    def screen_plan(self):
+        """The traced graph of :attr:`screen`."""
+        if self._screen_plan is None:
+            from .subdivide import Plan, trace
+
+            self._screen_plan = self.plan if self.dtype == torch.float32 else Plan(trace(self.screen))
+        return self._screen_plan
 
     @property
     def screen(self):

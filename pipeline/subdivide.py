@@ -17,18 +17,7 @@ sub-chains (sharing their end vertex) that continue depth-first, left to right, 
 reach the output in order.
 
 The affine map of each region is the chord between its vertices' outputs (``f`` is affine
-there). The certificate evaluates the network, independently of the subdivision, at region
-midpoints and records the largest disagreement with the maps. ``certify="all"`` (default)
-checks every region: in float64 each midpoint is first evaluated by a float32 copy of the
-network (a third of the cost), and in float64 at 16 random regions per segment and at every
-region whose float32 error exceeds ``SCREEN_SAFETY`` times the float32 forward's own error on
-that segment (measured on the 16); ``continuity_gap`` is the float64 part, ``certificate_tol``
-the screen's tolerance. A missed kink bends its region's chord by about the slope change times
-the region's width, so every kink not within about ``certificate_tol / |slope change|`` (in
-``t``) of a vertex is caught. ``certify="strict"`` evaluates every midpoint in the working
-precision (one more float64 forward per region, about half the method's time);
-``certify="sample"`` only the 16 per segment (an op the engine misread, which bends many
-regions, shows up; a single missed kink may not).
+there); :mod:`pipeline.certificate` checks every map against the network at its midpoint.
 """
 
 from __future__ import annotations
@@ -44,8 +33,7 @@ from torch.overrides import TorchFunctionMode
 
 from . import pwl
 from .fastops import PairAvgPool2d
-from .linearize import forward_blocked
-from .pwl import default_row_block
+from .certificate import certify_regions
 from .result import RegionResult, assemble
 
 __all__ = ["subdivide", "trace", "Plan"]
@@ -75,6 +63,20 @@ class Plan:
         self.dead_after = {i: [] for i in range(len(self.nodes))}
         for n in self.nodes:
             self.dead_after[self.last_use[n]].append(n)
+
+    def attr(self, node: fx.Node):
+        obj = self.gm
+        for part in node.target.split("."):
+            obj = getattr(obj, part)
+        return obj
+
+    def call(self, node: fx.Node, args, kwargs):
+        """Run one ``call_function`` / ``call_method`` / ``call_module`` node."""
+        if node.op == "call_function":
+            return node.target(*args, **kwargs)
+        if node.op == "call_method":
+            return getattr(args[0], node.target)(*args[1:], **kwargs)
+        return self.gm.get_submodule(node.target)(*args, **kwargs)
 
 
 class _Tracer(fx.Tracer):
@@ -237,7 +239,6 @@ def _bare_relu_input(plan: Plan, node: fx.Node):
 def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
     """Interpret the graph on ``chain`` depth-first; ``emit(seg, t, out)`` receives vertices in order."""
     stack = [chain]
-    gm = plan.gm
     while stack:
         ch = stack.pop()
         for i in range(ch.pos, len(plan.nodes)):
@@ -257,10 +258,7 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
                     raise ValueError(f"subdivide: the model takes a second input '{node.name}'")
                 continue  # the input was placed in env by the caller
             if node.op == "get_attr":
-                obj = gm
-                for part in node.target.split("."):
-                    obj = getattr(obj, part)
-                env[node] = obj
+                env[node] = plan.attr(node)
                 continue
             args = map_arg(node.args, lambda n: env[n])
             kwargs = map_arg(node.kwargs, lambda n: env[n])
@@ -271,12 +269,7 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
             mode.may_overwrite = src is not None and plan.batched[src] and plan.last_use[src] == i
             v_before = ch.t.numel()
             with mode:
-                if node.op == "call_function":
-                    val = node.target(*args, **kwargs)
-                elif node.op == "call_method":
-                    val = getattr(args[0], node.target)(*args[1:], **kwargs)
-                else:  # call_module
-                    val = gm.get_submodule(node.target)(*args, **kwargs)
+                val = plan.call(node, args, kwargs)
             env[node] = val
             for dead in plan.dead_after[i]:
                 if dead is not node:
@@ -292,9 +285,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
               progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
     ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
-    model, plan, dtype, device = prepared.work, prepared.plan, prepared.dtype, prepared.device
-    # the float32 screen of certify="all"
-    screen = prepared.screen if certify == "all" and dtype == torch.float64 else None
+    plan, dtype, device = prepared.plan, prepared.dtype, prepared.device
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
     mode = _SubdivideMode(plan, tol, row_block)
     n_seg = x0.shape[0]
@@ -326,14 +317,12 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
                 _run(plan, mode, chain, max_vertices, emit)
             if progress is not None:
                 progress.update(b1 - b0)
-        yield _regions(model, screen, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
-                       torch.cat(parts_f).numpy(), length, dtype, device, max_vertices, keep_affine, tol, row_block,
-                       certify)
+        yield _regions(prepared, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
+                       torch.cat(parts_f).numpy(), length, max_vertices, keep_affine, tol, row_block, certify)
         lo = hi
 
 
-def _regions(model, screen, x0, d_all, lo, hi, seg, t, fv, length, dtype, device, rows_per_pass, keep_affine, tol,
-             row_block, certify):
+def _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, rows_per_pass, keep_affine, tol, row_block, certify):
     # vertices are in order; _insert never puts two within tol, so this only drops the copies
     # of a vertex shared by two chunks of one chain
     keep = np.ones(seg.size, dtype=bool)
@@ -351,85 +340,7 @@ def _regions(model, screen, x0, d_all, lo, hi, seg, t, fv, length, dtype, device
     # the maps are the chords between vertex values: f is affine between consecutive vertices
     slope = (fv[inner + 1] - fv[inner]) / (t_end - t_start)[:, None]
     intercept = fv[inner] - slope * t_start[:, None]
-    mid = 0.5 * (t_start + t_end)
-    evaluate = _Midpoints(x0, d_all, rseg, mid, intercept, slope, device, rows_per_pass)
-    gap = np.zeros(hi - lo)
-    screen_tol = np.zeros(hi - lo)
-    sampled = _certified(rseg)
-    if certify == "all" and screen is not None:
-        # float32 screen of every midpoint, float64 where it is inconclusive (see certificate)
-        err32, y32 = evaluate(screen, torch.float32, np.arange(rseg.size), row_block=default_row_block(device, torch.float32))
-        check = sampled | ~np.isfinite(err32)
-        err64, y64 = evaluate(model, dtype, np.flatnonzero(check), row_block=row_block)
-        idx = np.flatnonzero(check)
-        s = rseg[idx] - lo
-        rounding = np.zeros(hi - lo)  # the float32 forward's error, measured on the sample
-        np.maximum.at(rounding, s, np.nan_to_num(np.abs(y32[idx] - y64).max(axis=1, initial=0.0), nan=0.0,
-                                                 posinf=0.0))
-        scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
-        np.maximum.at(scale, rseg - lo, np.abs(fv[inner]).max(axis=1, initial=0.0))
-        screen_tol = SCREEN_SAFETY * np.maximum(rounding, np.finfo(np.float32).eps / 2 * scale)
-        np.maximum.at(gap, s, err64)
-        # every region the screen cannot vouch for is evaluated in float64
-        doubt = ~check & ~(err32 <= screen_tol[rseg - lo])
-        if doubt.any():
-            err, _ = evaluate(model, dtype, np.flatnonzero(doubt), row_block=row_block)
-            np.maximum.at(gap, rseg[doubt] - lo, err)
-        whole = np.bincount(rseg[check | doubt] - lo, minlength=hi - lo) == np.bincount(rseg - lo, minlength=hi - lo)
-        screen_tol[whole] = 0.0
-    else:
-        idx = np.flatnonzero(sampled if certify == "sample" else np.ones(rseg.size, dtype=bool))
-        err, _ = evaluate(model, dtype, idx, row_block=row_block)
-        np.maximum.at(gap, rseg[idx] - lo, err)
+    gap, screen_tol = certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, 0.5 * (t_start + t_end), intercept,
+                                      slope, f0, f1, fv[inner], rows_per_pass, row_block)
     return assemble(np.arange(lo, hi), rseg - lo, t_start, t_end, intercept, slope, f0, f1, length[lo:hi],
                     keep_affine, extra_gap=gap, certificate_tol=screen_tol)
-
-
-class _Midpoints:
-    """The network at region midpoints against the regions' maps: per region, the largest
-    disagreement over the outputs, and the outputs themselves (float64 numpy)."""
-
-    def __init__(self, x0, d_all, rseg, mid, intercept, slope, device, rows_per_pass):
-        self.x0, self.d, self.rseg, self.mid = x0, d_all, rseg, mid
-        self.intercept, self.slope = intercept, slope
-        self.device, self.rows = device, rows_per_pass
-        self.bcast = (-1,) + (1,) * (x0.ndim - 1)
-
-    def __call__(self, model, dtype, which: np.ndarray, row_block: int):
-        k = self.intercept.shape[1]
-        err, ys = np.zeros(which.size), np.zeros((which.size, k))
-        for i in range(0, which.size, self.rows):
-            sl = which[i:i + self.rows]
-            s = torch.from_numpy(self.rseg[sl])
-            m = torch.from_numpy(self.mid[sl]).to(device=self.device).view(self.bcast)
-            # the point in float64, rounded once to the model's precision
-            x = torch.addcmul(self.x0[s].to(device=self.device, dtype=torch.float64), m,
-                              self.d[s].to(device=self.device, dtype=torch.float64)).to(dtype)
-            y = forward_blocked(model, x, row_block)
-            y = y.reshape(y.shape[0], -1).double().cpu().numpy()
-            ys[i:i + sl.size] = y
-            with np.errstate(invalid="ignore"):
-                err[i:i + sl.size] = np.abs(y - (self.intercept[sl] + self.slope[sl] * self.mid[sl, None])).max(
-                    axis=1, initial=0.0)
-            err[i:i + sl.size][~np.isfinite(y).all(axis=1)] = np.inf
-        return err, ys
-
-
-CERTIFY_SAMPLES = 16  # regions checked per segment with certify="sample" (and in float64 by the screen)
-# The float32 screen passes a region when its midpoint error is at most SCREEN_SAFETY times the
-# float32 forward's own error on this segment (measured against float64 on the sampled regions,
-# floored at half an ulp of the segment's largest output). On VGG8 the largest screened error
-# was 1.6-1.8 times the sampled rounding error (docs/benchmarks.md), so 8 leaves a margin of 4.
-SCREEN_SAFETY = 8.0
-
-
-def _certified(rseg: np.ndarray) -> np.ndarray:
-    """CERTIFY_SAMPLES regions per segment chosen at random (seeded, so a rerun checks the
-    same ones); all of them where a segment has fewer."""
-    key = np.random.default_rng(0).random(rseg.size)
-    order = np.lexsort((key, rseg))
-    first = np.r_[0, np.flatnonzero(rseg[order][1:] != rseg[order][:-1]) + 1]
-    rank = np.arange(rseg.size) - np.repeat(first, np.diff(np.r_[first, rseg.size]))
-    keep = np.zeros(rseg.size, dtype=bool)
-    keep[order[rank < CERTIFY_SAMPLES]] = True
-    return keep

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import pipeline.pwl as pwl
-import pipeline.subdivide as subdivide_module
+import pipeline.certificate as certificate
 from pipeline.regions import discover
 from tests.conftest import segments
 from tests.nets import MaxCNN
@@ -23,13 +23,13 @@ def _wide_mlp():
 def _float64_calls(monkeypatch):
     """Rows evaluated per precision by the midpoint certificate."""
     rows = {torch.float32: 0, torch.float64: 0}
-    real = subdivide_module._Midpoints.__call__
+    real = certificate._Midpoints._finish
 
-    def spy(self, model, dtype, which, row_block):
-        rows[dtype] += which.size
-        return real(self, model, dtype, which, row_block)
+    def spy(self, sl, y, *args):
+        rows[y.dtype] += sl.size
+        return real(self, sl, y, *args)
 
-    monkeypatch.setattr(subdivide_module._Midpoints, "__call__", spy)
+    monkeypatch.setattr(certificate._Midpoints, "_finish", spy)
     return rows
 
 
@@ -38,9 +38,9 @@ def test_clean_network_passes_the_screen_in_float32(monkeypatch):
     x0, x1 = segments((6,), 3, seed=2, scale=8.0)
     rows = _float64_calls(monkeypatch)
     res = discover(net, x0, x1)
-    assert res.density.min() > 3 * subdivide_module.CERTIFY_SAMPLES  # so the sample is a sample
+    assert res.density.min() > 3 * certificate.CERTIFY_SAMPLES  # so the sample is a sample
     assert rows[torch.float32] == res.n_regions  # every region screened
-    assert rows[torch.float64] == 3 * subdivide_module.CERTIFY_SAMPLES  # none inconclusive
+    assert rows[torch.float64] == 3 * certificate.CERTIFY_SAMPLES  # none inconclusive
     assert res.continuity_gap.max() < 1e-12  # the float64 part of the check
     scale = np.abs(res.f0).max()
     assert np.all(res.certificate_tol > 0) and res.certificate_tol.max() < 1e-5 * scale
@@ -129,20 +129,19 @@ def test_screen_sends_a_large_error_to_float64(monkeypatch):
     must be confirmed in float64 before it is reported: the float64 value is what counts."""
     net = _wide_mlp()
     x0, x1 = segments((6,), 1, seed=2, scale=8.0)
-    rows = _float64_calls(monkeypatch)
-    real = subdivide_module.forward_blocked
+    real = certificate._Midpoints._finish
 
-    def off_in_float32(model, x, row_block=0):
-        y = real(model, x, row_block)
-        if x.dtype == torch.float32:  # one region outside the float64 sample
-            i = np.flatnonzero(~subdivide_module._certified(np.zeros(y.shape[0], dtype=np.int64)))[0]
+    def off_in_float32(self, sl, y, *args):
+        if y.dtype == torch.float32:  # one region outside the float64 sample
+            i = np.flatnonzero(~certificate.sampled(self.rseg))[0]
             y = y.clone()
-            y[i] += 1e-3
-        return y
+            y[torch.from_numpy(sl == i)] += 1e-3
+        return real(self, sl, y, *args)
 
-    monkeypatch.setattr(subdivide_module, "forward_blocked", off_in_float32)
+    monkeypatch.setattr(certificate._Midpoints, "_finish", off_in_float32)
+    rows = _float64_calls(monkeypatch)
     res = discover(net, x0, x1)
-    assert rows[torch.float64] == subdivide_module.CERTIFY_SAMPLES + 1  # the sample and the doubtful one
+    assert rows[torch.float64] == certificate.CERTIFY_SAMPLES + 1  # the sample and the doubtful one
     assert res.continuity_gap[0] < 1e-12  # float64 says the map is right
 
 
@@ -153,3 +152,47 @@ def test_float32_mode_has_no_screen(certify):
     res = discover(net, x0, x1, dtype=torch.float32, certify=certify)
     assert np.all(res.certificate_tol == 0)
     assert res.continuity_gap.max() < 1e-4
+
+
+@pytest.mark.parametrize("name", ["res_leaky", "max_cnn", "functional", "avg_cnn"])
+def test_resumed_screen_equals_a_whole_float32_forward(nets, name):
+    """The screen starts at the first piecewise-linear op from values interpolated between the
+    segment's ends (skip connections included): it must give the network's float32 outputs."""
+    from pipeline.prepared import prepare
+
+    net, shape = next((m, s) for n, m, s in nets if n == name)
+    x0, x1 = segments(shape, 3, seed=9)
+    res = discover(net, x0, x1, certify="sample")
+    ready = prepare(net)
+    seg = np.repeat(np.arange(res.n_segments), res.density)
+    mid = 0.5 * (res.t_start + res.t_end)
+    d = (x1 - x0).double()
+    at = certificate._Midpoints(x0.double(), d, seg, mid, res.intercept, res.slope, ready.device, 64)
+    prefix = certificate._AffinePrefix(ready.plan, torch.cat([x0, x0 + d]).double(), res.n_segments)
+    assert prefix.ok and prefix.start > 0
+    every = np.arange(seg.size)
+    _, resumed = at.resumed(ready.screen_plan, prefix, torch.float32, every, 16, 0)
+    _, whole = at.forward(ready.screen, torch.float32, every, 16)
+    _, exact = at.forward(ready.work, torch.float64, every, 16)
+    scale = np.abs(exact).max()
+    assert np.abs(resumed - exact).max() < 1e-5 * scale
+    assert np.abs(resumed - whole).max() < 1e-5 * scale
+
+
+class SquareFirst(nn.Module):
+    """A hidden x * x before the first ReLU: the screen's interpolated prefix cannot see it,
+    the float64 sample (a whole forward) must."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1, self.l2 = nn.Linear(6, 24), nn.Linear(24, 3)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x * x)))
+
+
+def test_hidden_square_before_the_first_kink_is_caught():
+    torch.manual_seed(0)
+    x0, x1 = segments((6,), 3, seed=10)
+    res = discover(SquareFirst().eval(), x0, x1)
+    assert res.continuity_gap.min() > 1e-3

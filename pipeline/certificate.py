@@ -1,0 +1,231 @@
+"""Subdivide's certificate: the network at region midpoints, independently of the subdivision.
+
+Each region's map (the chord between its vertices' outputs) is compared with the network
+evaluated at the region's midpoint; the largest disagreement per segment is the certificate
+``continuity_gap``. A missed kink bends its region's chord by about the slope change times
+the region's width, a misread op bends many regions.
+
+``certify="all"`` (default) checks every region. In float64 that costs one more float64
+forward per region, about as much as the subdivision, so the check is screened:
+
+1. every midpoint is evaluated by a float32 copy of the network;
+2. 16 random regions per segment are evaluated in float64 with a plain forward of the whole
+   network. Their float64 error is the certificate; their float32-against-float64 difference
+   measures the float32 forward's own rounding on this segment;
+3. a region passes the screen when its float32 error is at most ``SCREEN_SAFETY`` times that
+   rounding (floored at half a float32 ulp of the segment's largest output); every other
+   region (and any non-finite one) is evaluated in float64 and enters the certificate.
+
+``certificate_tol`` reports the screen's tolerance per segment: a kink missed anywhere except
+within about ``certificate_tol / |slope change|`` (in ``t``) of a vertex is caught.
+
+The float32 screen starts at the network's first piecewise-linear op. Up to there the network
+is affine along the segment (the subdivision relies on the same fact, and inserts no vertex
+before it), so the values live at that op are interpolated between the segment's two ends,
+computed once in float64: on an MLP whose first layer is the largest (3072 -> 1024) that is
+most of the screen's cost. The float64 sample runs the whole network from the input, so an
+op before the first kink that is not affine (which bends every region) is still caught.
+``certify="strict"`` evaluates every midpoint with a whole float64 forward.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.fx.node import map_arg
+from torch.overrides import TorchFunctionMode
+
+from . import pwl
+from .linearize import forward_blocked
+
+__all__ = ["certify_regions", "CERTIFY_SAMPLES", "SCREEN_SAFETY"]
+
+CERTIFY_SAMPLES = 16  # regions per segment evaluated in float64 by "all" and by "sample"
+# On VGG8 the largest screened float32 error was 1.6-1.8 times the rounding measured on the
+# 16 sampled regions of its segment (docs/benchmarks.md); 8 leaves a margin of about 4.
+SCREEN_SAFETY = 8.0
+
+
+def sampled(rseg: np.ndarray) -> np.ndarray:
+    """CERTIFY_SAMPLES regions per segment chosen at random (seeded, so a rerun checks the
+    same ones); all of them where a segment has fewer."""
+    key = np.random.default_rng(0).random(rseg.size)
+    order = np.lexsort((key, rseg))
+    first = np.r_[0, np.flatnonzero(rseg[order][1:] != rseg[order][:-1]) + 1]
+    rank = np.arange(rseg.size) - np.repeat(first, np.diff(np.r_[first, rseg.size]))
+    keep = np.zeros(rseg.size, dtype=bool)
+    keep[order[rank < CERTIFY_SAMPLES]] = True
+    return keep
+
+
+class _Kink(Exception):
+    """Raised at the first piecewise-linear op of a pass (see :func:`_affine_prefix`)."""
+
+
+class _StopAtKink(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if pwl.recognise(func, args, kwargs) is not None:
+            raise _Kink
+        return func(*args, **kwargs)
+
+
+def _interpret(plan, env: dict, start: int, stop_at_kink: bool = False):
+    """Run ``plan``'s nodes from ``start`` on ``env`` (plain torch, dead values dropped).
+    Returns ``(index, output)``: the output tensor, or with ``stop_at_kink`` the index of the
+    node that would run the first piecewise-linear op (``env`` then holds what is live there)."""
+    for i in range(start, len(plan.nodes)):
+        node = plan.nodes[i]
+        if node.op == "output":
+            return i, map_arg(node.args[0], lambda n: env[n])
+        if node.op == "placeholder":
+            if node is not plan.input:
+                if not node.args:
+                    raise ValueError(f"the model takes a second input '{node.name}'")
+                env[node] = node.args[0]
+            continue
+        if node.op == "get_attr":
+            env[node] = plan.attr(node)
+            continue
+        args = map_arg(node.args, lambda n: env[n])
+        kwargs = map_arg(node.kwargs, lambda n: env[n])
+        if stop_at_kink:
+            try:
+                with _StopAtKink():
+                    val = plan.call(node, args, kwargs)
+            except _Kink:
+                return i, None
+        else:
+            val = plan.call(node, args, kwargs)
+        env[node] = val
+        for dead in plan.dead_after[i]:
+            if dead is not node:
+                env.pop(dead, None)
+    raise ValueError("the traced graph has no output")
+
+
+class _AffinePrefix:
+    """The values live at the network's first piecewise-linear op, at both ends of each
+    segment (float64), to be interpolated at any point of the segment."""
+
+    def __init__(self, plan, x_ends: torch.Tensor, n_seg: int):
+        self.n = n_seg
+        env = {plan.input: x_ends}
+        with torch.no_grad():
+            # without any piecewise-linear op this stops at the output node, its inputs live
+            self.start, _ = _interpret(plan, env, 0, stop_at_kink=True)
+        self.live = {}
+        self.fixed = {}
+        self.ok = True
+        for node, val in env.items():
+            if plan.batched.get(node, False):
+                if isinstance(val, torch.Tensor) and val.shape[:1] == (2 * n_seg,):
+                    self.live[plan.nodes.index(node)] = val
+                else:  # a batch-dependent non-tensor (a size): cannot interpolate
+                    self.ok = False
+            else:
+                self.fixed[plan.nodes.index(node)] = val
+
+    def env(self, plan, seg: torch.Tensor, t: torch.Tensor, dtype) -> dict:
+        """The live values at points ``t`` of segments ``seg`` (positions in this chunk)."""
+        out = {plan.nodes[i]: v for i, v in self.fixed.items()}
+        for i, v in self.live.items():
+            w = t.to(v.dtype).view(-1, *([1] * (v.ndim - 1)))
+            out[plan.nodes[i]] = torch.lerp(v[seg], v[seg + self.n], w).to(dtype)
+        return out
+
+
+class _Midpoints:
+    """The network at region midpoints against the regions' maps: per region, the largest
+    disagreement over the outputs, and the outputs (float64 numpy)."""
+
+    def __init__(self, x0, d, rseg, mid, intercept, slope, device, rows_per_pass):
+        self.x0, self.d, self.rseg, self.mid = x0, d, rseg, mid
+        self.intercept, self.slope = intercept, slope
+        self.device, self.rows = device, rows_per_pass
+
+    def _finish(self, sl, y, err, ys, i):
+        y = y.reshape(y.shape[0], -1).double().cpu().numpy()
+        ys[i:i + sl.size] = y
+        with np.errstate(invalid="ignore"):
+            e = np.abs(y - (self.intercept[sl] + self.slope[sl] * self.mid[sl, None])).max(axis=1, initial=0.0)
+        e[~np.isfinite(y).all(axis=1)] = np.inf
+        err[i:i + sl.size] = e
+
+    def forward(self, model, dtype, which: np.ndarray, row_block: int):
+        """A plain forward of ``model`` from the input (the point in float64, rounded once)."""
+        err, ys = np.zeros(which.size), np.zeros((which.size, self.intercept.shape[1]))
+        bcast = (-1,) + (1,) * (self.x0.ndim - 1)
+        for i in range(0, which.size, self.rows):
+            sl = which[i:i + self.rows]
+            s = torch.from_numpy(self.rseg[sl])
+            m = torch.from_numpy(self.mid[sl]).to(device=self.device).view(bcast)
+            x = torch.addcmul(self.x0[s].to(device=self.device, dtype=torch.float64), m,
+                              self.d[s].to(device=self.device, dtype=torch.float64)).to(dtype)
+            self._finish(sl, forward_blocked(model, x, row_block), err, ys, i)
+        return err, ys
+
+    def resumed(self, plan, prefix: _AffinePrefix, dtype, which: np.ndarray, row_block: int, lo: int):
+        """The network from its first piecewise-linear op on, the live values there
+        interpolated from the segment's ends; ``row_block`` rows per pass."""
+        err, ys = np.zeros(which.size), np.zeros((which.size, self.intercept.shape[1]))
+        step = row_block or which.size or 1
+        with torch.no_grad():
+            for i in range(0, which.size, step):
+                sl = which[i:i + step]
+                s = torch.from_numpy(self.rseg[sl] - lo).to(self.device)
+                m = torch.from_numpy(self.mid[sl]).to(self.device)
+                _, y = _interpret(plan, prefix.env(plan, s, m, dtype), prefix.start)
+                self._finish(sl, y, err, ys, i)
+        return err, ys
+
+
+def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, slope, f0, f1, fv_inner,
+                    rows_per_pass, row_block):
+    """The certificate of segments ``lo..hi`` (see the module docstring).
+
+    Returns ``(gap, tol)``, both ``(hi - lo,)``: the largest disagreement found in the working
+    precision, and the float32 screen's tolerance (0 where every region was evaluated in the
+    working precision)."""
+    model, dtype, device = prepared.work, prepared.dtype, prepared.device
+    n = hi - lo
+    gap, tol = np.zeros(n), np.zeros(n)
+    at = _Midpoints(x0, d_all, rseg, mid, intercept, slope, device, rows_per_pass)
+    sample = sampled(rseg)
+    if certify == "sample" or certify == "strict":
+        idx = np.flatnonzero(sample) if certify == "sample" else np.arange(rseg.size)
+        err, _ = at.forward(model, dtype, idx, row_block)
+        np.maximum.at(gap, rseg[idx] - lo, err)
+        return gap, tol
+    # "all": every region through the cheap path (a float32 copy in float64, the model itself in float32)
+    screen_plan = prepared.screen_plan
+    x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)
+    prefix = _AffinePrefix(prepared.plan, x_ends, n)  # in the working precision
+    every = np.arange(rseg.size)
+    rows32 = pwl.default_row_block(device, torch.float32)
+    if prefix.ok:
+        err32, y32 = at.resumed(screen_plan, prefix, torch.float32, every, rows32, lo)
+    else:
+        err32, y32 = at.forward(prepared.screen, torch.float32, every, rows32)
+    if dtype == torch.float32:  # float32 mode: the screen is the check
+        np.maximum.at(gap, rseg - lo, err32)
+        return gap, tol
+    check = sample | ~np.isfinite(err32)
+    idx = np.flatnonzero(check)
+    err64, y64 = at.forward(model, dtype, idx, row_block)
+    s = rseg[idx] - lo
+    np.maximum.at(gap, s, err64)
+    rounding = np.zeros(n)  # the float32 forward's own error, measured on the sample
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(y32[idx] - y64).max(axis=1, initial=0.0)
+    np.maximum.at(rounding, s, np.where(np.isfinite(diff), diff, 0.0))
+    scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
+    np.maximum.at(scale, rseg - lo, np.abs(fv_inner).max(axis=1, initial=0.0))
+    tol = SCREEN_SAFETY * np.maximum(rounding, np.finfo(np.float32).eps / 2 * scale)
+    doubt = ~check & ~(err32 <= tol[rseg - lo])  # every region the screen cannot vouch for
+    if doubt.any():
+        err, _ = at.forward(model, dtype, np.flatnonzero(doubt), row_block)
+        np.maximum.at(gap, rseg[doubt] - lo, err)
+    counted = np.bincount(rseg[check | doubt] - lo, minlength=n)
+    tol[counted == np.bincount(rseg - lo, minlength=n)] = 0.0  # segments checked wholly in float64
+    return gap, tol
