@@ -2,9 +2,10 @@
 # make test   set up .venv and run the whole test suite (what CI runs)
 # make test-fast  skip the slow integration tests
 # make bench  the region-engine benchmark (minutes; writes bench/results/)
+# make compare  our methods against the published cost model and regioncam, side by side (minutes)
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast bench compare clean
 venv:
 	bash scripts/setup-venv.sh
 
@@ -19,6 +20,10 @@ test-fast: venv
 
 bench: venv
 	$(PY) bench/engine.py
+
+compare: venv
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) bench/compare.py --reps 3 --threads 1,2
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
