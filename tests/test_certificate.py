@@ -55,17 +55,18 @@ def _drop_one_crossing(monkeypatch, which_call: int, which: float):
     real = pwl.relu_crossings
     state = {"calls": 0, "dropped": None}
 
-    def faulty(za, zb, same):
-        piece, tau = real(za, zb, same)
+    def faulty(za, zb, same, **kw):
+        out = real(za, zb, same, **kw)  # (piece, tau) or, with units=True, (piece, unit, a, b, tau)
+        piece, tau = out[0], out[-1]
         if piece.numel() > 2 and state["dropped"] is None:
             if state["calls"] == which_call:
                 i = int(which * (piece.numel() - 1))
                 state["dropped"] = (int(piece[i]), float(tau[i]))
                 keep = torch.ones(piece.numel(), dtype=torch.bool)
                 keep[i] = False
-                piece, tau = piece[keep], tau[keep]
+                out = tuple(v[keep] for v in out)
             state["calls"] += 1
-        return piece, tau
+        return out
 
     monkeypatch.setattr(pwl, "relu_crossings", faulty)
     return state
