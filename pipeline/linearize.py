@@ -115,7 +115,17 @@ class _Dual:
             if zero is not None:
                 q.masked_fill_(zero, math.inf)
             tau = q.flatten(1).amin(1)
+        if call.inplace:  # the network may read its input again: rectify it (primal and tangent)
+            return self._inplace(call.input, z.mul_(m), zdot.mul_(m)), tau, pat
         return fwAD.make_dual(z * m, zdot * m), tau, pat
+
+    @staticmethod
+    def _inplace(x, z, zdot):
+        """``x`` after an in-place op wrote ``z`` and ``zdot`` into its primal and tangent views
+        (a tensor without tangent gets ``zdot`` as a new one)."""
+        if fwAD.unpack_dual(x).tangent is None:
+            return fwAD.make_dual(z, zdot)
+        return x
 
     def clamp(self, call: pwl.PWLCall, track: bool):
         z, zdot = self.split(call.input)
@@ -127,6 +137,8 @@ class _Dual:
                 q = torch.div(zdot, zc).masked_fill_(zc == 0, math.inf).flatten(1).amin(1)
                 tau = q if tau is None else torch.minimum(tau, q)
         bounds = (None if below is None else call.lo, None if above is None else call.hi)
+        if call.inplace:
+            return self._inplace(call.input, z.clamp_(*bounds), zdot.mul_(pat == 1)), tau, pat
         return fwAD.make_dual(z.clamp(*bounds), zdot * (pat == 1)), tau, pat
 
     def pool(self, call, track: bool):
@@ -314,7 +326,8 @@ def _linearize(model, x, d, jvp, track, out, pattern=False):
         mode = LinearizeMode(_Dual(), track, pattern)
         with torch.no_grad(), fwAD.dual_level():
             with mode:
-                y = model(fwAD.make_dual(x, d))
+                # copies: an in-place op on the network's input writes through the dual's views
+                y = model(fwAD.make_dual(x.clone(), d.clone()))
             f, fdot = mode.backend.output(y)
         return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
