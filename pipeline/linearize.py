@@ -259,8 +259,10 @@ class PatternHash:
     inside / above, max-pool: argmax index in the window) with fixed pseudo-random integer
     weights per op and unit, as one float64 matrix-vector product. The weights are small
     enough (``U * max(pat) * w < 2**53``) that every partial sum is an exactly representable
-    integer: the result is exact, whatever the summation order of the kernel. Two patterns that differ in this op collide with
-    probability about ``2**-(53 - log2(U max(pat)))`` (``2**-40`` for 6,144 ReLU units).
+    integer: the result is exact, whatever the summation order of the kernel. Two patterns
+    that differ in this op collide with probability about ``2**-(53 - log2(U max(pat)))``
+    (``2**-40`` for 6,144 ReLU units; a clamp's states 0 / 1 / 2 are hashed with max-pool's
+    bound of 255, which costs 8 bits: ``2**-32`` for 6,144 clamped units).
 
     The weights are drawn from seeded generators, so every instance hashes alike; an instance
     keeps the weights it has drawn, so one instance per walk draws them once.
