@@ -8,8 +8,9 @@ Two ways to carry ``(z, zdot)`` through the network:
 
 ``"stacked"``
     one ordinary forward of the batch ``[x; x + d]``; every piecewise-linear op applies the
-    first half's pattern (ReLU mask, max-pool argmax) to both halves, so the second half stays
-    the affine extension and ``second - first`` is ``zdot``. Uses the plain forward kernels.
+    first half's pattern (ReLU mask, clamp side, max-pool argmax) to both halves, so the second
+    half stays the affine extension and ``second - first`` is ``zdot``. Uses the plain forward
+    kernels. (A clamped unit outside its bounds gives the bound in both halves: ``zdot = 0``.)
 ``"dual"``
     forward-mode AD (``torch.autograd.forward_ad`` dual tensors).
 """
@@ -51,6 +52,26 @@ class _Stacked:
             out.mul_(m)
             return x, tau, pat
         return (out * m).view(x.shape), tau, pat
+
+    def clamp(self, call: pwl.PWLCall, track: bool):
+        x, b = call.input, self.batch
+        z, ahead = x[:b], x[b:]
+        below, above, pat = _clamp_pattern(z, ahead > z, call.lo, call.hi)
+        tau = None
+        if track:
+            # a crossing of bound c is a ReLU kink of z - c: the same ratio as in relu()
+            for c in call.clamp_bounds():
+                zc = z - c
+                r = torch.div(ahead - c, zc).masked_fill_(zc == 0, math.inf).flatten(1).amin(1)
+                tau = r if tau is None else torch.minimum(tau, r)
+        out = x.view(2, b, *x.shape[1:])
+        if not call.inplace:
+            out = out.clone()
+        if below is not None:
+            out.masked_fill_(below, call.lo)
+        if above is not None:
+            out.masked_fill_(above, call.hi)
+        return (x if call.inplace else out.view(x.shape)), tau, pat
 
     def pool(self, call: pwl.PWLCall, track: bool):
         b = self.batch
@@ -94,7 +115,31 @@ class _Dual:
             if zero is not None:
                 q.masked_fill_(zero, math.inf)
             tau = q.flatten(1).amin(1)
+        if call.inplace:  # the network may read its input again: rectify it (primal and tangent)
+            return self._inplace(call.input, z.mul_(m), zdot.mul_(m)), tau, pat
         return fwAD.make_dual(z * m, zdot * m), tau, pat
+
+    @staticmethod
+    def _inplace(x, z, zdot):
+        """``x`` after an in-place op wrote ``z`` and ``zdot`` into its primal and tangent views
+        (a tensor without tangent gets ``zdot`` as a new one)."""
+        if fwAD.unpack_dual(x).tangent is None:
+            return fwAD.make_dual(z, zdot)
+        return x
+
+    def clamp(self, call: pwl.PWLCall, track: bool):
+        z, zdot = self.split(call.input)
+        below, above, pat = _clamp_pattern(z, zdot > 0, call.lo, call.hi)
+        tau = None
+        if track:
+            for c in call.clamp_bounds():
+                zc = z - c
+                q = torch.div(zdot, zc).masked_fill_(zc == 0, math.inf).flatten(1).amin(1)
+                tau = q if tau is None else torch.minimum(tau, q)
+        bounds = (None if below is None else call.lo, None if above is None else call.hi)
+        if call.inplace:
+            return self._inplace(call.input, z.clamp_(*bounds), zdot.mul_(pat == 1)), tau, pat
+        return fwAD.make_dual(z.clamp(*bounds), zdot * (pat == 1)), tau, pat
 
     def pool(self, call, track: bool):
         z, zdot = self.split(call.input)
@@ -139,14 +184,30 @@ def _relu_pattern(z, zdot, negative_slope: float):
     return mask.to(z.dtype).mul_(1.0 - negative_slope).add_(negative_slope), mask, zero
 
 
+def _clamp_pattern(z, rising, lo: float, hi: float):
+    """A clamp's frozen pattern at ``z``: below ``lo`` (0), inside (1) or above ``hi`` (2); on a
+    kink (``z`` equal to a bound) the side the line moves into (``rising``: ``zdot > 0``), as
+    :func:`_relu_pattern` does. Returns the masks ``below`` and ``above`` (None for an infinite
+    bound) and the int64 pattern to hash."""
+    below = above = None
+    pat = torch.ones(z.shape, dtype=torch.long, device=z.device)
+    if math.isfinite(lo):
+        below = (z < lo) | ((z == lo) & ~rising)
+        pat.masked_fill_(below, 0)
+    if math.isfinite(hi):
+        above = (z > hi) | ((z == hi) & rising)
+        pat.masked_fill_(above, 2)
+    return below, above, pat
+
+
 class LinearizeMode(TorchFunctionMode):
     """Intercepts the piecewise-linear ops of one pass and freezes their pattern.
 
     :meth:`tau` gives, per row of the batch, the distance to the first kink ahead when
     ``track`` is true. With ``pattern``, :meth:`pattern` gives a 64-bit hash of each row's
-    activation pattern (every ReLU mask and max-pool argmax of the pass): equal patterns
-    give equal hashes; different ones collide with probability about ``2**-40`` on VGG8-sized
-    layers (see :class:`PatternHash`; pass one to reuse its weights across passes).
+    activation pattern (every ReLU mask, clamp side and max-pool argmax of the pass): equal
+    patterns give equal hashes; different ones collide with probability about ``2**-40`` on
+    VGG8-sized layers (see :class:`PatternHash`; pass one to reuse its weights across passes).
     """
 
     def __init__(self, backend, track: bool = True, pattern: "bool | PatternHash" = False):
@@ -163,7 +224,7 @@ class LinearizeMode(TorchFunctionMode):
         call = pwl.recognise(func, args, kwargs)
         if call is None:
             return func(*args, **kwargs)
-        step = self.backend.relu if call.kind == "relu" else self.backend.pool
+        step = {"relu": self.backend.relu, "clamp": self.backend.clamp, "maxpool": self.backend.pool}[call.kind]
         out, tau, pat = step(call, self.track)
         if tau is not None:
             self.ratio = tau if self.ratio is None else torch.minimum(self.ratio, tau)
@@ -194,12 +255,14 @@ _HASH_MOD = 2**61 - 1  # a prime: pattern hashes of passes with more than 512 op
 
 
 class PatternHash:
-    """``sum_u w_u pat_u`` over each row's units (ReLU: mask, max-pool: argmax index in the
-    window) with fixed pseudo-random integer weights per op and unit, as one float64
-    matrix-vector product. The weights are small enough (``U * max(pat) * w < 2**53``) that
-    every partial sum is an exactly representable integer: the result is exact, whatever the
-    summation order of the kernel. Two patterns that differ in this op collide with
-    probability about ``2**-(53 - log2(U max(pat)))`` (``2**-40`` for 6,144 ReLU units).
+    """``sum_u w_u pat_u`` over each row's units (ReLU: mask, clamp: 0 / 1 / 2 for below /
+    inside / above, max-pool: argmax index in the window) with fixed pseudo-random integer
+    weights per op and unit, as one float64 matrix-vector product. The weights are small
+    enough (``U * max(pat) * w < 2**53``) that every partial sum is an exactly representable
+    integer: the result is exact, whatever the summation order of the kernel. Two patterns
+    that differ in this op collide with probability about ``2**-(53 - log2(U max(pat)))``
+    (``2**-40`` for 6,144 ReLU units; a clamp's states 0 / 1 / 2 are hashed with max-pool's
+    bound of 255, which costs 8 bits: ``2**-32`` for 6,144 clamped units).
 
     The weights are drawn from seeded generators, so every instance hashes alike; an instance
     keeps the weights it has drawn, so one instance per walk draws them once.
@@ -209,7 +272,7 @@ class PatternHash:
         self.weights: dict = {}
 
     def __call__(self, pat: torch.Tensor, call: int) -> torch.Tensor:
-        flat = pat.flatten(1)  # 0/1 float or bool (ReLU), int64 argmax index (max-pool)
+        flat = pat.flatten(1)  # 0/1 float or bool (ReLU), int64 side (clamp) or argmax index (max-pool)
         n = flat.shape[1]
         key = (call, n, flat.dtype, flat.device)
         w = self.weights.get(key)
@@ -265,7 +328,8 @@ def _linearize(model, x, d, jvp, track, out, pattern=False):
         mode = LinearizeMode(_Dual(), track, pattern)
         with torch.no_grad(), fwAD.dual_level():
             with mode:
-                y = model(fwAD.make_dual(x, d))
+                # copies: an in-place op on the network's input writes through the dual's views
+                y = model(fwAD.make_dual(x.clone(), d.clone()))
             f, fdot = mode.backend.output(y)
         return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")

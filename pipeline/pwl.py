@@ -3,11 +3,14 @@
 Every call the network makes passes through a ``TorchFunctionMode`` (see
 ``pipeline.linearize`` and ``pipeline.subdivide``); :func:`recognise` sorts each call into
 
-* a piecewise-linear op the engine treats exactly (ReLU in all its spellings, LeakyReLU,
-  max-pooling in 1-D and 2-D), returned as a :class:`PWLCall`;
+* a piecewise-linear op the engine treats exactly, returned as a :class:`PWLCall`: ReLU in
+  all its spellings, LeakyReLU, max-pooling in 1-D and 2-D, and clamping between constant
+  bounds (``hardtanh``, ``relu6``, ``clamp`` / ``clip`` / ``clamp_min`` / ``clamp_max``, their
+  in-place variants, ``nn.Hardtanh``, ``nn.ReLU6``: two kinks, where the input crosses
+  either bound);
 * an op that is not piecewise linear, or piecewise linear in a way the engine does not
-  follow (GELU, sigmoid, ``clamp``, BatchNorm or dropout in training mode...), which raises
-  :class:`UnsupportedOpError` naming it;
+  follow (GELU, sigmoid, hardswish, ``abs``, ``clamp`` with tensor bounds, BatchNorm or
+  dropout in training mode...), which raises :class:`UnsupportedOpError` naming it;
 * everything else (affine ops, reshapes, metadata), returned as ``None``.
 
 The rest of this module is the small amount of geometry those ops need: the activation
@@ -43,11 +46,18 @@ class PoolSpec:
 class PWLCall:
     """One call of a piecewise-linear op: what it is and the tensor it acts on."""
 
-    kind: str  # "relu" (negative_slope 0 included) or "maxpool"
+    kind: str  # "relu" (negative_slope 0 included), "clamp" or "maxpool"
     input: torch.Tensor
     negative_slope: float = 0.0
     inplace: bool = False
     pool: PoolSpec | None = None
+    # "clamp": the output is min(max(z, lo), hi); -inf / inf for a missing bound, lo <= hi
+    lo: float = -math.inf
+    hi: float = math.inf
+
+    def clamp_bounds(self):
+        """The finite bounds of a clamp, as a list of floats (one or two)."""
+        return [c for c in (self.lo, self.hi) if math.isfinite(c)]
 
 
 def _names(module, *names):
@@ -58,6 +68,33 @@ _RELU = _names(F, "relu") | _names(torch, "relu") | {torch.Tensor.relu}
 _RELU_INPLACE = _names(F, "relu_") | _names(torch, "relu_") | {torch.Tensor.relu_}
 _LEAKY = _names(F, "leaky_relu") | _names(torch._C._nn, "leaky_relu")
 _LEAKY_INPLACE = _names(F, "leaky_relu_") | _names(torch._C._nn, "leaky_relu_")
+# clamping between constant bounds: function -> (position of the lower bound, its keyword, its
+# default; the same for the upper bound; always in place). Position None: the function has
+# no such argument, the default applies.
+_CLAMP_SPECS: dict = {}
+
+
+def _clamp_spec(fns, lo, hi, inplace):
+    for fn in fns:
+        _CLAMP_SPECS[fn] = (lo, hi, inplace)
+
+
+_clamp_spec(_names(torch, "clamp", "clip") | {torch.Tensor.clamp, torch.Tensor.clip},
+            (1, "min", None), (2, "max", None), False)
+_clamp_spec(_names(torch, "clamp_", "clip_") | {torch.Tensor.clamp_, torch.Tensor.clip_},
+            (1, "min", None), (2, "max", None), True)
+_clamp_spec(_names(torch, "clamp_min") | {torch.Tensor.clamp_min}, (1, "min", None), (None, None, None), False)
+_clamp_spec(_names(torch, "clamp_min_") | {torch.Tensor.clamp_min_}, (1, "min", None), (None, None, None), True)
+_clamp_spec(_names(torch, "clamp_max") | {torch.Tensor.clamp_max}, (None, None, None), (1, "max", None), False)
+_clamp_spec(_names(torch, "clamp_max_") | {torch.Tensor.clamp_max_}, (None, None, None), (1, "max", None), True)
+_clamp_spec(_names(F, "hardtanh") | _names(torch._C._nn, "hardtanh"),
+            (1, "min_val", -1.0), (2, "max_val", 1.0), False)  # F.hardtanh's inplace: position 3
+_clamp_spec(_names(F, "hardtanh_") | _names(torch._C._nn, "hardtanh_"),
+            (1, "min_val", -1.0), (2, "max_val", 1.0), True)
+_clamp_spec(_names(F, "relu6") | _names(torch._C._nn, "relu6"), (None, None, 0.0), (None, None, 6.0), False)
+_clamp_spec(_names(torch._C._nn, "relu6_"), (None, None, 0.0), (None, None, 6.0), True)
+_CLAMP_INPLACE_ARG = {F.hardtanh: 3, F.relu6: 1}  # Python functionals with an `inplace` argument
+_CLAMP = frozenset(fn for fn, spec in _CLAMP_SPECS.items() if not spec[2])  # the not-in-place ones
 _MAXPOOL2D = _names(F, "max_pool2d", "max_pool2d_with_indices", "_max_pool2d") | _names(
     torch, "max_pool2d"
 )
@@ -74,7 +111,7 @@ _NOT_PWL_NAMES = (
     "local_response_norm normalize rms_norm glu prelu rrelu"
 ).split()
 _PWL_UNSUPPORTED_NAMES = (
-    "abs clamp clip clamp_min clamp_max hardtanh relu6 threshold maximum minimum max min amax "
+    "abs threshold maximum minimum max min amax "
     "amin hardshrink softshrink sort topk sign floor ceil round trunc frac fmod remainder "
     "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d max_pool3d fractional_max_pool2d "
     "fractional_max_pool3d lp_pool1d lp_pool2d max_unpool2d"
@@ -200,6 +237,37 @@ def _pool_call(func, args, kwargs, one_d: bool) -> PWLCall:
     return PWLCall("maxpool", x, pool=spec)
 
 
+def _clamp_call(func, args, kwargs) -> PWLCall | None:
+    lo_spec, hi_spec, inplace = _CLAMP_SPECS[func]
+    name = getattr(func, "__name__", str(func))
+    x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    bounds = []
+    for (index, key, default), missing in ((lo_spec, -math.inf), (hi_spec, math.inf)):
+        v = default if index is None else _arg(args, kwargs, index, key, default)
+        if isinstance(v, torch.Tensor):
+            raise UnsupportedOpError(
+                f"the network calls {name} with a tensor bound ({key}=Tensor of shape "
+                f"{tuple(v.shape)}): the region engine treats clamping as piecewise linear only "
+                "between constant numbers (its kinks are where the input crosses a fixed bound). "
+                "Pass Python floats, or express the op through ReLU."
+            )
+        bounds.append(missing if v is None else float(v))
+    lo, hi = bounds
+    if lo == -math.inf and hi == math.inf:
+        return None  # clamp(x) with no bound: torch raises its own error, or it is the identity
+    if kwargs.get("out") is not None:
+        raise UnsupportedOpError(f"{name} with out= is not supported by the region engine; "
+                                 "use the returned tensor.")
+    if math.isnan(lo) or math.isnan(hi):
+        raise UnsupportedOpError(f"the network calls {name} with a nan bound")
+    if func in _CLAMP_INPLACE_ARG:
+        inplace = bool(_arg(args, kwargs, _CLAMP_INPLACE_ARG[func], "inplace", False))
+    lo = min(lo, hi)  # torch.clamp with min > max gives max everywhere
+    if lo == 0.0 and hi == math.inf:  # clamp(min=0) is a ReLU
+        return PWLCall("relu", x, 0.0, inplace)
+    return PWLCall("clamp", x, inplace=inplace, lo=lo, hi=hi)
+
+
 def recognise(func, args, kwargs) -> PWLCall | None:
     """Classify one call seen by a ``TorchFunctionMode``.
 
@@ -220,6 +288,8 @@ def recognise(func, args, kwargs) -> PWLCall | None:
             slope = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
             inplace = func in _LEAKY_INPLACE or bool(_arg(args, kwargs, 2, "inplace", False))
             return PWLCall("relu", x, slope, inplace)
+        if func in _CLAMP_SPECS:
+            return _clamp_call(func, args, kwargs)
         if func in _MAXPOOL2D:
             return _pool_call(func, args, kwargs, one_d=False)
         if func in _MAXPOOL1D:
@@ -236,14 +306,15 @@ def recognise(func, args, kwargs) -> PWLCall | None:
         if func in _NOT_PWL:
             raise UnsupportedOpError(
                 f"the network calls {_NOT_PWL[func]}, which is not piecewise linear: its linear "
-                "regions are not defined. The engine supports ReLU, LeakyReLU and max-pooling "
-                "between affine layers."
+                "regions are not defined. The engine supports ReLU, LeakyReLU, clamping between "
+                "constant bounds (hardtanh, relu6, clamp) and max-pooling between affine layers."
             )
         if func in _PWL_UNSUPPORTED:
             raise UnsupportedOpError(
                 f"the network calls {_PWL_UNSUPPORTED[func]}, which the region engine does not "
                 "treat as piecewise linear (its kinks would be missed). Supported: ReLU, "
-                "LeakyReLU, max_pool1d/2d; express the op through them or open an issue."
+                "LeakyReLU, hardtanh / relu6 / clamp with constant bounds, max_pool1d/2d; "
+                "express the op through them or open an issue."
             )
     except TypeError as err:  # unhashable func objects cannot be any of the above
         if isinstance(err, UnsupportedOpError):
@@ -323,6 +394,21 @@ def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor
         return p, u, a, b, a.double() / (a.double() - b.double())
     p, a, b = p[ok], a[ok].double(), b[ok].double()
     return p, a / (a - b)
+
+
+def clamp_crossings(za: torch.Tensor, lo: float, hi: float, same: torch.Tensor):
+    """Every crossing of either bound of a clamp between consecutive vertices of a chain:
+    :func:`relu_crossings` of ``za - lo`` and of ``za - hi`` (``za``: ``(P + 1, U)`` values at
+    the vertices; infinite bounds are skipped). Returns ``(piece, tau)``."""
+    pieces, taus = [], []
+    for c in (lo, hi):
+        if math.isfinite(c):
+            p, tau = relu_crossings(za - c, None, same)
+            pieces.append(p)
+            taus.append(tau)
+    if len(pieces) == 1:
+        return pieces[0], taus[0]
+    return torch.cat(pieces), torch.cat(taus)
 
 
 def maxpool_crossings(wa: torch.Tensor, wb: torch.Tensor, same: torch.Tensor):

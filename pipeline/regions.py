@@ -133,7 +133,8 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
     ----------
     model : torch.nn.Module or PreparedModel
         In eval mode; affine layers (Linear, Conv, AvgPool, BatchNorm in eval, residual adds,
-        reshapes...) and ReLU / LeakyReLU / max-pooling. It is copied, never modified. Pass
+        concatenation, reshapes...) and ReLU / LeakyReLU / max-pooling / clamping between
+        constant bounds (hardtanh, relu6, clamp, clip). It is copied, never modified. Pass
         ``prepare(model)`` instead to pay for the copies and the tracing once over many calls.
     x0, x1 : Tensor or ndarray, shape ``(S, *input_shape)``
         Segment ends.
@@ -174,8 +175,8 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
     Raises
     ------
     UnsupportedOpError
-        The network uses an op that is not piecewise linear (GELU, sigmoid...) or that the
-        engine does not follow.
+        The network uses an op that is not piecewise linear (GELU, sigmoid, hardswish...) or
+        that the engine does not follow (``abs``, ``clamp`` with tensor bounds...).
     ValueError, TypeError
         Model in training mode, mismatched or non-finite inputs, bad options.
     """

@@ -3,14 +3,15 @@
 The network is traced with ``torch.fx`` and its graph interpreted on a batch of *vertices*
 (points ``x0 + t d`` of many segments, in order). Before each piecewise-linear op every live
 tensor is affine on each piece between consecutive vertices of a segment (all earlier kinks
-are already vertices), so a unit whose input changes sign inside a piece does so at the
-linear interpolation root; a max-pool window changes argmax at a kink of the upper envelope
-of its (affine) elements. Each such point becomes a new vertex, and every live tensor
-(skip connections included) is interpolated there. No ``eps``, no sequential stepping.
+are already vertices), so a unit whose input changes sign inside a piece (a clamp: crosses
+either bound) does so at the linear interpolation root; a max-pool window changes argmax at
+a kink of the upper envelope of its (affine) elements. Each such point becomes a new vertex,
+and every live tensor (skip connections included) is interpolated there. No ``eps``, no
+sequential stepping.
 
-A ReLU whose input nothing reads afterwards (the graph's last use, no other live value in
-the same memory, not a view: the sub-chains of a split hold views of one tensor) rectifies
-that input in place, which saves one tensor of the chain's size per ReLU layer.
+A ReLU or clamp whose input nothing reads afterwards (the graph's last use, no other live
+value in the same memory, not a view: the sub-chains of a split hold views of one tensor)
+rectifies that input in place, which saves one tensor of the chain's size per such layer.
 
 Memory stays bounded: when a chain of vertices grows past ``max_vertices`` it is split into
 sub-chains (sharing their end vertex) that continue depth-first, left to right, so vertices
@@ -22,6 +23,7 @@ there); :mod:`pipeline.certificate` checks every map against the network at its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -205,6 +207,8 @@ class _SubdivideMode(TorchFunctionMode):
         if call.kind == "relu":
             flat = z.reshape(v, -1)
             piece, tau = pwl.relu_crossings(flat, None, same)
+        elif call.kind == "clamp":
+            piece, tau = pwl.clamp_crossings(z.reshape(v, -1), call.lo, call.hi, same)
         else:
             win, _ = pwl.pool_windows(z, call.pool)
             piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
@@ -212,8 +216,10 @@ class _SubdivideMode(TorchFunctionMode):
             extra = {"z": z}
             _insert(chain, self.plan, piece, tau, extra, self.tol)
             z = extra["z"]
-        if call.kind == "relu" and not call.inplace and self.may_overwrite and self._unshared(z):
+        if call.kind != "maxpool" and not call.inplace and self.may_overwrite and self._unshared(z):
             # nothing reads z after this op: rectify it in place (no new tensor of the chain's size)
+            if call.kind == "clamp":
+                return z.clamp_(*(c if math.isfinite(c) else None for c in (call.lo, call.hi)))
             return torch.relu_(z) if call.negative_slope == 0.0 else F.leaky_relu_(z, call.negative_slope)
         args = (z, *args[1:]) if args else args
         if not args:
@@ -234,13 +240,18 @@ class _SubdivideMode(TorchFunctionMode):
         return True
 
 
+_BARE_METHODS = ("relu", "clamp", "clip", "clamp_min", "clamp_max")
+_BARE_MODULES = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.ReLU6, torch.nn.Hardtanh)
+
+
 def _bare_relu_input(plan: Plan, node: fx.Node):
-    """The input node of a node that only applies a ReLU / leaky ReLU (else None). The
-    functions are the ones :func:`pwl.recognise` treats as a (not in-place) ReLU."""
-    bare = ((node.op == "call_function" and (node.target in pwl._RELU or node.target in pwl._LEAKY))
-            or (node.op == "call_method" and node.target == "relu")
-            or (node.op == "call_module"
-                and isinstance(plan.gm.get_submodule(node.target), (torch.nn.ReLU, torch.nn.LeakyReLU))))
+    """The input node of a node that only applies a ReLU / leaky ReLU / clamp (else None). The
+    functions are the ones :func:`pwl.recognise` treats as a (not in-place) ReLU or clamp
+    (whether the op is in place is read from the call itself, see ``_SubdivideMode``)."""
+    bare = ((node.op == "call_function"
+             and (node.target in pwl._RELU or node.target in pwl._LEAKY or node.target in pwl._CLAMP))
+            or (node.op == "call_method" and node.target in _BARE_METHODS)
+            or (node.op == "call_module" and isinstance(plan.gm.get_submodule(node.target), _BARE_MODULES)))
     first = (node.args[0] if node.args else node.kwargs.get("input")) if bare else None
     return first if isinstance(first, fx.Node) else None
 

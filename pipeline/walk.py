@@ -18,7 +18,7 @@ from a point deep inside the region, and in float32 it is only known to a few ``
 ``t`` on short segments (rounding of ``x0 + t d`` and of every layer, divided by the unit's
 rate ``|zdot|``); when it comes out early by more than ``eps``, the next step still sees the
 old pattern and aims at the same kink again. Each step therefore also hashes its whole
-activation pattern (every ReLU mask and max-pool argmax, see
+activation pattern (every ReLU mask, clamp side and max-pool argmax, see
 :class:`pipeline.linearize.LinearizeMode`): a step whose pattern equals the previous step's
 continues that region (rows marked ``same``, merged when a chunk is emitted: one region from
 the first row's start to the last row's end, with the first row's map). This is the

@@ -104,8 +104,29 @@ def zoo():
     return [(n, m.eval(), s) for n, m, s in nets]
 
 
+# clamping ops by name: (keyword of the lower bound, its default, of the upper, its default);
+# the bounds are the arguments after the input, in this order, when given by position
+_CLAMPS = {
+    "clamp": ("min", None, "max", None), "clip": ("min", None, "max", None),
+    "clamp_min": ("min", None, None, None), "clamp_max": (None, None, "max", None),
+    "hardtanh": ("min_val", -1.0, "max_val", 1.0), "relu6": (None, 0.0, None, 6.0),
+}
+
+
+def _clamp_bounds(name, args, kwargs):
+    lo_key, lo, hi_key, hi = _CLAMPS[name]
+    rest = list(args[1:])
+    if lo_key is not None:
+        lo = rest.pop(0) if rest else kwargs.get(lo_key, lo)
+    if hi_key is not None:
+        hi = rest.pop(0) if rest else kwargs.get(hi_key, hi)
+    return (-np.inf if lo is None else float(lo)), (np.inf if hi is None else float(hi))
+
+
 class _PatternMode(TorchFunctionMode):
-    """Records, with plain torch calls, the sign of every ReLU input and every max-pool argmax."""
+    """Records, with plain torch calls, the sign of every ReLU input, the side of every clamp
+    input (0 below the lower bound, 1 between the bounds, 2 above the upper one) and every
+    max-pool argmax."""
 
     def __init__(self):
         super().__init__()
@@ -116,6 +137,10 @@ class _PatternMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in ("relu", "relu_", "leaky_relu", "leaky_relu_"):
             self.parts.append((args[0] > 0).flatten(1).clone())
+        elif name.rstrip("_") in _CLAMPS:
+            lo, hi = _clamp_bounds(name.rstrip("_"), args, kwargs)
+            z = args[0]
+            self.parts.append(((z > lo).long() + (z > hi).long()).flatten(1))
         elif name in ("max_pool2d", "_max_pool2d", "max_pool1d", "_max_pool1d"):
             x = args[0]
             kw = dict(kwargs)

@@ -109,6 +109,60 @@ def test_inplace_relu_equals_out_of_place():
         np.testing.assert_allclose(ra.slope, rb.slope, rtol=1e-12, atol=1e-14)
 
 
+class _InplaceDiscarded(nn.Module):
+    """In-place ops whose result is not used: the network reads the rectified tensors again."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.b, self.op = nn.Linear(3, 8), nn.Linear(8, 2), op
+
+    def forward(self, x):
+        x = x * 1.5
+        h = self.a(x)
+        self.op(h)
+        self.op(x)
+        return self.b(h + x.sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize("op", [torch.relu_, lambda h: h.clamp_(-0.5, 0.5), lambda h: nn.functional.leaky_relu_(h, 0.1),
+                                nn.ReLU6(inplace=True)])
+def test_inplace_op_with_discarded_result(op):
+    """The dual backend rectifies the dual tensor itself (primal and tangent), as eager
+    PyTorch does; it used to return a rectified copy and leave the input as it was."""
+    torch.manual_seed(0)
+    net = _InplaceDiscarded(op).eval()
+    x0, x1 = segments((3,), 4, seed=4)
+    sub = discover(net, x0, x1, method="subdivide")
+    assert sub.continuity_gap.max() < 1e-12
+    for jvp in ("stacked", "dual"):
+        w = discover(net, x0, x1, method="walk", jvp=jvp)
+        np.testing.assert_array_equal(w.density, sub.density)
+        np.testing.assert_allclose(w.slope, sub.slope, rtol=1e-9, atol=1e-12)
+        assert w.continuity_gap.max() < 1e-12, jvp
+
+
+def test_dual_linearize_leaves_its_arguments_alone():
+    from pipeline.linearize import linearize
+
+    class RectifiesItsInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(3, 2, dtype=torch.float64)
+
+        def forward(self, x):
+            x.relu_()
+            return self.a(x)
+
+    net = RectifiesItsInput().eval()
+    x, d = torch.randn(3, 3, dtype=torch.float64), torch.randn(3, 3, dtype=torch.float64)
+    x_before, d_before = x.clone(), d.clone()
+    a = linearize(net, x, d, jvp="dual")
+    b = linearize(net, x, d, jvp="stacked")
+    assert torch.equal(x, x_before) and torch.equal(d, d_before)
+    for u, v in zip(a, b):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-12)
+
+
 def _same(a: RegionResult, b: RegionResult, rtol=1e-10):
     np.testing.assert_array_equal(a.density, b.density)
     np.testing.assert_allclose(a.t_start, b.t_start, rtol=rtol, atol=1e-13)

@@ -29,7 +29,9 @@ X0, X1 = torch.randn(2, 3), torch.randn(2, 3)
 @pytest.mark.parametrize(
     "fn,name",
     [(nn.GELU(), "gelu"), (torch.sigmoid, "sigmoid"), (nn.Tanh(), "tanh"), (F.silu, "silu"),
-     (lambda x: torch.clamp(x, min=0), "clamp"), (torch.abs, "abs"), (lambda x: F.dropout(x, 0.5), "dropout"),
+     (lambda x: torch.clamp(x, min=torch.zeros(8)), "clamp with a tensor bound"), (F.hardswish, "hardswish"),
+     (lambda x: x.clamp(-torch.ones(8), torch.ones(8)), "clamp with a tensor bound"), (nn.Hardsigmoid(), "hardsigmoid"),
+     (torch.abs, "abs"), (lambda x: F.dropout(x, 0.5), "dropout"),
      (lambda x: F.layer_norm(x, (8,)), "layer_norm")],
 )
 def test_unsupported_op_is_named(method, fn, name):
