@@ -376,7 +376,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
             if progress is not None:
                 progress.update(b1 - b0)
         yield _regions(prepared, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
-                       torch.cat(parts_f).numpy(), length, max_vertices, keep_affine, tol, row_block, certify)
+                       torch.cat(parts_f).numpy(), length, max(max_vertices, 1024), keep_affine, tol, row_block, certify)
         lo = hi
 
 
