@@ -169,7 +169,7 @@ class _Midpoints:
         """The network from its first piecewise-linear op on, the live values there
         interpolated from the segment's ends; ``row_block`` rows per pass."""
         err, ys = np.zeros(which.size), np.zeros((which.size, self.intercept.shape[1]))
-        step = row_block or which.size or 1
+        step = min(row_block, self.rows) if row_block else self.rows  # bounded memory on GPUs too
         with torch.no_grad():
             for i in range(0, which.size, step):
                 sl = which[i:i + step]
