@@ -19,12 +19,13 @@ forward per region, about as much as the subdivision, so the check is screened:
 ``certificate_tol`` reports the screen's tolerance per segment: a kink missed anywhere except
 within about ``certificate_tol / |slope change|`` (in ``t``) of a vertex is caught.
 
-The float32 screen starts at the network's first piecewise-linear op. Up to there the network
-is affine along the segment (the subdivision relies on the same fact, and inserts no vertex
-before it), so the values live at that op are interpolated between the segment's two ends,
-computed once in float64: on an MLP whose first layer is the largest (3072 -> 1024) that is
-most of the screen's cost. The float64 sample runs the whole network from the input, so an
-op before the first kink that is not affine (which bends every region) is still caught.
+Where the values live at the network's first piecewise-linear op are no more than the
+input's, the float32 screen starts there. Up to that op the network is affine along the
+segment (the subdivision relies on the same fact, and inserts no vertex before it), so those
+values are interpolated between the segment's two ends, computed once in float64: on an MLP
+whose first layer is the largest (3072 -> 1024) that is most of the screen's cost. The float64
+sample runs the whole network from the input, so an op before the first kink that is not
+affine (which bends every region) is still caught.
 ``certify="strict"`` evaluates every midpoint with a whole float64 forward.
 """
 
@@ -126,6 +127,10 @@ class _AffinePrefix:
             else:
                 self.fixed[plan.nodes.index(node)] = val
 
+    def live_numel(self) -> int:
+        """Values per point live at the first piecewise-linear op."""
+        return sum(v[0].numel() for v in self.live.values())
+
     def env(self, plan, seg: torch.Tensor, t: torch.Tensor, dtype) -> dict:
         """The live values at points ``t`` of segments ``seg`` (positions in this chunk)."""
         out = {plan.nodes[i]: v for i, v in self.fixed.items()}
@@ -203,7 +208,10 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
     prefix = _AffinePrefix(prepared.plan, x_ends, n)  # in the working precision
     every = np.arange(rseg.size)
     rows32 = pwl.default_row_block(device, torch.float32)
-    if prefix.ok:
+    # interpolating the live values costs about what building the input row does: it pays
+    # when they are no larger than the input (the MLP: 1,024 against 3,072 values and a 3072 x
+    # 1024 layer skipped; VGG8's first conv output is twice its input)
+    if prefix.ok and prefix.live_numel() <= x0[0].numel():
         err32, y32 = at.resumed(screen_plan, prefix, torch.float32, every, rows32, lo)
     else:
         err32, y32 = at.forward(prepared.screen, torch.float32, every, rows32)

@@ -186,14 +186,18 @@ class SquareFirst(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.l1, self.l2 = nn.Linear(6, 24), nn.Linear(24, 3)
+        self.l1, self.l2 = nn.Linear(24, 6), nn.Linear(6, 3)
 
     def forward(self, x):
         return self.l2(torch.relu(self.l1(x * x)))
 
 
-def test_hidden_square_before_the_first_kink_is_caught():
+def test_hidden_square_before_the_first_kink_is_caught(monkeypatch):
+    resumed = []
+    real = certificate._Midpoints.resumed
+    monkeypatch.setattr(certificate._Midpoints, "resumed", lambda self, *a: resumed.append(1) or real(self, *a))
     torch.manual_seed(0)
-    x0, x1 = segments((6,), 3, seed=10)
+    x0, x1 = segments((24,), 3, seed=10)
     res = discover(SquareFirst().eval(), x0, x1)
+    assert resumed  # 6 live values at the first ReLU against 24 inputs: the screen starts there
     assert res.continuity_gap.min() > 1e-3
