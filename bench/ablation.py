@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/ablation.py --reps 3
 
-* fused ReLU -> Linear (pipeline/fused.py) on and off, on the MLP 3072-1024x3-10 over 16 lines
-  between digit images (off: the plan's fused pairs removed, every vertex runs every layer);
+* dense layers in blocks of at least 256 rows (``pipeline.pwl.LINEAR_BLOCK``) against the
+  convolutions' 16, on the MLP 3072-1024x3-10 over 16 lines between digit images;
 * max_vertices 256 (default) against 1024 on VGG8 (4 segments) and ResNet18 k=8 (1 segment);
 * the certificate: all (float32 screen, default), strict (every midpoint in float64), sample.
 """
@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WideMLP, build_network, digit_images, path_segments  # noqa: E402
 
+import pipeline.pwl as pwl  # noqa: E402
 from pipeline.regions import discover, prepare  # noqa: E402
 
 
@@ -31,24 +32,24 @@ def main(argv=None):
     torch.manual_seed(0)
     mlp = WideMLP(depth=3).eval()
     imgs = digit_images(17, seed=1)
-    fused_on, fused_off = prepare(mlp), prepare(mlp)
-    fused_off.plan.relu_layer = {}
+    ready = prepare(mlp)
+    cases = {}
+    for cert in ("sample", "all"):
+        for block in (pwl.LINEAR_BLOCK, 0):
+            cases[(f"MLP, 16 lines, certify={cert}", f"dense layers in blocks of {max(block, 16)} rows")] = (
+                ready, imgs[:16], imgs[1:17], dict(certify=cert), block)
     vgg, res = prepare(build_network("vgg8")), prepare(build_network("resnet18k8"))
-    cases = {
-        ("MLP, 16 lines, certify=sample", "fused ReLU-Linear"): (fused_on, imgs[:16], imgs[1:17], dict(certify="sample")),
-        ("MLP, 16 lines, certify=sample", "not fused"): (fused_off, imgs[:16], imgs[1:17], dict(certify="sample")),
-        ("MLP, 16 lines, certify=all", "fused ReLU-Linear"): (fused_on, imgs[:16], imgs[1:17], {}),
-        ("MLP, 16 lines, certify=all", "not fused"): (fused_off, imgs[:16], imgs[1:17], {}),
-    }
     for net_name, prep, n in (("VGG8, 4 segments", vgg, 4), ("ResNet18 k=8, 1 segment", res, 1)):
         for mv in (256, 1024):
             cases[(f"{net_name}, certify=sample", f"max_vertices={mv}")] = (
-                prep, x0[:n], x1[:n], dict(max_vertices=mv, batch_size=2, certify="sample"))
+                prep, x0[:n], x1[:n], dict(max_vertices=mv, batch_size=2, certify="sample"), pwl.LINEAR_BLOCK)
         for cert in ("all", "strict", "sample"):
-            cases[(f"{net_name}, certificate", f"certify={cert}")] = (prep, x0[:n], x1[:n], dict(batch_size=2, certify=cert))
+            cases[(f"{net_name}, certificate", f"certify={cert}")] = (prep, x0[:n], x1[:n], dict(batch_size=2, certify=cert),
+                                                                   pwl.LINEAR_BLOCK)
     secs, info = {}, {}
     for rep in range(a.reps):
-        for key, (prep, s0, s1, kw) in cases.items():
+        for key, (prep, s0, s1, kw, block) in cases.items():
+            pwl.LINEAR_BLOCK = block
             t = time.perf_counter()
             r = discover(prep, s0, s1, **kw)
             secs.setdefault(key, []).append(time.perf_counter() - t)

@@ -368,15 +368,13 @@ def maxpool_first_kink(wz, wzdot, cur):
     return tau.flatten(1).amin(1)
 
 
-def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor, units: bool = False):
+def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor):
     """Every sign change of a unit between consecutive vertices.
 
     ``za``, ``zb``: ``(P, U)`` values at the two ends of each piece; or ``za`` the ``(P + 1, U)``
     values at the vertices of a chain and ``zb=None`` (pieces join consecutive rows: the signs
     are then computed once per vertex, not twice). ``same``: ``(P,)`` whether the piece joins
-    two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in ``(0, 1)``, float64;
-    with ``units``, ``(piece, unit, a, b, tau)``, ``a`` and ``b`` the unit's values at the
-    piece's ends.
+    two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in ``(0, 1)``, float64.
     """
     # strict sign changes. One pass over (P, U) finds the candidates (positive on one side
     # only); zeros, nan and pieces joining two segments are then dropped from the (few)
@@ -389,9 +387,6 @@ def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor
         p, u = ((za > 0) != (zb > 0)).nonzero(as_tuple=True)
         a, b = za[p, u], zb[p, u]
     ok = ((a < 0) | (a > 0)) & ((b < 0) | (b > 0)) & same[p]
-    if units:
-        p, u, a, b = p[ok], u[ok], a[ok], b[ok]
-        return p, u, a, b, a.double() / (a.double() - b.double())
     p, a, b = p[ok], a[ok].double(), b[ok].double()
     return p, a / (a - b)
 

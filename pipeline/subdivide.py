@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
-from . import fused, pwl
+from . import pwl
 from .fastops import PairAvgPool2d
 from .certificate import certify_regions
 from .result import RegionResult, assemble
@@ -65,7 +65,6 @@ class Plan:
         self.dead_after = {i: [] for i in range(len(self.nodes))}
         for n in self.nodes:
             self.dead_after[self.last_use[n]].append(n)
-        self.relu_linear = fused.find_relu_linear(gm, self.nodes, self.batched)
 
     def attr(self, node: fx.Node):
         obj = self.gm
@@ -261,24 +260,9 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
     stack = [chain]
     while stack:
         ch = stack.pop()
-        i = ch.pos - 1
-        while i + 1 < len(plan.nodes):
-            i += 1
+        for i in range(ch.pos, len(plan.nodes)):
             node = plan.nodes[i]
             env = ch.env
-            pair = plan.relu_linear.get(i)
-            if pair is not None and isinstance(env.get(pair.source), torch.Tensor) and env[pair.source].ndim == 2:
-                v_before = ch.t.numel()
-                env[plan.nodes[i + 1]] = _relu_linear(plan, ch, pair, mode.tol, mode.row_block)
-                for dead in (*plan.dead_after[i], *plan.dead_after[i + 1]):
-                    if dead is not plan.nodes[i + 1]:
-                        env.pop(dead, None)
-                i += 1
-                if ch.t.numel() != v_before and ch.t.numel() > max_vertices:
-                    ch.pos = i + 1
-                    stack.extend(reversed(ch.split(plan, max_vertices)))
-                    break
-                continue
             if node.op == "output":
                 out = map_arg(node.args[0], lambda n: env[n])
                 if not isinstance(out, torch.Tensor):
@@ -313,29 +297,6 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
                 ch.pos = i + 1
                 stack.extend(reversed(ch.split(plan, max_vertices)))
                 break
-
-
-def _relu_linear(plan: Plan, ch: _Chain, pair: fused.ReluLinear, tol: float, row_block: int) -> torch.Tensor:
-    """A ReLU and the Linear layer after it, on the chain (see :mod:`pipeline.fused`): the
-    layer runs on the chain's vertices, the vertices born at the ReLU get its output from
-    their piece's ends and a sparse correction. Returns the layer's output at every vertex."""
-    z = ch.env[pair.source]
-    same = ch.seg[1:] == ch.seg[:-1]
-    piece, unit, za, zb, tau = fused.crossings(z, same)
-    layer = pair.layer
-    y = pwl.call_blocked(F.linear, (fused.relu(z, pair.negative_slope), layer.weight, layer.bias), {}, row_block)
-    if piece.numel() == 0:
-        return y
-    if plan.last_use[pair.source] <= pair.index:
-        del ch.env[pair.source]  # nothing reads it later: not interpolated at the new vertices
-    extra = {"y": y}
-    order, keep, new_pos = _insert(ch, plan, piece, tau, extra, tol)
-    y = extra["y"]
-    if new_pos.numel():
-        vertex = torch.full_like(piece, -1)
-        vertex[order[keep]] = new_pos  # the row each crossing became (-1: merged into a vertex)
-        fused.add_correction(y, vertex, piece, unit, za, zb, tau, pair.transposed_weight(), pair.negative_slope)
-    return y
 
 
 def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, keep_affine: bool,

@@ -55,8 +55,8 @@ def _drop_one_crossing(monkeypatch, which_call: int, which: float):
     real = pwl.relu_crossings
     state = {"calls": 0, "dropped": None}
 
-    def faulty(za, zb, same, **kw):
-        out = real(za, zb, same, **kw)  # (piece, tau) or, with units=True, (piece, unit, a, b, tau)
+    def faulty(za, zb, same):
+        out = real(za, zb, same)
         piece, tau = out[0], out[-1]
         if piece.numel() > 2 and state["dropped"] is None:
             if state["calls"] == which_call:
