@@ -1,6 +1,7 @@
 """The engine's round-four choices switched off one at a time, interleaved, medians, one thread.
 
     .venv/bin/python bench/ablation.py --reps 3
+    .venv/bin/python bench/ablation.py --reps 3 --only MLP
 
 * dense layers in blocks of at least 256 rows (``pipeline.pwl.LINEAR_BLOCK``) against the
   convolutions' 16, on the MLP 3072-1024x3-10 over 16 lines between digit images;
@@ -26,6 +27,7 @@ from pipeline.regions import discover, prepare  # noqa: E402
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--only", default="", help="run only workloads whose name contains this (e.g. MLP)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     x0, x1 = path_segments(1, m=8, r=4.0)[:2]
@@ -46,6 +48,7 @@ def main(argv=None):
         for cert in ("all", "strict", "sample"):
             cases[(f"{net_name}, certificate", f"certify={cert}")] = (prep, x0[:n], x1[:n], dict(batch_size=2, certify=cert),
                                                                    pwl.LINEAR_BLOCK)
+    cases = {k: v for k, v in cases.items() if a.only in k[0]}
     secs, info = {}, {}
     for rep in range(a.reps):
         for key, (prep, s0, s1, kw, block) in cases.items():
