@@ -122,20 +122,19 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
 
     A kink closer than ``tol`` (in ``t``) to a vertex, or to the previous kink in its piece,
     is taken to be that vertex: a new vertex there would only add a region of rounding width.
-    Returns ``(order, keep, new_pos)``: the kinks sorted by piece then ``tau`` are
-    ``order``; those that became vertices, ``keep`` (a mask in that order), sit at rows
-    ``new_pos`` of the grown chain.
     """
-    order = by_piece(piece, tau)
+    order = torch.argsort(tau, stable=True)
+    piece, tau = piece[order], tau[order]
+    order = torch.argsort(piece, stable=True)
     piece, tau = piece[order], tau[order]
     width = chain.t[piece + 1] - chain.t[piece]
     keep = (tau * width > tol) & ((1.0 - tau) * width > tol)
     keep[1:] &= (piece[1:] != piece[:-1]) | ((tau[1:] - tau[:-1]) * width[1:] > tol)
     piece, tau = piece[keep], tau[keep]
+    if piece.numel() == 0:
+        return
     n_new, v = piece.numel(), chain.t.numel()
     new_pos = piece + 1 + torch.arange(n_new, device=piece.device)
-    if n_new == 0:
-        return order, keep, new_pos
     old_pos = torch.arange(v, device=piece.device) + torch.searchsorted(piece, torch.arange(v, device=piece.device))
 
     def grow(old, new):
@@ -169,13 +168,6 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
         chain.env[node] = interp(val)
     for key, val in list(extra.items()):
         extra[key] = interp(val)
-    return order, keep, new_pos
-
-
-def by_piece(piece: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    """The permutation sorting kinks by piece, then by ``tau`` (stable)."""
-    order = torch.argsort(tau, stable=True)
-    return order[torch.argsort(piece[order], stable=True)]
 
 
 class _SubdivideMode(TorchFunctionMode):
@@ -337,8 +329,12 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
             if progress is not None:
                 progress.update(b1 - b0)
         yield _regions(prepared, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
-                       torch.cat(parts_f).numpy(), length, max(max_vertices, 1024), keep_affine, tol, row_block, certify)
+                       torch.cat(parts_f).numpy(), length, max(max_vertices, CERTIFY_ROWS), keep_affine, tol, row_block,
+                       certify)
         lo = hi
+
+
+CERTIFY_ROWS = 1024  # rows per certificate pass: chains got smaller (max_vertices 256), its passes did not
 
 
 def _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, rows_per_pass, keep_affine, tol, row_block, certify):
