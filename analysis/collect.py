@@ -29,12 +29,13 @@ import yaml
 import zarr
 
 from pipeline.config import write_atomic
-from pipeline.store import StoreError, shard_name, shard_status
+from pipeline.measures import PATH_COLUMNS
+from pipeline.store import StoreError, paths_table, shard_name, shard_partials, shard_status
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
 __all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
-           "read_shard", "combine_shards", "collect", "dask_client"]
+           "collect", "dask_client"]
 
 log = logging.getLogger("analysis.collect")
 
@@ -43,10 +44,9 @@ LABEL_COLUMNS = ["run_id", "dataset", "model", "width", "setting", "noise", "see
                  "path_set"]
 MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
 METRIC_COLUMNS = ["train_error", "train_loss", "test_error", "test_loss", "epochs"]
-MEASURE_COLUMNS = ["path_id", "density", "length", "density_per_length", "deviation", "total_variation",
-                   "certificate", "n_segments"]
+MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.paths_table
 TABLE_COLUMNS = LABEL_COLUMNS + MEASURE_COLUMNS + METRIC_COLUMNS + ["store", "store_complete"]
-CACHE_SCHEMA = 1  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
+CACHE_SCHEMA = 2  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
 SORT_COLUMNS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "paths", "path_set",
                 "run_id", "path_id"]
 
@@ -145,7 +145,7 @@ def run_labels(run_dir, attrs: dict) -> dict:
         "seed": int(cfg.get("seed", 0)),
         "checkpoint": str(attrs.get("checkpoint") or "final"),
         "paths": f"{paths.get('kind', '?')}/{attrs.get('split') or paths.get('split', '?')}",
-        "path_set": hashlib.md5(json.dumps(paths, sort_keys=True).encode()).hexdigest()[:8],
+        "path_set": str(attrs.get("path_set", "")),
     }
     metrics = {c: np.nan for c in METRIC_COLUMNS}
     mfile = run_dir / "metrics.csv"
@@ -158,56 +158,6 @@ def run_labels(run_dir, attrs: dict) -> dict:
     else:
         log.warning("%s is missing: train/test error and loss of run %s are NaN", mfile, run_dir.name)
     return {**labels, **metrics}
-
-
-def read_shard(store, shard: int) -> dict:
-    """Per-path partial sums of one shard (the Dask task): ``path_id``, ``density``,
-    ``length``, per-logit ``deviation`` and ``total_variation`` ``(P, K)``, the largest
-    ``continuity_gap`` and the number of segments. Reads the per-segment arrays only."""
-    seg = zarr.open_group(str(Path(store) / shard_name(shard) / "segments"), mode="r")
-    pid = seg["path_id"][:]
-    ids, inv = np.unique(pid, return_inverse=True)
-
-    def total(x):
-        x = np.asarray(x, dtype=np.float64)
-        out = np.zeros((ids.size,) + x.shape[1:])
-        np.add.at(out, inv, x)
-        return out
-
-    gap = np.full(ids.size, -np.inf)
-    np.maximum.at(gap, inv, seg["continuity_gap"][:])
-    return {"path_id": ids, "density": total(seg["density"][:]), "length": total(seg["length"][:]),
-            "deviation": total(seg["deviation"][:]), "total_variation": total(seg["total_variation"][:]),
-            "certificate": gap, "n_segments": np.bincount(inv, minlength=ids.size)}
-
-
-def combine_shards(parts: list[dict]) -> pd.DataFrame:
-    """The per-path measures of one store from its shards' partial sums (a path may span
-    shards): density and length add up, deviation and total variation add up per logit and
-    then take the L2 norm over logits, the certificate is the largest gap."""
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype="float64") for c in MEASURE_COLUMNS})
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    ids, inv = np.unique(cat["path_id"], return_inverse=True)
-
-    def total(x):
-        out = np.zeros((ids.size,) + x.shape[1:], dtype=x.dtype)
-        np.add.at(out, inv, x)
-        return out
-
-    gap = np.full(ids.size, -np.inf)
-    np.maximum.at(gap, inv, cat["certificate"])
-    dens, length = total(cat["density"]), total(cat["length"])
-    return pd.DataFrame({
-        "path_id": ids.astype(np.int64),
-        "density": dens.astype(np.int64),
-        "length": length,
-        "density_per_length": np.divide(dens, length, out=np.full(ids.size, np.nan), where=length > 0),
-        "deviation": np.linalg.norm(total(cat["deviation"]), axis=1),
-        "total_variation": np.linalg.norm(total(cat["total_variation"]), axis=1),
-        "certificate": gap,
-        "n_segments": total(cat["n_segments"]).astype(np.int64),
-    })
 
 
 @contextmanager
@@ -362,8 +312,8 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     tasks = {}
     for k in todo:
         store = str(info[k]["path"])
-        parts = [delayed(read_shard, pure=True)(store, i) for i in info[k]["status"]["complete"]]
-        tasks[k] = delayed(combine_shards, pure=True)(parts)
+        parts = [delayed(shard_partials, pure=True)(store, i) for i in info[k]["status"]["complete"]]
+        tasks[k] = delayed(paths_table, pure=True)(parts)
     computed = _compute(tasks, scheduler, config)
 
     frames = []

@@ -99,23 +99,12 @@ def _metrics(run: SyntheticRun, cfg: dict):
 
 
 def _write_store(store: Path, net, paths, n_shards: int, attrs: dict, write_shards=None):
-    import torch
+    from pipeline.discover import DiscoverConfig, write_shards as write
 
-    from pipeline.regions import discover_iter
-    from pipeline.store import ShardWriter, open_or_create
-
-    x0, x1, path_id, segment_index, _ = paths
-    open_or_create(store, attrs)
-    ids = np.unique(path_id)
-    for shard, block in enumerate(np.array_split(ids, n_shards)):
-        if write_shards is not None and shard not in write_shards:
-            continue
-        pos = np.flatnonzero(np.isin(path_id, block))
-        w = ShardWriter(store, shard, path_id[pos], segment_index[pos], K)
-        for res in discover_iter(net, x0[pos], x1[pos], dtype=torch.float64, batch_size=16, chunk_segments=64,
-                                 method="walk"):  # pinned: the golden tables were made with it
-            w.write(res)
-        w.commit()
+    x0, x1, path_id, segment_index, config = paths
+    # walk is pinned: the golden tables were made with it
+    cfg = DiscoverConfig(method="walk", n_shards=n_shards, batch_size=16, chunk_segments=64, device="cpu")
+    write(store, net, x0, x1, path_id, segment_index, cfg, attrs, path_config=config, shards=write_shards)
 
 
 def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_shards: int = 2,
@@ -144,7 +133,9 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
 
     root = Path(root)
     paths = make_paths(n_paths, anchors)
-    path_hash = _hash(paths[4], 8)
+    from pipeline.paths import path_set_id
+
+    path_hash = path_set_id(paths[4])
     out = []
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny networks: threads only add overhead
@@ -162,9 +153,7 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
                 net = _network(run, cfg, ckpt)
                 sha = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
                 attrs = {"checkpoint_sha256": sha, "checkpoint": ckpt, "run": str(run_dir), "model": cfg["model"],
-                         "dataset": cfg["data"], "split": "train", "paths": paths[4], "eps": 1e-6,
-                         "dtype": "float64", "method": "walk", "n_shards": n_shards, "n_paths": n_paths, "K": K,
-                         "keep_affine": True, "affine_dtype": "float64"}
+                         "dataset": cfg["data"], "split": "train", "paths": paths[4]}
                 _write_store(run_dir / "regions" / f"{ckpt}-{path_hash}.zarr", net, paths, n_shards, attrs)
             out.append(run_dir)
     finally:

@@ -158,7 +158,7 @@ def _shard_regions(store: Path, shard: int) -> int:
 
 
 def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
-    """Run what ``plan`` (:func:`jobs.sweep.plan`) lists as missing on a :class:`LocalPool`.
+    """Run what ``plan`` (:func:`jobs.plan.plan`) lists as missing on a :class:`LocalPool`.
 
     Trainings start longest first (by epoch budget); each run's discovery shards start as soon
     as its training ends, so the pool stays busy; the aggregation runs last, in this process.
@@ -171,8 +171,10 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
     from pipeline.config import to_dict
     from tqdm.auto import tqdm
 
-    from .discover import store_path
-    from .sweep import AggregateJob, DiscoverJob, TrainJob, _record
+    from pipeline.discover import store_path
+
+    from .ledger import record
+    from .tasks import AggregateJob, DiscoverJob, TrainJob
 
     to_train = sorted(plan["train"]["todo"] + plan["train"]["incomplete"],
                       key=lambda r: (-r.config.max_epochs, r.run_id))
@@ -188,7 +190,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
 
         def launch(job, stage, **extra):
             running[job.future] = (job, stage, extra)
-            _record(root, stage, job, **extra)
+            record(root, stage, job, **extra)
 
         def launch_discovery(run_id):
             for r, dcfg, shard in shards.pop(run_id, []):

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "from_dict", "to_dict", "load_config", "save_config", "config_hash"]
+__all__ = ["ConfigError", "from_dict", "to_dict", "identity_dict", "load_config", "save_config", "config_hash",
+           "write_atomic", "local_field"]
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,25 @@ def to_dict(cfg) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
 
 
+def local_field(default, **kwargs):
+    """A config field that cannot change a result (where a dataset lives, whether it may be
+    downloaded, how many segments are in flight): kept in the saved config, left out of
+    :func:`identity_dict` and so of :func:`config_hash`, run names and store identities."""
+    return dataclasses.field(default=default, metadata={"identity": False}, **kwargs)
+
+
+def identity_dict(cfg) -> dict:
+    """``to_dict(cfg)`` without the fields declared with :func:`local_field`, recursively: what
+    makes two configs the same experiment."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("identity", True):
+            continue
+        value = getattr(cfg, f.name)
+        out[f.name] = identity_dict(value) if dataclasses.is_dataclass(value) else value
+    return json.loads(json.dumps(out, default=list))
+
+
 def load_config(path, cls):
     path = Path(path)
     if not path.is_file():
@@ -71,14 +91,50 @@ def load_config(path, cls):
         raise ConfigError(f"{path}: {err}") from err
 
 
-def write_atomic(path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through ``<path>.tmp`` and a rename: a reader never
-    sees a half-written file, and a killed writer leaves only the temporary."""
+def write_atomic(path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` so a reader never sees half of it.
+
+    The bytes go to a temporary with a name unique to this host, process and call beside
+    ``path``, are flushed to disk (``fsync``: on a shared filesystem another node may read the
+    file as soon as the rename is visible), then renamed over ``path`` in one step, and the
+    folder is synced so the rename itself survives a crash. A killed writer leaves only its
+    own ``*.tmp-*`` file; two writers of one path cannot mix their bytes (the last rename wins).
+    """
+    import os
+    import secrets
+    import socket
+
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder) -> None:
+    """Make a rename or creation inside ``folder`` durable (a no-op where folders cannot be
+    opened, as on Windows)."""
+    import os
+
+    try:
+        fd = os.open(str(folder), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def save_config(cfg, path) -> None:
@@ -86,6 +142,7 @@ def save_config(cfg, path) -> None:
 
 
 def config_hash(cfg, length: int = 12) -> str:
-    """A short, stable name for a config: md5 of its sorted JSON (same config, same name)."""
-    blob = json.dumps(to_dict(cfg), sort_keys=True)
+    """A short, stable name for a config: md5 of the sorted JSON of :func:`identity_dict` (same
+    experiment, same name, wherever its files live)."""
+    blob = json.dumps(identity_dict(cfg), sort_keys=True)
     return hashlib.md5(blob.encode()).hexdigest()[:length]

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .config import local_field
+
 __all__ = [
     "DataConfig",
     "DataBundle",
@@ -102,11 +104,15 @@ class DataConfig:
         Seeds which labels are corrupted and their new labels.
     augment : bool
         Random shifts and flips of training images, as given by ``DATASETS[name]``.
+
+    ``root`` and ``download`` say where the files are and how to get them, not what they are:
+    they are saved with a run but left out of its identity (:func:`pipeline.config.config_hash`),
+    so moving CIFAR to another disk renames no run.
     """
 
     name: str = "digits"
-    root: str = "data"
-    download: bool = False
+    root: str = local_field("data")  # where the files are: not part of a run's identity
+    download: bool = local_field(False)  # whether they may be fetched: likewise
     val_fraction: float = 0.1
     split_seed: int = 0
     label_noise: float = 0.0

@@ -16,8 +16,15 @@ __all__ = [
     "absolute_deviation",
     "total_variation",
     "continuity_gap",
+    "path_partials",
+    "combine_path_partials",
     "path_measures",
+    "PATH_COLUMNS",
 ]
+
+# the per-path table, in order (StoreReader.paths and the analysis' Dask tasks)
+PATH_COLUMNS = ("path_id", "density", "length", "density_per_length", "deviation", "total_variation",
+                "continuity_gap", "n_segments")
 
 
 def segment_ids(region_offset: np.ndarray) -> np.ndarray:
@@ -92,32 +99,70 @@ def continuity_gap(t_start, t_end, intercept, slope, region_offset, f0, f1):
     return gap
 
 
-def path_measures(path_id, density, deviation, total_variation_, length):
-    """Per-path measures from per-segment ones (arrays over segments, grouped by ``path_id``).
+def path_partials(path_id, density, length, deviation, total_variation_, continuity_gap_=None) -> dict:
+    """Per-path partial sums of some of a path set's segments (one shard, say).
 
-    Density is the sum of the segments' region counts; absolute deviation sums the per-logit
-    values over the path's segments, then takes the L2 norm over logits. Returns a dict of
-    arrays indexed by the sorted unique path ids.
+    Arrays run over segments; ``deviation`` and ``total_variation_`` are per logit, ``(S, K)``.
+    Returns, over the sorted unique path ids: ``path_id``, sums of ``density``, ``length``,
+    ``deviation`` and ``total_variation`` (per logit), the largest ``continuity_gap`` and the
+    segment count ``n_segments``. Partials of disjoint segment sets combine with
+    :func:`combine_path_partials` (a path may span shards).
     """
     path_id = np.asarray(path_id)
     ids, inverse = np.unique(path_id, return_inverse=True)
-    n = ids.size
 
     def per_path(x):
         x = np.asarray(x, dtype=np.float64)
-        out = np.zeros((n,) + x.shape[1:])
+        out = np.zeros((ids.size,) + x.shape[1:])
         np.add.at(out, inverse, x)
         return out
 
-    dev = per_path(deviation)
-    tv = per_path(total_variation_)
-    length_sum = per_path(length)
-    dens = per_path(density)
+    gap = np.full(ids.size, -np.inf)
+    if continuity_gap_ is not None:
+        np.maximum.at(gap, inverse, np.asarray(continuity_gap_, dtype=np.float64))
+    return {"path_id": ids.astype(np.int64), "density": per_path(density), "length": per_path(length),
+            "deviation": per_path(deviation), "total_variation": per_path(total_variation_),
+            "continuity_gap": gap, "n_segments": np.bincount(inverse, minlength=ids.size).astype(np.int64)}
+
+
+def combine_path_partials(parts) -> dict:
+    """The per-path measures (``PATH_COLUMNS``) from partial sums of disjoint segment sets.
+
+    Density (the number of regions) and length add up; absolute deviation and total
+    variation add up per logit over the path's segments, then take the L2 norm over logits;
+    the certificate is the largest ``continuity_gap`` of the path's segments.
+    """
+    parts = list(parts)
+    if not parts:
+        return {"path_id": np.zeros(0, np.int64), "density": np.zeros(0, np.int64), "length": np.zeros(0),
+                "density_per_length": np.zeros(0), "deviation": np.zeros(0), "total_variation": np.zeros(0),
+                "continuity_gap": np.zeros(0), "n_segments": np.zeros(0, np.int64)}
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    ids, inverse = np.unique(cat["path_id"], return_inverse=True)
+
+    def total(x):
+        out = np.zeros((ids.size,) + x.shape[1:], dtype=x.dtype)
+        np.add.at(out, inverse, x)
+        return out
+
+    gap = np.full(ids.size, -np.inf)
+    np.maximum.at(gap, inverse, cat["continuity_gap"])
+    dens, length = total(cat["density"]), total(cat["length"])
     return {
-        "path_id": ids,
-        "density": dens,
-        "length": length_sum,
-        "density_per_length": np.divide(dens, length_sum, out=np.full(n, np.nan), where=length_sum > 0),
-        "deviation": np.linalg.norm(dev, axis=1),
-        "total_variation": np.linalg.norm(tv, axis=1),
+        "path_id": ids.astype(np.int64),
+        "density": np.rint(dens).astype(np.int64),
+        "length": length,
+        "density_per_length": np.divide(dens, length, out=np.full(ids.size, np.nan), where=length > 0),
+        "deviation": np.linalg.norm(total(cat["deviation"]), axis=1),
+        "total_variation": np.linalg.norm(total(cat["total_variation"]), axis=1),
+        "continuity_gap": gap,
+        "n_segments": total(cat["n_segments"]).astype(np.int64),
     }
+
+
+def path_measures(path_id, density, deviation, total_variation_, length):
+    """Per-path measures from per-segment ones (arrays over segments, grouped by ``path_id``):
+    :func:`combine_path_partials` of one :func:`path_partials`, without the certificate."""
+    out = combine_path_partials([path_partials(path_id, density, length, deviation, total_variation_)])
+    del out["continuity_gap"]
+    return out

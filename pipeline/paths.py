@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["KINDS", "PathConfig", "PathSet", "choose_bases", "translate", "circle_path", "pixel_stats",
-           "build_paths", "bundle_paths"]
+           "build_paths", "bundle_paths", "path_set_id"]
 
 KINDS = ("circle", "shift", "noise")
 CLOSED = ("circle", "noise")  # "shift" is the only open kind
@@ -99,6 +99,20 @@ class PathConfig:
             raise ValueError(f"radius must be a positive number of pixels or None (side / 8), got {self.radius}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def path_set_id(cfg) -> str:
+    """The one id of a path set (8 hex digits): the hash of its :class:`PathConfig` as written
+    in the discovery config (a mapping is read as one). It names the store file
+    (``<checkpoint>-<id>.zarr``), is saved in the store as ``path_set`` and is the analysis'
+    ``path_set`` label, so a table row names the store it came from."""
+    from .config import config_hash, from_dict
+
+    if isinstance(cfg, dict):
+        cfg = from_dict(PathConfig, cfg)
+    if not isinstance(cfg, PathConfig):
+        raise TypeError(f"path_set_id takes a PathConfig or a mapping of its fields, got {type(cfg).__name__}")
+    return config_hash(cfg, 8)
 
 
 @dataclass(frozen=True, eq=False)

@@ -29,17 +29,18 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from .measures import path_measures
+from .config import local_field
+from .measures import PATH_COLUMNS, combine_path_partials, path_partials
 
 __all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "open_or_create", "ShardWriter", "shard_status",
-           "StoreReader", "open_store", "open_stores", "shard_name"]
+           "StoreReader", "open_store", "open_stores", "shard_name", "shard_partials", "paths_table"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the engine's options and the path set id are identity attributes
 SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap")
 SEGMENT_VECTORS = ("deviation", "total_variation", "f0", "f1")
 # attributes that must not change between the jobs writing one store
-IDENTITY_KEYS = ("schema", "checkpoint_sha256", "model", "dataset", "split", "paths", "eps", "dtype", "n_shards",
-                 "keep_affine", "affine_dtype")
+IDENTITY_KEYS = ("schema", "checkpoint_sha256", "model", "dataset", "split", "paths", "path_set", "method", "eps",
+                 "dtype", "certify", "n_shards", "keep_affine", "affine_dtype")
 
 
 class StoreError(ValueError):
@@ -48,11 +49,14 @@ class StoreError(ValueError):
 
 @dataclass(frozen=True)
 class StoreConfig:
+    """How a shard is written. ``keep_affine`` and ``affine_dtype`` change what is stored;
+    the codec and chunking do not change a value and are left out of the config's identity."""
+
     keep_affine: bool = True  # per-region maps are large (ResNet18: 10^5+ regions per path x K)
     affine_dtype: str = "float64"  # or float32: halves the largest arrays; breakpoints stay float64
-    compressor: str = "zstd"  # zstd | blosc
-    level: int = 3
-    region_chunk: int = 65_536  # rows per chunk of the region arrays
+    compressor: str = local_field("zstd")  # zstd | blosc
+    level: int = local_field(3)
+    region_chunk: int = local_field(65_536)  # rows per chunk of the region arrays
 
     def __post_init__(self):
         if self.affine_dtype not in ("float64", "float32"):
@@ -257,17 +261,10 @@ class StoreReader:
         return pd.DataFrame(cols)
 
     def paths(self) -> pd.DataFrame:
-        """One row per path: density (sum), length, density per length, deviation and total
-        variation (per-logit sums over the path's segments, then L2 over logits), certificate."""
-        pid = self.segment_array("path_id")
-        pm = path_measures(pid, self.segment_array("density"), self.segment_array("deviation"),
-                           self.segment_array("total_variation"), self.segment_array("length"))
-        df = pd.DataFrame(pm)
-        gap = pd.Series(self.segment_array("continuity_gap")).groupby(pid).max()
-        df["continuity_gap"] = gap.reindex(df.path_id).to_numpy()
-        df["n_segments"] = pd.Series(pid).value_counts().reindex(df.path_id).to_numpy()
-        df["density"] = df["density"].astype(np.int64)
-        return df
+        """One row per path (``pipeline.measures.PATH_COLUMNS``): density (sum), length,
+        density per length, deviation and total variation (per-logit sums over the path's
+        segments, then L2 over logits), ``continuity_gap`` (the largest), ``n_segments``."""
+        return paths_table([shard_partials(self.path, i) for i in self.shards])
 
     def regions(self, name: str):
         """A region array (``t_start``, ``t_end``, ``intercept``, ``slope``) as one lazy dask array."""
@@ -275,6 +272,19 @@ class StoreReader:
 
         parts = [da.from_zarr(str(self.path), component=f"{shard_name(i)}/regions/{name}") for i in self.shards]
         return da.concatenate(parts) if parts else da.zeros((0,))
+
+
+def shard_partials(store, shard: int) -> dict:
+    """Per-path partial sums of one complete shard (:func:`pipeline.measures.path_partials`):
+    reads its per-segment arrays only. The unit of work of the analysis' Dask graph."""
+    seg = zarr.open_group(str(Path(store) / shard_name(shard) / "segments"), mode="r")
+    return path_partials(seg["path_id"][:], seg["density"][:], seg["length"][:], seg["deviation"][:],
+                         seg["total_variation"][:], seg["continuity_gap"][:])
+
+
+def paths_table(parts) -> pd.DataFrame:
+    """The per-path table (``PATH_COLUMNS``) of one store from its shards' :func:`shard_partials`."""
+    return pd.DataFrame(combine_path_partials(parts), columns=list(PATH_COLUMNS))
 
 
 def open_store(path, allow_incomplete: bool = False) -> StoreReader:

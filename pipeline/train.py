@@ -15,7 +15,6 @@ from ``LAST`` and, because every epoch seeds its data order and augmentation fro
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, save_config, to_dict, write_atomic
+from .config import ConfigError, identity_dict, save_config, to_dict, write_atomic
 from .data import DataConfig, load
 from .models import build
 
@@ -96,9 +95,11 @@ def build_model(cfg: TrainConfig, num_classes: int, input_shape) -> torch.nn.Mod
 
 
 def _atomic_save(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_atomic(path, buf.getbuffer())
 
 
 def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
@@ -170,7 +171,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     if saved.exists():
         from .config import load_config
 
-        if to_dict(load_config(saved, TrainConfig)) != to_dict(cfg):
+        if identity_dict(load_config(saved, TrainConfig)) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a run with another config ({saved}); use a new folder "
                               "(runs are named by the hash of their config) or delete it")
     else:

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 
-def tiny_sweep(tmp: Path, *, name="tiny", settings=None, n_paths=4, anchors=4, n_shards=2, train_extra=None,
+def tiny_sweep(tmp: Path, *, name="tiny", variants=None, n_paths=4, anchors=4, n_shards=2, train_extra=None,
                executor="debug") -> Path:
     train = {"recipe": "vanilla", "model": {"name": "vgg8", "widths": [4, 8]}, "data": {"name": "digits"},
              "lr": 0.05, "batch_size": 64, "stop": "epochs", "max_epochs": 1, **(train_extra or {})}
@@ -16,7 +16,7 @@ def tiny_sweep(tmp: Path, *, name="tiny", settings=None, n_paths=4, anchors=4, n
     res = {"cpus": 1, "mem_gb": 1.5, "time_min": 10}
     sweep = {"name": name, "root": str(tmp / "out"), "train": str(tmp / "train.yaml"),
              "discover": str(tmp / "discover.yaml"),
-             "settings": settings or {"vanilla": {}, "noise-0.4": {"data.label_noise": 0.4}},
+             "variants": variants or {"vanilla": {}, "noise-0.4": {"data.label_noise": 0.4}},
              "grid": {"seed": [0]}, "checkpoints": ["init", "final"], "n_shards": n_shards, "executor": executor,
              "train_resources": res, "discover_resources": res, "aggregate_resources": res}
     path = tmp / f"{name}.yaml"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import yaml
 
-from jobs.discover import DiscoverConfig, run, store_path
+from pipeline.discover import DiscoverConfig, store_path
+from pipeline.discover import discover_run as run
 from pipeline.config import to_dict
 from pipeline.data import DataConfig
 from pipeline.paths import PathConfig

@@ -21,7 +21,7 @@ def _net(run_id, setting, noise, seed, checkpoint, density, deviation, train_err
         "path_id": np.arange(N_PATHS), "density": np.asarray(density, dtype=np.int64),
         "length": 10.0, "density_per_length": np.asarray(density, dtype=float) / 10.0,
         "deviation": np.asarray(deviation, dtype=float), "total_variation": np.asarray(deviation, dtype=float),
-        "certificate": 0.0, "n_segments": 8, "train_error": train_error, "train_loss": 0.01,
+        "continuity_gap": 0.0, "n_segments": 8, "train_error": train_error, "train_loss": 0.01,
         "test_error": test_error, "test_loss": 0.5, "epochs": 10, "store": f"runs/{run_id}/x.zarr",
         "store_complete": True})
 

@@ -56,7 +56,7 @@ def _check_report(out: dict):
 
 
 def test_run_goes_from_sweep_file_to_report_and_resumes(tmp_path, capsys):
-    path = tiny_sweep(tmp_path, settings={"vanilla": {}, "augment": {"recipe": "augment", "data.augment": True}},
+    path = tiny_sweep(tmp_path, variants={"vanilla": {}, "augment": {"recipe": "augment", "data.augment": True}},
                       n_paths=6)
     out = run(path)
     assert out["jobs"] == 2 + 2 * 2 * 2 + 1
@@ -116,8 +116,8 @@ def test_gpus_asked_of_a_machine_without_one(tmp_path):
     with pytest.raises(RuntimeError, match="discover_resources ask for GPUs.*gpus: 0"):
         submit(replace(sweep, discover_resources=Resources(gpus=1)), base, executor="debug")
     assert not (tmp_path / "out").exists()
-    from jobs.discover import DiscoverConfig
-    from jobs.discover import run as discover
+    from pipeline.discover import DiscoverConfig
+    from pipeline.discover import discover_run as discover
 
     with pytest.raises(RuntimeError, match="device: cuda asked for.*no GPU"):
         discover(tmp_path / "no-run", DiscoverConfig(device="cuda"))
@@ -169,7 +169,7 @@ def test_local_pool_keeps_each_job_s_output_and_errors(tmp_path):
 @pytest.mark.slow
 def test_local_executor_runs_on_after_a_failure_and_resumes(tmp_path):
     bad = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar")}
-    path = tiny_sweep(tmp_path, settings={"vanilla": {}, "broken": bad}, n_shards=1, executor="local")
+    path = tiny_sweep(tmp_path, variants={"vanilla": {}, "broken": bad}, n_shards=1, executor="local")
     sweep, base = load_sweep(path)
     with pytest.raises(JobFailed, match=r"(?s)1 job\(s\) failed.*train broken-.*DatasetNotFoundError.*traceback in .*_log.err"):
         submit(sweep, base, workers=2)
@@ -179,9 +179,9 @@ def test_local_executor_runs_on_after_a_failure_and_resumes(tmp_path):
     assert any("no-cifar" in f.read_text() for f in logs)
     shutil.rmtree(tmp_path / "out" / "runs" / p["train"]["todo"][0].run_id, ignore_errors=True)
     fixed = yaml.safe_load(path.read_text())
-    del fixed["settings"]["broken"]
+    del fixed["variants"]["broken"]
     path.write_text(yaml.safe_dump(fixed))
-    with pytest.raises(ConfigError, match="settings"):  # the folder is the old sweep's: refused, not mixed
+    with pytest.raises(ConfigError, match="variants"):  # the folder is the old sweep's: refused, not mixed
         submit(*load_sweep(path), workers=2)
 
 
@@ -214,7 +214,7 @@ def test_ctrl_c_loses_nothing_and_the_same_command_resumes(tmp_path):
     import signal
     import time
 
-    path = tiny_sweep(tmp_path, settings={"vanilla": {}, "long": {"recipe": "augment", "data.augment": True, "max_epochs": 100, "stop": "epochs"}},
+    path = tiny_sweep(tmp_path, variants={"vanilla": {}, "long": {"recipe": "augment", "data.augment": True, "max_epochs": 100, "stop": "epochs"}},
                       n_paths=6, n_shards=1, executor="local")
     cmd = [sys.executable, "-m", "jobs", "run", str(path), "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

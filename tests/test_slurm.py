@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jobs.discover import run as discover_run
+from pipeline.discover import discover_run
 from jobs.sweep import expand, load_sweep, plan, status, submit
 from pipeline.store import open_store
 from tests.sweeps import tiny_sweep
@@ -69,7 +69,7 @@ def test_failing_job_is_reported_with_its_traceback(cluster, tmp_path):
     from jobs.run import run
 
     extra = {"data": {"name": "cifar10", "root": str(tmp_path / "no-cifar")}}
-    path = tiny_sweep(tmp_path, name="broken", settings={"vanilla": {}}, train_extra=extra, executor="slurm")
+    path = tiny_sweep(tmp_path, name="broken", variants={"vanilla": {}}, train_extra=extra, executor="slurm")
     with pytest.raises(RuntimeError, match="(?s)1 SLURM job.*failed.*dependants were cancelled.*DatasetNotFoundError"):
         run(path, poll_s=2)
     deadline = time.time() + 30  # the dependants that could never run are gone from the queue
@@ -83,7 +83,7 @@ def test_failing_job_is_reported_with_its_traceback(cluster, tmp_path):
 
 
 def test_cancelled_discovery_resumes_to_an_equal_store(cluster, tmp_path):
-    sweep, base = load_sweep(tiny_sweep(tmp_path, name="cancel", settings={"vanilla": {}}, n_paths=40, anchors=8,
+    sweep, base = load_sweep(tiny_sweep(tmp_path, name="cancel", variants={"vanilla": {}}, n_paths=40, anchors=8,
                                         n_shards=1, executor="slurm"))
     from dataclasses import replace
 

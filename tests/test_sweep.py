@@ -9,13 +9,13 @@ from tests.sweeps import tiny_sweep
 
 
 def test_expansion_is_deterministic_and_named_by_hash(tmp_path):
-    path = tiny_sweep(tmp_path, settings={"a": {}, "b": {"lr": 0.1}, "c": {"data.label_noise": 0.2}})
+    path = tiny_sweep(tmp_path, variants={"a": {}, "b": {"lr": 0.1}, "c": {"data.label_noise": 0.2}})
     sweep, base = load_sweep(path)
     runs = expand(sweep, base)
-    assert [r.setting for r in runs] == ["a", "b", "c"]
+    assert [r.variant for r in runs] == ["a", "b", "c"]
     assert expand(sweep, base) == runs  # same file, same names
     assert runs[1].config.lr == 0.1 and runs[2].config.data.label_noise == 0.2
-    assert all(r.run_id.startswith(r.setting + "-") and r.run_dir.parent.name == "runs" for r in runs)
+    assert all(r.run_id.startswith(r.variant + "-") and r.run_dir.parent.name == "runs" for r in runs)
     assert len({r.run_id for r in runs}) == 3
 
 
@@ -25,16 +25,16 @@ def test_grid_is_a_cartesian_product(tmp_path):
 
     runs = expand(replace(sweep, grid={"seed": [0, 1, 2], "model.widths": [[4, 8], [6, 16]]}), base)
     assert len(runs) == 2 * 3 * 2
-    assert {(r.config.seed, tuple(r.config.model.widths)) for r in runs if r.setting == "vanilla"} == {
+    assert {(r.config.seed, tuple(r.config.model.widths)) for r in runs if r.variant == "vanilla"} == {
         (s, w) for s in (0, 1, 2) for w in ((4, 8), (6, 16))}
 
 
 def test_bad_sweeps(tmp_path):
-    with pytest.raises(ConfigError, match="setting 'bad'.*Did you mean 'lr'"):
-        sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"bad": {"lrr": 1}}))
+    with pytest.raises(ConfigError, match="variant 'bad'.*Did you mean 'lr'"):
+        sweep, base = load_sweep(tiny_sweep(tmp_path, variants={"bad": {"lrr": 1}}))
         expand(sweep, base)
     with pytest.raises(ConfigError, match="same training config"):
-        sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"a": {}, "b": {"lr": 0.05}}))
+        sweep, base = load_sweep(tiny_sweep(tmp_path, variants={"a": {}, "b": {"lr": 0.05}}))
         expand(sweep, base)
     path = tiny_sweep(tmp_path)
     (tmp_path / "train.yaml").unlink()
@@ -78,7 +78,7 @@ def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_local_executor_runs_the_stages_in_turn(tmp_path):
-    sweep, base = load_sweep(tiny_sweep(tmp_path, settings={"vanilla": {}}, n_shards=1, executor="local"))
+    sweep, base = load_sweep(tiny_sweep(tmp_path, variants={"vanilla": {}}, n_shards=1, executor="local"))
     assert submit(sweep, base)["submitted"] == 1 + 2 + 1
     p = plan(sweep, base)
     assert p["aggregate"]["done"] and len(p["discover"]["done"]) == 2

@@ -1,0 +1,107 @@
+"""What a sweep has done and what is left, from the filesystem alone; and its jobs' states.
+
+    print(summary(plan(sweep, base)))   # done / incomplete / to launch, per stage
+    print(status(sweep, base))          # the same, plus the scheduler's view of each job
+
+A run is trained when ``checkpoints/final.pt`` exists; a shard is done when the store lists it
+complete; the aggregation when ``<root>/analysis/DONE`` exists and nothing upstream is left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.discover import store_path
+
+from .ledger import records
+from .sweepconfig import SweepConfig, discover_config, expand
+
+__all__ = ["FAILED_STATES", "plan", "summary", "status", "log_tail", "sacct_states"]
+
+# SLURM states of a job that ended without finishing (prefixes: sacct may add "by <uid>", or cut names short)
+FAILED_STATES = ("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED", "BOOT_FAIL", "DEADLINE")
+
+
+def plan(sweep: SweepConfig, base: Path) -> dict:
+    """Done / incomplete / to-launch per stage, from the filesystem alone."""
+    from pipeline.store import shard_status
+
+    runs = expand(sweep, base)
+    train = {"done": [], "incomplete": [], "todo": []}
+    discover = {"done": [], "incomplete": [], "todo": []}
+    for r in runs:
+        ck = r.run_dir / "checkpoints"
+        key = "done" if (ck / "final.pt").exists() else "incomplete" if (ck / "LAST").exists() else "todo"
+        train[key].append(r)
+        for checkpoint in sweep.checkpoints:
+            dcfg = discover_config(sweep, base, checkpoint)
+            store = store_path(r.run_dir, dcfg)
+            complete = set()
+            started = store.exists()
+            if started:
+                st = shard_status(store)
+                complete = set(st["complete"])
+            for shard in range(sweep.n_shards):
+                item = (r, dcfg, shard)
+                discover["done" if shard in complete else "incomplete" if started else "todo"].append(item)
+    marker = base / sweep.root / "analysis" / "DONE"
+    aggregate = {"done": [1] if marker.exists() and not (discover["todo"] or discover["incomplete"]) else [],
+                 "incomplete": [], "todo": []}
+    if not aggregate["done"]:
+        aggregate["todo"] = [1]
+    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate}
+
+
+def summary(p: dict) -> str:
+    lines = [f"{'stage':<10} {'done':>6} {'incomplete':>11} {'to launch':>10}"]
+    for stage in ("train", "discover", "aggregate"):
+        s = p[stage]
+        lines.append(f"{stage:<10} {len(s['done']):>6} {len(s['incomplete']):>11} {len(s['todo']):>10}")
+    return "\n".join(lines)
+
+
+def status(sweep: SweepConfig, base: Path) -> str:
+    """The filesystem's view, plus the scheduler's state of every recorded job and the log
+    path and last lines of each failed one."""
+    root = base / sweep.root
+    out = [f"sweep {sweep.name} in {root}", summary(plan(sweep, base))]
+    submitted = records(root)
+    if submitted:
+        states = sacct_states([r["job_id"] for r in submitted])
+        failed = []
+        counts = {}
+        for r in submitted:
+            st = states.get(r["job_id"], "local (see logs)" if r["job_id"].startswith("local-") else "unknown")
+            counts[st] = counts.get(st, 0) + 1
+            if st.startswith(FAILED_STATES):
+                failed.append((r, st))
+        out.append("jobs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for r, st in failed:
+            out.append(f"  {r['stage']} job {r['job_id']} {st} ({r.get('run', '')}): {r['stderr']}\n"
+                       f"{log_tail(r['stderr'])}")
+    return "\n".join(out)
+
+
+def log_tail(path, n: int = 6) -> str:
+    """The last ``n`` lines of a job's log, indented (empty if there is no log)."""
+    path = Path(path)
+    if not path.exists():
+        return ""
+    return "\n".join("      " + line for line in path.read_text(errors="replace").strip().splitlines()[-n:])
+
+
+def sacct_states(ids) -> dict:
+    import shutil
+    import subprocess
+
+    ids = [i for i in ids if i.split("_")[0].isdigit()]  # SLURM ids only (not the local pool's)
+    if not ids or not shutil.which("sacct"):
+        return {}
+    res = subprocess.run(["sacct", "-n", "-P", "-X", "-o", "JobID,State", "-j", ",".join(sorted(set(ids)))],
+                         capture_output=True, text=True)
+    states = {}
+    for line in res.stdout.splitlines():
+        if "|" in line:
+            jid, st = line.split("|", 1)
+            states[jid] = st.split()[0] if st else st
+    return states

@@ -1,0 +1,179 @@
+"""A sweep's configuration: one YAML file -> a deterministic list of training runs.
+
+    sweep, base = load_sweep("configs/demo.yaml")
+    runs = expand(sweep, base)          # [Run(run_id, variant, config, run_dir), ...]
+
+A sweep file names a base training recipe, named *variants* (dotted-key overrides of the
+recipe: ``noise-0.2: {recipe: noisy, data.label_noise: 0.2}``), a grid (for example seeds or
+ResNet widths), a discovery config, the checkpoints to analyse and per-stage resources. Each
+run is named by its variant and the hash of its training config's identity
+(:func:`pipeline.config.config_hash`), under ``<root>/runs/<run-id>/``. (The analysis labels
+a network by its training *recipe*, ``config.recipe``: several variants share the recipe
+``noisy``.)
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ConfigError, config_hash, from_dict, to_dict, write_atomic
+from pipeline.discover import DiscoverConfig
+from pipeline.train import TrainConfig
+
+__all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
+           "claim_root"]
+
+EXECUTORS = ("slurm", "local", "debug")
+
+
+@dataclass(frozen=True)
+class Resources:
+    partition: str | None = None
+    gpus: int = 0
+    cpus: int = 2
+    mem_gb: float = 8.0
+    time_min: int = 60
+    array_parallelism: int = 32  # the throttle: at most this many tasks of an array at once
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    name: str = "sweep"
+    root: str = "sweeps/sweep"  # relative paths here are relative to where the command runs (the checkout)
+    train: str = "configs/train/digits-vgg8.yaml"  # base recipe
+    variants: dict = field(default_factory=lambda: {"vanilla": {}})  # name -> dotted-key overrides of the recipe
+    grid: dict = field(default_factory=lambda: {"seed": [0]})  # dotted key -> values (cartesian product)
+    discover: str = "configs/discover/digits.yaml"
+    checkpoints: tuple = ("init", "final")
+    n_shards: int = 2
+    executor: str = "local"
+    train_resources: Resources = field(default_factory=Resources)
+    discover_resources: Resources = field(default_factory=Resources)
+    aggregate_resources: Resources = field(default_factory=lambda: Resources(cpus=2, time_min=30))
+
+    def __post_init__(self):
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
+        if not self.variants:
+            raise ValueError("a sweep needs at least one variant (e.g. variants: {vanilla: {}})")
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    variant: str  # the sweep's name for the overrides (the training recipe is config.recipe)
+    config: TrainConfig
+    run_dir: Path
+
+
+def _set(d: dict, dotted: str, value):
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
+    """The sweep config and the folder its relative paths are resolved against (default: the
+    current directory, as for any command line), after checking the files it names exist."""
+    from pipeline.config import load_config
+
+    path = Path(path)
+    if path.is_file():
+        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
+        if isinstance(raw, dict) and "settings" in raw and "variants" not in raw:
+            raise ConfigError(f"{path}: the key 'settings' is now called 'variants' (the same mapping of names "
+                              "to overrides; 'setting' in the analysis is the training recipe): rename it")
+    cfg = load_config(path, SweepConfig)
+    base = Path(base or Path.cwd()).resolve()
+    for key in ("train", "discover"):
+        if not (base / getattr(cfg, key)).is_file():
+            raise ConfigError(f"{path}: {key}: {base / getattr(cfg, key)} does not exist (relative paths are "
+                              f"resolved against {base}: run from the checkout, or use absolute paths)")
+    return cfg, base
+
+
+def sweep_root(arg) -> tuple[Path, "SweepConfig | None"]:
+    """A sweep named on the command line, as a sweep YAML or as its root folder: ``(root,
+    config or None)``."""
+    arg = Path(arg)
+    if arg.is_file():
+        sweep, base = load_sweep(arg)
+        return base / sweep.root, sweep
+    if arg.is_dir():
+        return arg.resolve(), None
+    raise ConfigError(f"{arg}: neither a sweep file (configs/*.yaml) nor a sweep folder")
+
+
+def expand(sweep: SweepConfig, base: Path) -> list[Run]:
+    """Every training run of the sweep, in a fixed order, named by variant and config hash."""
+    recipe = yaml.safe_load((base / sweep.train).read_text()) or {}
+    keys = sorted(sweep.grid)
+    runs = []
+    for variant in sorted(sweep.variants):
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            d = copy.deepcopy(recipe)
+            for k, v in (sweep.variants[variant] or {}).items():
+                _set(d, k, v)
+            for k, v in zip(keys, values):
+                _set(d, k, v)
+            try:
+                cfg = from_dict(TrainConfig, d)
+            except ConfigError as err:
+                raise ConfigError(f"sweep {sweep.name}, variant '{variant}': {err}") from err
+            run_id = f"{variant}-{config_hash(cfg)}"
+            runs.append(Run(run_id, variant, cfg, base / sweep.root / "runs" / run_id))
+    hashes = [config_hash(r.config) for r in runs]
+    if len(set(hashes)) != len(hashes):
+        same = sorted({r.run_id for r, h in zip(runs, hashes) if hashes.count(h) > 1})
+        raise ConfigError(f"sweep {sweep.name}: {', '.join(same)} are the same training config (a variant "
+                          "that changes nothing?): each network would be trained twice")
+    return runs
+
+
+def discover_config(sweep: SweepConfig, base: Path, checkpoint: str) -> DiscoverConfig:
+    from pipeline.config import load_config
+
+    cfg = load_config(base / sweep.discover, DiscoverConfig)
+    return replace(cfg, checkpoint=checkpoint, n_shards=sweep.n_shards)
+
+
+# what makes a sweep folder "this sweep": everything but where and how its jobs run
+_IDENTITY_EXCLUDED = ("executor", "train_resources", "discover_resources", "aggregate_resources", "root")
+
+
+def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:
+    """Make ``<root>`` this sweep's folder, or refuse if it holds another sweep.
+
+    A folder that holds a different sweep (another name, variants, grid, discovery config,
+    checkpoints or shards, or runs from an edited training recipe) would mix two experiments
+    in one analysis: nothing is written and the error lists the differences. Executor and
+    resources may change between submissions (resume a local sweep on SLURM, for example).
+    """
+    root = base / sweep.root
+    have_file, runs_file = root / "sweep.yaml", root / "runs.txt"
+    want = {k: v for k, v in to_dict(sweep).items() if k not in _IDENTITY_EXCLUDED}
+    ids = sorted(r.run_id for r in runs)
+    if have_file.exists():
+        have = {k: v for k, v in (yaml.safe_load(have_file.read_text()) or {}).items() if k not in _IDENTITY_EXCLUDED}
+        diff = [k for k in sorted(set(want) | set(have)) if json.dumps(want.get(k), sort_keys=True, default=str)
+                != json.dumps(have.get(k), sort_keys=True, default=str)]
+        if not diff and runs_file.exists() and runs_file.read_text().split() != ids:
+            diff = ["the training runs (the recipe file changed since the sweep was submitted)"]
+        if diff:
+            detail = "; ".join(d if d.startswith("the ") else f"{d}: folder has {have.get(d)!r}, config has "
+                               f"{want.get(d)!r}" for d in diff)
+            raise ConfigError(f"{root} already holds another sweep ({have_file}): {detail}. Nothing was written. "
+                              "Give this sweep its own root (root: in the sweep file), or move that folder away.")
+    elif root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} exists and is not a sweep folder (no sweep.yaml): nothing was written. Give the "
+                          "sweep another root, or empty the folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    write_atomic(have_file, yaml.safe_dump(to_dict(sweep), sort_keys=True))
+    write_atomic(runs_file, "\n".join(ids) + "\n")

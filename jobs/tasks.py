@@ -1,0 +1,85 @@
+"""The jobs a sweep submits: submitit callables, the same objects on SLURM and on this machine.
+
+Each is :class:`submitit.helpers.Checkpointable`: on a timeout or a preemption submitit calls
+``checkpoint``, which requeues a fresh instance; the stage's own state on disk (a run's
+``checkpoints/LAST``, a store's complete shards, the aggregation cache) makes the requeued
+job resume where the first one stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import submitit
+
+from pipeline.config import from_dict, write_atomic
+from pipeline.discover import DiscoverConfig, discover_run
+from pipeline.train import TrainConfig
+
+__all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus"]
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Train (or resume) one run; on preemption or timeout, requeue a fresh instance."""
+
+    def __init__(self, run_dir: str, config: dict):
+        self.run_dir, self.config = str(run_dir), config
+
+    def __call__(self):
+        from pipeline.train import train
+
+        use_allocated_cpus()
+        train(from_dict(TrainConfig, self.config), self.run_dir, progress=False)
+        return self.run_dir
+
+    def checkpoint(self, *args, **kwargs):
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run_dir, self.config))
+
+
+class DiscoverJob(submitit.helpers.Checkpointable):
+    """Write one shard of one store (skipped if complete); requeue a fresh instance if preempted."""
+
+    def __init__(self, run_dir: str, config: dict, shard: int):
+        self.run_dir, self.config, self.shard = str(run_dir), config, shard
+
+    def __call__(self):
+
+        use_allocated_cpus()
+        status = discover_run(self.run_dir, from_dict(DiscoverConfig, self.config), shards=[self.shard],
+                              progress=False)
+        return {"run": self.run_dir, "shard": self.shard, "complete": self.shard in status["complete"]}
+
+    def checkpoint(self, *args, **kwargs):
+        return submitit.helpers.DelayedSubmission(DiscoverJob(self.run_dir, self.config, self.shard))
+
+
+class AggregateJob(submitit.helpers.Checkpointable):
+    """Aggregate every complete store of the sweep (incremental: reruns are cheap)."""
+
+    def __init__(self, root: str):
+        self.root = str(root)
+
+    def __call__(self):
+        from analysis.report import aggregate
+
+        use_allocated_cpus()
+        written = aggregate(self.root)  # into <root>/analysis
+        # the marker goes last
+        write_atomic(Path(self.root) / "analysis" / "DONE", json.dumps(written, default=str, indent=1))
+        return written
+
+    def checkpoint(self, *args, **kwargs):
+        return submitit.helpers.DelayedSubmission(AggregateJob(self.root))
+
+
+def use_allocated_cpus():
+    """Use the CPUs SLURM gave the job, not every core of the node (oversubscribed OpenMP
+    slows small ops down by orders of magnitude)."""
+    import os
+
+    import torch
+
+    n = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
+    if n:
+        torch.set_num_threads(max(1, int(n)))

@@ -1,0 +1,202 @@
+"""The discovery stage: a trained run's path set -> the region engine -> one sharded Zarr store.
+
+    from pipeline.discover import DiscoverConfig, discover_run
+    status = discover_run("runs/digits-vgg8", DiscoverConfig(n_shards=4), shards=[0])
+
+Each shard holds a contiguous block of the path set; a complete shard is skipped, any other
+is written again from scratch (``pipeline/store.py``). The store goes to
+``<run>/regions/<checkpoint>-<path set id>.zarr``. :func:`write_shards` is the loop from a
+network and its segments to shards, shared by :func:`discover_run` and the synthetic sweeps
+of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import local_field, to_dict
+from .paths import PathConfig, path_set_id
+from .store import StoreConfig
+
+__all__ = ["DiscoverConfig", "discover_run", "write_shards", "store_path", "shard_paths", "engine_attrs", "sha256"]
+
+log = logging.getLogger("pipeline.discover")
+
+
+@dataclass(frozen=True)
+class DiscoverConfig:
+    """How to discover the regions of one checkpoint along one path set.
+
+    ``batch_size``, ``chunk_segments`` and ``device`` change how the work is done, not its
+    result: they are left out of the config's identity (:func:`pipeline.config.identity_dict`).
+    The engine's result-affecting options (``method``, ``eps``, ``dtype``, ``certify``) are
+    part of the store's identity: one store never mixes shards discovered differently.
+    """
+
+    paths: PathConfig = field(default_factory=PathConfig)
+    checkpoint: str = "final"  # init | final | epoch-NNNN: "trained vs initialisation" needs both
+    method: str = "subdivide"  # subdivide (exact, faster: docs/benchmarks.md) | walk (the paper's, eps)
+    eps: float = 1e-6  # the paper's sensitivity, in t units
+    dtype: str = "float64"  # the paper's precision
+    certify: str = "all"  # subdivide's certificate: all (every region; float32 screen) | strict | sample
+    batch_size: int = local_field(64)  # segments in flight
+    chunk_segments: int = local_field(64)  # segments per write: bounds memory, whatever the region count
+    n_shards: int = 1
+    device: str = local_field("auto")  # auto: cuda when present
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def __post_init__(self):
+        from .regions import CERTIFY, METHODS
+
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32; got {self.dtype!r}")
+        if self.certify not in CERTIFY:
+            raise ValueError(f"certify must be one of {', '.join(CERTIFY)}; got {self.certify!r}")
+        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
+        if min(self.batch_size, self.chunk_segments, self.n_shards) < 1:
+            raise ValueError("batch_size, chunk_segments and n_shards must be >= 1")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0; got {self.eps}")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def store_path(run_dir, cfg: DiscoverConfig) -> Path:
+    """Where :func:`discover_run` writes: decided by the config alone (no data is read)."""
+    return Path(run_dir) / "regions" / f"{cfg.checkpoint}-{path_set_id(cfg.paths)}.zarr"
+
+
+def shard_paths(n_paths: int, n_shards: int, shard: int) -> np.ndarray:
+    """Positions of the paths in ``shard``: contiguous, sizes differing by at most one."""
+    return np.array_split(np.arange(n_paths), n_shards)[shard]
+
+
+def engine_attrs(cfg: DiscoverConfig) -> dict:
+    """The store attributes naming how the regions were found (identity keys of the store)."""
+    return {"method": cfg.method, "eps": cfg.eps, "dtype": cfg.dtype,
+            "certify": cfg.certify if cfg.method == "subdivide" else None}
+
+
+def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None) -> dict:
+    """Write the missing shards among ``shards`` (default: all) of a run's store; returns the
+    store's :func:`pipeline.store.shard_status`."""
+    from .config import from_dict
+    from .data import DataConfig, load
+    from .paths import bundle_paths
+    from .train import load_checkpoint
+
+    run_dir = Path(run_dir)
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device: {cfg.device} asked for, but torch sees no GPU here (torch.cuda.is_available() "
+                           "is False): use device: auto (GPU when present, else CPU) or cpu, or run this job on "
+                           "a GPU node")
+    model, ckpt = load_checkpoint(run_dir, cfg.checkpoint)
+    ckpt_file = run_dir / "checkpoints" / f"{cfg.checkpoint}.pt"
+    train_cfg = ckpt["config"]
+    data = load(from_dict(DataConfig, train_cfg["data"]))
+    paths = bundle_paths(data, cfg.paths)  # bases chosen by clean labels: one path set for every network
+    if cfg.n_shards > paths.n_paths:
+        raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of paths ({paths.n_paths})")
+    data_identity = from_dict(DataConfig, train_cfg["data"])
+    attrs = {
+        "checkpoint_sha256": sha256(ckpt_file), "checkpoint": cfg.checkpoint, "run": str(run_dir.resolve()),
+        "model": train_cfg["model"], "dataset": _identity(data_identity), "split": cfg.paths.split,
+        "paths": to_dict(paths.config), "discover_config": to_dict(cfg),  # resolved, beside the results
+    }
+    return write_shards(store or store_path(run_dir, cfg), model, paths.x0, paths.x1, paths.path_id,
+                        paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress)
+
+
+def _identity(cfg) -> dict:
+    from .config import identity_dict
+
+    return identity_dict(cfg)
+
+
+def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConfig, attrs: dict, *,
+                 path_config=None, shards=None, progress: bool = False) -> dict:
+    """Create (or check) ``store`` and write its missing shards among ``shards``.
+
+    ``x0``, ``x1`` (``(S, *input_shape)``), ``path_id`` and ``segment_index`` (``(S,)``) are
+    the whole path set; shard ``i`` holds the ``i``-th contiguous block of its paths.
+    ``attrs`` are the caller's store attributes (checkpoint, model, dataset, paths...); the
+    engine's options, the path set id, the shard count and ``K`` are added here.
+    """
+    from .store import open_or_create, shard_status
+
+    store = Path(store)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    param = next(iter(model.parameters()), None)
+    with torch.no_grad():
+        k = int(model(x0[:1].to(param.dtype if param is not None else torch.float32)).shape[1])
+    path_config = path_config if path_config is not None else attrs["paths"]
+    attrs = {**attrs, **engine_attrs(cfg), "path_set": path_set_id(path_config), "n_shards": cfg.n_shards,
+             "n_paths": int(np.unique(path_id).size), "K": k, "keep_affine": cfg.store.keep_affine,
+             "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
+    open_or_create(store, attrs)
+    status = shard_status(store)
+    todo = [s for s in (range(cfg.n_shards) if shards is None else shards) if s not in status["complete"]]
+    log.info("store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]), cfg.n_shards,
+             len(todo))
+    for shard in todo:
+        _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
+                     device, progress)
+    return shard_status(store)
+
+
+def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress):
+    from .regions import discover_iter
+    from .store import ShardWriter
+
+    ids = np.unique(path_id)
+    pos = np.flatnonzero(np.isin(path_id, ids[shard_paths(ids.size, cfg.n_shards, shard)]))
+    writer = ShardWriter(store, shard, path_id[pos], segment_index[pos], k, cfg.store)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(pos), unit="seg", desc=f"shard {shard}/{cfg.n_shards}")
+    start, regions = time.perf_counter(), 0
+    try:
+        for chunk in discover_iter(model, x0[pos], x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
+                                   device=device, keep_affine=cfg.store.keep_affine, method=cfg.method,
+                                   chunk_segments=cfg.chunk_segments, certify=cfg.certify):
+            writer.write(chunk)
+            regions += chunk.n_regions
+            if bar is not None:
+                bar.update(chunk.n_segments)
+                bar.set_postfix(regions=regions, per_s=f"{regions / (time.perf_counter() - start):,.0f}")
+    except BaseException:
+        writer.abort()  # a failed or interrupted shard leaves nothing behind (a SIGKILL leaves a *.tmp-*)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    published = writer.commit()
+    log.info("shard %d: %d segments, %d regions in %.1f s%s", shard, len(pos), regions, time.perf_counter() - start,
+             "" if published else " (another job had completed it: kept theirs)")
+
+
+def _versions() -> dict:
+    import zarr
+
+    from . import __version__
+
+    return {"relu-regions": __version__, "torch": torch.__version__, "zarr": zarr.__version__}
