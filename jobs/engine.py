@@ -40,7 +40,8 @@ def digits_loops(cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
     return a.flatten(0, 1), b.flatten(0, 1), path_id
 
 
-def run(cfg: DemoConfig) -> list[dict]:
+def discover_loops(cfg: DemoConfig) -> dict[str, tuple]:
+    """Per method (in the order walk, subdivide): ``(RegionResult, path measures)`` on the loops."""
     from pipeline.measures import path_measures
     from pipeline.models import VGG8
     from pipeline.regions import discover
@@ -49,7 +50,7 @@ def run(cfg: DemoConfig) -> list[dict]:
     model = VGG8(num_classes=10, in_channels=1, input_size=8, widths=(6, 16)).eval()
     x0, x1, path_id = digits_loops(cfg)
     methods = ["walk", "subdivide"] if cfg.method == "both" else [cfg.method]
-    rows = {}
+    out = {}
     for m in methods:
         t = time.perf_counter()
         res = discover(model, x0, x1, method=m, batch_size=cfg.batch_size, progress=True)
@@ -58,7 +59,14 @@ def run(cfg: DemoConfig) -> list[dict]:
         print(f"[engine] {m}: {res.n_regions} regions on {res.n_segments} segments in {sec:.2f} s "
               f"({res.n_regions / sec:,.0f} regions/s); largest certificate gap "
               f"{res.continuity_gap.max():.1e}")
-        rows[m] = pm
+        out[m] = (res, pm)
+    return out
+
+
+def run(cfg: DemoConfig) -> list[dict]:
+    found = discover_loops(cfg)
+    methods = list(found)
+    rows = {m: pm for m, (_, pm) in found.items()}
     table = []
     for i, pid in enumerate(rows[methods[0]]["path_id"]):
         row = {"path": int(pid)}

@@ -5,8 +5,8 @@ val and test datasets held in memory as uint8 tensors, scaled to [0, 1] and norm
 with statistics of the training split only (after the validation split is cut off). Training
 labels can be corrupted at random (Zhang et al. 2017), and the bundle records which ones.
 
-Pure: no cluster code and no module state. Augmentation draws from torch's global RNG (or a
-generator given to the dataset), which the training loop seeds.
+Pure: no cluster code and no module state. Augmentation draws from a generator given to the
+dataset (the training loop gives one seeded per epoch), or torch's global RNG without one.
 """
 
 from __future__ import annotations

@@ -10,10 +10,17 @@ per epoch: train/val/test loss and error, learning rate, the stopping quantity) 
 and ``LAST``, the name of the newest complete checkpoint, written last. A killed run resumes
 from ``LAST`` and, because every epoch seeds its data order and augmentation from
 ``(seed, epoch)``, reaches the same weights as an uninterrupted run (deterministic CPU).
+
+All randomness comes from generators seeded by the config: the initialisation from ``seed``
+(drawn inside ``torch.random.fork_rng``, so the caller's CPU state is restored), data order and
+augmentation from ``torch.Generator`` objects seeded by ``(seed, epoch)``, label noise and the
+validation split from numpy generators (:mod:`pipeline.data`). ``train`` leaves torch's, numpy's
+and Python's global random state as it found them: a notebook keeps its own.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +128,8 @@ def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
 def _evaluate(model, dataset, device, batch: int = 1024):
     model.eval()
     loss, correct, n = 0.0, 0, 0
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False)
+    # A generator of its own: without one, iterating a DataLoader draws its base seed from the global RNG.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=False, generator=torch.Generator())
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(device), y.to(device)
@@ -179,8 +187,13 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
 
     data = load(cfg.data)
     np.save(run_dir / "noisy_indices.npy", data.noisy_indices)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes, data.input_shape).to(device)
+    # nn.Module init draws from the global CPU generator: seed it for construction only. Seeding
+    # the default CPU generator (not torch.manual_seed, which also reseeds every CUDA device)
+    # gives the same weights torch.manual_seed(cfg.seed) did; fork_rng restores the caller's state.
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(cfg.seed)
+        model = build_model(cfg, data.num_classes, data.input_shape)
+    model = model.to(device)
     opt = _optimizer(cfg, model.parameters())
     sched = _scheduler(cfg, opt)
     meta = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), "config": to_dict(cfg),
@@ -208,9 +221,12 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     done_here = 0
     finished = False
     for epoch in range(start, cfg.max_epochs):
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # augmentation draws
+        # Same seed as the global RNG had for augmentation before: the draws (and so the weights)
+        # are those of earlier versions. No worker processes, so a dataset generator is safe.
+        train_set = copy.copy(data.train)  # shares the image tensors
+        train_set.generator = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
         order = torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch))
-        loader = torch.utils.data.DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=order)
+        loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=order)
         model.train()
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

@@ -74,10 +74,18 @@ def test_bad_options():
         discover(lambda x: x, X0, X1)
     with pytest.raises(TypeError, match="floating"):
         discover(net, X0.long(), X1.long())
-    with pytest.raises(RuntimeError, match="CUDA"):
-        if torch.cuda.is_available():
-            raise RuntimeError("CUDA present: nothing to test")
-        discover(net, X0, X1, device="cuda")
+
+
+@pytest.mark.parametrize("method", ["walk", "subdivide"])
+def test_cuda_asked_for_without_cuda(monkeypatch, method):
+    # Runs on any machine: a GPU one is made to look like one without CUDA.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    net = MLP(n_in=3).eval()
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(RuntimeError, match="device='cuda' was asked for but no CUDA device is available"):
+        discover(net, X0, X1, method=method, device="cuda")
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]) and v.device.type == "cpu", k
 
 
 def test_unsupported_pool_options():

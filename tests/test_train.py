@@ -1,14 +1,17 @@
 """Training recipes on the embedded digits: learning happens, criteria stop, resume is exact."""
 
+import random
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import ConfigError, config_hash, from_dict, load_config
-from pipeline.data import DataConfig
+from pipeline.data import DataConfig, load
 from pipeline.regions import discover
 from pipeline.train import ModelConfig, TrainConfig, load_checkpoint, train
 
@@ -28,10 +31,49 @@ def test_short_training_lowers_the_loss(tmp_path):
     init, _ = load_checkpoint(tmp_path / "run", "init")
     final, ckpt = load_checkpoint(tmp_path / "run", "final")
     assert ckpt["finished"] and ckpt["epoch"] == 4
-    assert not torch.equal(init.state_dict()["classifier.1.weight"], final.state_dict()["classifier.1.weight"])
-    # the trained network goes straight into the region engine
-    x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
-    assert discover(final, x, x.flip(0)).density.min() >= 1
+    # metrics.csv starts after epoch 1: the loss at initialisation, from the saved init weights
+    data = load(SMALL.data)
+    x_train, y_train = data.images("train"), torch.from_numpy(data.labels("train"))
+    with torch.no_grad():
+        init_loss = F.cross_entropy(init(x_train), y_train).item()
+        final_loss = F.cross_entropy(final(x_train), y_train).item()
+    assert init_loss > 2.0  # about ln 10 for ten classes: the init network has learnt nothing
+    assert final_loss == pytest.approx(m.train_loss.iloc[-1], rel=1e-5)  # the checkpoint is the run's last epoch
+    assert final_loss < 0.5 * init_loss
+    # the trained network goes straight into the region engine, and training moved its regions:
+    # along the same segments between training images, the trained network's regions differ
+    # from the initial one's
+    x0, x1 = x_train[:4].double(), x_train[4:8].double()
+    before, after = discover(init, x0, x1), discover(final, x0, x1)
+    assert before.density.min() > 1 and after.density.min() > 1
+    assert not np.array_equal(before.density, after.density)
+    assert not np.allclose(before.deviation, after.deviation)
+
+
+def test_training_leaves_the_callers_random_state_alone(tmp_path):
+    # augmentation, data order, evaluation loaders and initialisation all draw random numbers
+    cfg = replace(SMALL, recipe="augment", data=DataConfig(name="digits", augment=True), max_epochs=2)
+
+    def callers_draws():
+        return torch.rand(3), np.random.random(3), random.random()
+
+    weights = []
+    for seed in (123, 7):  # the caller's state differs between the two runs: the weights may not
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        train(cfg, tmp_path / f"run-{seed}")
+        after = callers_draws()
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        expected = callers_draws()
+        assert torch.equal(after[0], expected[0]), "train moved torch's global generator"
+        assert np.array_equal(after[1], expected[1]), "train moved numpy's global generator"
+        assert after[2] == expected[2], "train moved Python's global generator"
+        weights.append(load_checkpoint(tmp_path / f"run-{seed}", "final")[0].state_dict())
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
