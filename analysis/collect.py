@@ -8,9 +8,11 @@ A sweep is any folder holding training runs; each run folder has ``config.yaml``
 (``jobs/discover.py``). Each shard is read by one task (lazily: nothing is read until the graph
 runs, and only the per-segment arrays, never the region arrays); the tasks return per-path
 partial sums, which a per-store task adds up and turns into the measures of
-:meth:`pipeline.store.StoreReader.paths`. With a cache folder the result is incremental: a store
-whose fingerprint (attributes, complete shards and their region counts) is unchanged since the
-last call is not read again. Run labels and metrics are read afresh every time (a few small
+:meth:`pipeline.store.StoreReader.paths`; each task checks the arrays it reads against the
+shard's manifest first, so a damaged shard is an error, never data. With a cache folder the
+result is incremental: a store whose fingerprint (attributes, and for each complete shard its
+manifest and the size and modification time of each of its files) is unchanged since the last
+call is not read again. Run labels and metrics are read afresh every time (a few small
 files per run), so a resumed training run's new metrics are never stale.
 """
 
@@ -26,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-import zarr
 
 from pipeline.config import write_atomic
 from pipeline.measures import PATH_COLUMNS
-from pipeline.store import StoreError, paths_table, shard_name, shard_partials, shard_status
+from pipeline.store import (StoreError, is_store, paths_table, shard_partials, shard_state, shard_status,
+                            store_attrs)
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
@@ -71,7 +73,7 @@ def find_stores(root) -> list[Path]:
         keep = []
         for d in dirs:
             if d.endswith(".zarr"):
-                if Path(here).name == "regions" and (Path(here) / d / "zarr.json").exists():
+                if Path(here).name == "regions" and is_store(Path(here) / d):
                     found.append(Path(here) / d)
             elif ".zarr.tmp-" not in d and d != "checkpoints" and not d.startswith("."):
                 keep.append(d)
@@ -82,13 +84,13 @@ def find_stores(root) -> list[Path]:
 
 def store_fingerprint(store, status: dict | None = None) -> str:
     """A hash of what a store's per-path table depends on: its attributes and, for each complete
-    shard, its index and region count. Reads metadata only (``zarr.json`` files)."""
+    shard, its index, its manifest and the current size and modification time of each of its
+    files (:func:`pipeline.store.shard_state`), so a rewritten, damaged or deleted chunk changes
+    it. Reads the shards' metadata only, and stats their data files."""
     store = Path(store)
     status = status or shard_status(store)
-    attrs = dict(zarr.open_group(str(store), mode="r").attrs)
-    shards = [[i, zarr.open_group(str(store / shard_name(i)), mode="r").attrs.get("n_regions")]
-              for i in status["complete"]]
-    blob = json.dumps({"attrs": attrs, "shards": shards}, sort_keys=True, default=str)
+    shards = [[i, shard_state(store, i)] for i in status["complete"]]
+    blob = json.dumps({"attrs": store_attrs(store), "shards": shards}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -282,21 +284,21 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         key = store.relative_to(root).as_posix()
         try:
             status = shard_status(store)
-            attrs = dict(zarr.open_group(str(store), mode="r").attrs)
+            attrs = store_attrs(store)
         except (StoreError, OSError, ValueError) as err:
             raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
         info[key] = {"path": store, "status": status, "attrs": attrs,
                      "labels": run_labels(store.parent.parent, attrs)}
     incomplete = {k: v for k, v in info.items() if v["status"]["missing"]}
     if incomplete and on_incomplete == "fail":
-        lines = "\n".join(f"  {k}: shards {v['status']['missing']} of {v['status']['n_shards']} missing"
-                          for k, v in incomplete.items())
+        lines = "\n".join(_incomplete_line(k, v["status"]) for k, v in incomplete.items())
         raise AnalysisError(f"{len(incomplete)} incomplete store(s) under {root}:\n{lines}\nresume their "
                             "discovery jobs, or pass on_incomplete='skip' (leave them out) or 'report' "
                             "(count their complete shards, flagged)")
     for k in incomplete:
-        log.warning("incomplete store %s (shards %s missing): %s", k, incomplete[k]["status"]["missing"],
-                    "skipped" if on_incomplete == "skip" else "its complete shards are counted and flagged")
+        log.warning("incomplete store %s (shards %s missing%s): %s", k, incomplete[k]["status"]["missing"],
+                    f", of which damaged {incomplete[k]['status']['damaged']}" if incomplete[k]["status"]["damaged"]
+                    else "", "skipped" if on_incomplete == "skip" else "its complete shards are counted and flagged")
 
     use = [k for k in info if not (k in incomplete and on_incomplete == "skip")]
     fingerprints = {k: store_fingerprint(info[k]["path"], info[k]["status"]) for k in use}
@@ -314,7 +316,10 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         store = str(info[k]["path"])
         parts = [delayed(shard_partials, pure=True)(store, i) for i in info[k]["status"]["complete"]]
         tasks[k] = delayed(paths_table, pure=True)(parts)
-    computed = _compute(tasks, scheduler, config)
+    try:
+        computed = _compute(tasks, scheduler, config)
+    except StoreError as err:  # a shard damaged since it was listed, or only the deep check sees it
+        raise AnalysisError(f"a store under {root} cannot be read: {err}") from err
 
     frames = []
     for k in use:
@@ -344,6 +349,15 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         "n_paths": int(counts.get(k, 0)),
     } for k, v in info.items()])
     return table, report
+
+
+def _incomplete_line(key: str, status: dict) -> str:
+    """One line per incomplete store for the error: the missing shards, and each damaged one
+    with what is wrong and how to rewrite it."""
+    line = f"  {key}: shards {status['missing']} of {status['n_shards']} missing"
+    if status["damaged"]:
+        line += f" (damaged: {status['damaged']})" + "".join(f"\n    {status['errors'][i]}" for i in status["damaged"])
+    return line
 
 
 def _check_duplicates(table: pd.DataFrame):

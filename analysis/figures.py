@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import zarr
 from matplotlib.figure import Figure
 
 from .config import AnalysisConfig, AnalysisError
@@ -192,33 +191,29 @@ def path_profile(store, path_id: int) -> dict:
     AnalysisError
         The path is in no complete shard, or the store kept no affine maps.
     """
-    from pipeline.store import shard_status
+    from pipeline.store import open_store
 
     store = Path(store)
-    rows = []
-    for shard in shard_status(store)["complete"]:
-        g = zarr.open_group(str(store / f"shard-{shard:05d}"), mode="r")
-        pid = g["segments/path_id"][:]
-        for r in np.flatnonzero(pid == path_id):
-            rows.append((int(g["segments/segment_index"][r]), g, int(r)))
-    if not rows:
-        raise AnalysisError(f"path {path_id} is in no complete shard of {store}")
+    reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
+    indices = reader.segment_indices(path_id)
+    if not indices:
+        damaged = reader.status["damaged"]
+        why = f" (damaged shards {damaged} are not read: `python -m jobs verify {store}`)" if damaged else ""
+        raise AnalysisError(f"path {path_id} is in no complete shard of {store}{why}")
     s, f, line_s, line, breaks, anchors = [], [], [], [], [], [0.0]
     offset = 0.0
-    for _, g, r in sorted(rows, key=lambda x: x[0]):
-        if "intercept" not in g["regions"]:
+    for j in indices:
+        seg = reader.segment(path_id, j)
+        if seg["intercept"] is None:
             raise AnalysisError(f"{store} kept no affine maps (discovered with keep_affine=False): "
                                 "its paths cannot be drawn")
-        lo, hi = (int(v) for v in g["segments/region_offset"][r:r + 2])
-        length = float(g["segments/length"][r])
-        t0, t1 = g["regions/t_start"][lo:hi], g["regions/t_end"][lo:hi]
-        a, b = g["regions/intercept"][lo:hi].astype(float), g["regions/slope"][lo:hi].astype(float)
+        length = seg["length"]
+        t0, t1, a, b = seg["t_start"], seg["t_end"], seg["intercept"], seg["slope"]
         t = np.append(t0, t1[-1])
         s.append(offset + t * length)
         f.append(np.vstack([a + b * t0[:, None], a[-1:] + b[-1:] * t1[-1]]))
-        f0, f1 = g["segments/f0"][r], g["segments/f1"][r]
         line_s += [offset, offset + length]
-        line += [f0, f1]
+        line += [seg["f0"], seg["f1"]]
         breaks.append(offset + t0[1:] * length)
         offset += length
         anchors.append(offset)
@@ -304,10 +299,11 @@ def draw_all(table: pd.DataFrame, pairs: pd.DataFrame, medians: pd.DataFrame, ou
 
 
 def _draw_paths(table, root: Path, out: Path, config: AnalysisConfig) -> list[Path]:
+    from pipeline.store import store_attrs
+
     trained = table[table["checkpoint"] == config.trained]
     for store in sorted(trained["store"].unique()):
-        attrs = dict(zarr.open_group(str(root / store), mode="r").attrs)
-        if not attrs.get("keep_affine", True):
+        if not store_attrs(root / store).get("keep_affine", True):
             continue
         rows = trained[trained["store"] == store]
         written = []

@@ -147,12 +147,10 @@ class LocalPool:
 
 def _shard_regions(store: Path, shard: int) -> int:
     """Regions in a complete shard (its attributes), 0 if unreadable: for the progress bar only."""
-    import zarr
-
-    from pipeline.store import shard_name
+    from pipeline.store import shard_info
 
     try:
-        return int(zarr.open_group(str(store / shard_name(shard)), mode="r").attrs.get("n_regions", 0))
+        return int(shard_info(store, shard).get("n_regions", 0))
     except Exception:  # noqa: BLE001 - a progress figure must never fail the run
         return 0
 

@@ -4,7 +4,9 @@
     print(status(sweep, base))          # the same, plus the scheduler's view of each job
 
 A run is trained when ``checkpoints/final.pt`` exists; a shard is done when the store lists it
-complete; the aggregation when ``<root>/analysis/DONE`` exists and nothing upstream is left.
+complete (marked complete, and its files match its manifest: a damaged shard is incomplete, so
+``sweep resume`` writes it again); the aggregation when ``<root>/analysis/DONE`` exists and
+nothing upstream is left.
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ FAILED_STATES = ("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED", "BO
 
 
 def plan(sweep: SweepConfig, base: Path) -> dict:
-    """Done / incomplete / to-launch per stage, from the filesystem alone."""
+    """Done / incomplete / to-launch per stage, from the filesystem alone.
+
+    Returns
+    -------
+    dict
+        ``runs``; ``train``, ``discover`` and ``aggregate``, each ``{"done", "incomplete",
+        "todo"}`` (discovery items are ``(run, discover config, shard)``; a damaged shard is
+        incomplete); ``damaged``: ``(run, discover config, shard, error)`` of each damaged
+        shard (the cheap check of :func:`pipeline.store.shard_status`).
+    """
     from pipeline.store import shard_status
 
     runs = expand(sweep, base)
     train = {"done": [], "incomplete": [], "todo": []}
     discover = {"done": [], "incomplete": [], "todo": []}
+    damaged = []
     for r in runs:
         ck = r.run_dir / "checkpoints"
         key = "done" if (ck / "final.pt").exists() else "incomplete" if (ck / "LAST").exists() else "todo"
@@ -41,6 +53,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
             if started:
                 st = shard_status(store)
                 complete = set(st["complete"])
+                damaged += [(r, dcfg, i, st["errors"][i]) for i in st["damaged"]]
             for shard in range(sweep.n_shards):
                 item = (r, dcfg, shard)
                 discover["done" if shard in complete else "incomplete" if started else "todo"].append(item)
@@ -49,7 +62,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
                  "incomplete": [], "todo": []}
     if not aggregate["done"]:
         aggregate["todo"] = [1]
-    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate}
+    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "damaged": damaged}
 
 
 def summary(p: dict) -> str:
@@ -64,7 +77,11 @@ def status(sweep: SweepConfig, base: Path) -> str:
     """The filesystem's view, plus the scheduler's state of every recorded job and the log
     path and last lines of each failed one."""
     root = base / sweep.root
-    out = [f"sweep {sweep.name} in {root}", summary(plan(sweep, base))]
+    p = plan(sweep, base)
+    out = [f"sweep {sweep.name} in {root}", summary(p)]
+    if p["damaged"]:
+        out.append(f"damaged shards ({len(p['damaged'])}, counted as incomplete: `sweep resume` writes them again):")
+        out += [f"  {err}" for *_, err in p["damaged"]]  # each names its store and shard
     submitted = records(root)
     if submitted:
         states = sacct_states([r["job_id"] for r in submitted])

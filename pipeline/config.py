@@ -18,8 +18,10 @@ from pathlib import Path
 
 import yaml
 
+from .atomic import fsync_dir, write_atomic  # re-exported: the atomic writes live in pipeline/atomic.py
+
 __all__ = ["ConfigError", "from_dict", "to_dict", "identity_dict", "load_config", "save_config", "config_hash",
-           "write_atomic", "local_field"]
+           "write_atomic", "fsync_dir", "local_field"]
 
 
 class ConfigError(ValueError):
@@ -89,52 +91,6 @@ def load_config(path, cls):
         return from_dict(cls, data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
-
-
-def write_atomic(path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8, or bytes) to ``path`` so a reader never sees half of it.
-
-    The bytes go to a temporary with a name unique to this host, process and call beside
-    ``path``, are flushed to disk (``fsync``: on a shared filesystem another node may read the
-    file as soon as the rename is visible), then renamed over ``path`` in one step, and the
-    folder is synced so the rename itself survives a crash. A killed writer leaves only its
-    own ``*.tmp-*`` file; two writers of one path cannot mix their bytes (the last rename wins).
-    """
-    import os
-    import secrets
-    import socket
-
-    path = Path(path)
-    blob = data.encode("utf-8") if isinstance(data, str) else bytes(data)
-    tmp = path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def fsync_dir(folder) -> None:
-    """Make a rename or creation inside ``folder`` durable (a no-op where folders cannot be
-    opened, as on Windows)."""
-    import os
-
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_config(cfg, path) -> None:

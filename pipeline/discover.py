@@ -4,7 +4,8 @@
     status = discover_run("runs/digits-vgg8", DiscoverConfig(n_shards=4), shards=[0])
 
 Each shard holds a contiguous block of the path set; a complete shard is skipped, any other
-is written again from scratch (``pipeline/store.py``). The store goes to
+(missing, interrupted, or damaged: its files differ from its manifest) is written again from
+scratch (``pipeline/store.py``). The store goes to
 ``<run>/regions/<checkpoint>-<path set id>.zarr``. :func:`write_shards` is the loop from a
 network and its segments to shards, shared by :func:`discover_run` and the synthetic sweeps
 of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around this module.
@@ -93,9 +94,11 @@ def engine_attrs(cfg: DiscoverConfig) -> dict:
             "certify": cfg.certify if cfg.method == "subdivide" else None}
 
 
-def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None) -> dict:
-    """Write the missing shards among ``shards`` (default: all) of a run's store; returns the
-    store's :func:`pipeline.store.shard_status`."""
+def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None,
+                 deep: bool = False) -> dict:
+    """Write the missing (or damaged) shards among ``shards`` (default: all) of a run's store;
+    returns the store's :func:`pipeline.store.shard_status`. ``deep``: judge existing shards by
+    their checksums too (reads them), so flipped bytes are rewritten as well."""
     from .config import from_dict
     from .data import DataConfig, load
     from .paths import bundle_paths
@@ -120,7 +123,8 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
         "paths": to_dict(paths.config), "discover_config": to_dict(cfg),  # resolved, beside the results
     }
     return write_shards(store or store_path(run_dir, cfg), model, paths.x0, paths.x1, paths.path_id,
-                        paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress)
+                        paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress,
+                        deep=deep)
 
 
 def _identity(cfg) -> dict:
@@ -130,13 +134,15 @@ def _identity(cfg) -> dict:
 
 
 def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConfig, attrs: dict, *,
-                 path_config=None, shards=None, progress: bool = False) -> dict:
+                 path_config=None, shards=None, progress: bool = False, deep: bool = False) -> dict:
     """Create (or check) ``store`` and write its missing shards among ``shards``.
 
     ``x0``, ``x1`` (``(S, *input_shape)``), ``path_id`` and ``segment_index`` (``(S,)``) are
     the whole path set; shard ``i`` holds the ``i``-th contiguous block of its paths.
     ``attrs`` are the caller's store attributes (checkpoint, model, dataset, paths...); the
-    engine's options, the path set id, the shard count and ``K`` are added here.
+    engine's options, the path set id, the shard count and ``K`` are added here. A shard is
+    missing unless :func:`pipeline.store.shard_status` lists it complete: a damaged one is
+    written again and replaces it. ``deep`` judges shards by their checksums too.
     """
     from .store import open_or_create, shard_status
 
@@ -151,17 +157,20 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
              "n_paths": int(np.unique(path_id).size), "K": k, "keep_affine": cfg.store.keep_affine,
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
     open_or_create(store, attrs)
-    status = shard_status(store)
+    status = shard_status(store, deep=deep)
     todo = [s for s in (range(cfg.n_shards) if shards is None else shards) if s not in status["complete"]]
     log.info("store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]), cfg.n_shards,
              len(todo))
+    for shard in (s for s in status["damaged"] if s in todo):
+        log.warning("store %s: shard %d is damaged (its files differ from its manifest): writing it again", store,
+                    shard)
     for shard in todo:
         _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
-                     device, progress)
-    return shard_status(store)
+                     device, progress, deep)
+    return shard_status(store)  # what was not rewritten was judged above
 
 
-def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress):
+def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep):
     from .regions import discover_iter
     from .store import ShardWriter
 
@@ -189,7 +198,7 @@ def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dt
     finally:
         if bar is not None:
             bar.close()
-    published = writer.commit()
+    published = writer.commit(deep=deep)
     log.info("shard %d: %d segments, %d regions in %.1f s%s", shard, len(pos), regions, time.perf_counter() - start,
              "" if published else " (another job had completed it: kept theirs)")
 

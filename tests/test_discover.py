@@ -17,7 +17,7 @@ from pipeline.discover import discover_run as run
 from pipeline.config import to_dict
 from pipeline.data import DataConfig
 from pipeline.paths import PathConfig
-from pipeline.store import StoreError, open_store, shard_status
+from pipeline.store import DamagedShardError, StoreError, open_store, shard_status
 from pipeline.train import ModelConfig, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,26 @@ def test_discovery_writes_a_complete_store(trained, tmp_path):
     for shard in (1, 0):
         run(trained, CFG, shards=[shard], progress=False, store=tmp_path / "b.zarr")
     _same_store(tmp_path / "a.zarr", tmp_path / "b.zarr")
+
+
+def test_the_command_a_damaged_shard_names_rewrites_it(trained, tmp_path):
+    """The error names the command; run as printed, it rewrites the shard to the same store."""
+    import re
+    import shlex
+
+    from jobs.__main__ import main
+
+    run(trained, CFG, progress=False, store=tmp_path / "clean.zarr")
+    store = tmp_path / "damaged.zarr"
+    run(trained, CFG, progress=False, store=store)
+    (store / "shard-00001" / "segments" / "deviation" / "c" / "0" / "0").unlink()
+    with pytest.raises(DamagedShardError) as err:
+        open_store(store)
+    command = re.search(r"`(python -m jobs discover [^`]+)`", str(err.value)).group(1)
+    assert command == f"python -m jobs discover {trained.resolve()} --from-store {store} --shard 1/2"
+    assert main(shlex.split(command)[3:]) == 0
+    assert shard_status(store)["leftovers"] == []
+    _same_store(store, tmp_path / "clean.zarr")
 
 
 def test_same_paths_for_every_network(trained, tmp_path):

@@ -2,9 +2,9 @@
 
 import pytest
 
-from jobs.sweep import expand, load_sweep, plan, submit
+from jobs.sweep import expand, load_sweep, plan, status, submit
 from pipeline.config import ConfigError
-from pipeline.store import open_store
+from pipeline.store import open_store, shard_status
 from tests.sweeps import tiny_sweep
 
 
@@ -67,6 +67,15 @@ def test_debug_sweep_runs_end_to_end_and_resumes(tmp_path, capsys):
     again = submit(sweep, base)
     assert again["submitted"] == 2  # the shard, then the aggregation
     assert len(open_store(store).paths()) == 4
+    # a damaged shard (a chunk lost after completion) is incomplete, shown by name, and resubmitted
+    (store / "shard-00000" / "segments" / "deviation" / "c" / "0" / "0").unlink()
+    p = plan(sweep, base)
+    assert len(p["discover"]["incomplete"]) == 1 and [d[2] for d in p["damaged"]] == [0] and not p["aggregate"]["done"]
+    text = status(sweep, base)
+    assert "damaged shards (1, counted as incomplete" in text and f"{store}: shard shard-00000 is damaged" in text
+    assert "file segments/deviation/c/0/0 is missing" in text
+    assert submit(sweep, base)["submitted"] == 2
+    assert shard_status(store, deep=True)["complete"] == [0, 1] and len(open_store(store).paths()) == 4
 
 
 def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):
