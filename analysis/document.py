@@ -41,7 +41,7 @@ FIGURES = {
     "paired": "Paired differences path by path (what Table 2 counts)",
     "test-loss": "Measures against test loss, one point per network",
     "double-descent": "Model-wise double descent",
-    "path": "Single paths: the network's logits along the loop, with every breakpoint",
+    "path": "Single paths: the network's logits along the loop, its breakpoints in the strip below (a rug, or their density per unit length when there are more than 300)",
 }
 DATA = ("The numbers behind this report: the per-path table ../analysis/paths.parquet (one row per network "
         "and path), the tables ../analysis/tables/*.csv, every region in ../runs/*/regions/*.zarr. The notebook "

@@ -222,28 +222,73 @@ def path_profile(store, path_id: int) -> dict:
             "offsets": np.cumsum([0] + [x.size for x in s])}
 
 
+RUG_MAX = 300  # path_figure draws at most this many breakpoints as a rug, more as a density strip
+STRIP_BINS = (30, 200)  # the density strip's bin count over the whole path: breakpoints / 10, clipped to this
+
+
+def _strip_edges(anchors: np.ndarray, n_breaks: int) -> np.ndarray:
+    """Bin edges for the density strip: about ``n_breaks / 10`` bins (within ``STRIP_BINS``)
+    shared among the segments by length, every anchor an edge (no bin straddles two segments)."""
+    lengths = np.diff(anchors)
+    total = anchors[-1] - anchors[0]
+    n = int(np.clip(n_breaks // 10, *STRIP_BINS))
+    edges = [anchors[:1]]
+    for a, length in zip(anchors[:-1], lengths):
+        if length > 0:
+            m = max(1, int(round(n * length / total)))
+            edges.append(a + np.linspace(0.0, length, m + 1)[1:])
+    return np.concatenate(edges)
+
+
 def path_figure(store, path_id: int, logits=3, title: str = "") -> Figure:
-    """The network's logits along one path (solid), the interpolating line of each segment
-    (dashed) and the breakpoints (ticks on the curve); dotted verticals mark the anchors."""
+    """The network's logits along one path (solid) and the interpolating line of each segment
+    (dashed), with the breakpoints in a thin strip below; dotted verticals mark the anchors.
+
+    The breakpoints are not marked on the curves (at thousands per path, ticks smear the curves
+    into bands). The strip below, sharing the x axis, shows them as a rug of short vertical
+    lines, one per breakpoint, when there are at most :data:`RUG_MAX` (300) of them, and
+    otherwise as a histogram of breakpoints per unit length along the path: about one bin per
+    ten breakpoints (30 to 200 bins, :data:`STRIP_BINS`), shared among the segments by length
+    so that no bin straddles an anchor; the strip's area is the breakpoint count.
+    """
     p = path_profile(store, path_id)
     ks = range(min(logits, p["f"].shape[1])) if isinstance(logits, int) else logits
-    fig = Figure(figsize=(10, 4.5), layout="constrained")
-    ax = fig.subplots()
+    fig = Figure(figsize=(10, 5), layout="constrained")
+    ax, strip = fig.subplots(2, 1, sharex=True, height_ratios=(5, 1))
+    # the interpolating lines of all segments as one line per logit, broken between segments
+    pairs = p["line_s"].reshape(-1, 2)
+    line_s = np.column_stack([pairs, np.full(len(pairs), np.nan)]).ravel()
     for k in ks:
         color = f"C{k % 10}"
         ax.plot(p["s"], p["f"][:, k], color=color, linewidth=1.2, label=f"logit {k}: network")
-        for j in range(0, len(p["line_s"]), 2):
-            ax.plot(p["line_s"][j:j + 2], p["line"][j:j + 2, k], color=color, linestyle="--", linewidth=1,
-                    label=f"logit {k}: interpolation" if j == 0 else None)
-        inner = np.isin(p["s"], p["breaks"])
-        ax.plot(p["s"][inner], p["f"][inner, k], linestyle="none", marker="|", markersize=7, color=color)
-    for a in p["anchors"]:
-        ax.axvline(a, color="0.6", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("distance along the path (input space)")
+        ends = p["line"][:, k].reshape(-1, 2)
+        ax.plot(line_s, np.column_stack([ends, np.full(len(ends), np.nan)]).ravel(), color=color,
+                linestyle="--", linewidth=1, label=f"logit {k}: interpolation")
+    breaks = p["breaks"]
+    if breaks.size <= RUG_MAX:
+        strip.vlines(breaks, 0.0, 1.0, color="k", linewidth=0.7, alpha=0.8)
+        strip.set_ylim(0.0, 1.0)
+        strip.set_yticks([])
+        strip.set_ylabel("breaks", fontsize=9)
+        kind = "rug: one line per breakpoint"
+    else:
+        edges = _strip_edges(p["anchors"], breaks.size)
+        counts, _ = np.histogram(breaks, bins=edges)
+        strip.stairs(counts / np.diff(edges), edges, fill=True, color="0.35", linewidth=0)
+        strip.set_ylim(bottom=0.0)
+        strip.set_ylabel("breaks /\nunit length", fontsize=9)
+        kind = f"density strip: breakpoints per unit length, {edges.size - 1} bins"
+    for a in (ax, strip):
+        a.vlines(p["anchors"], 0.0, 1.0, transform=a.get_xaxis_transform(), color="0.6", linestyle=":",
+                 linewidth=0.8)
+    strip.set_xlabel("distance along the path (input space)")
     ax.set_ylabel("logit value")
     ax.legend(fontsize=8, ncol=2)
-    ax.set_title(title or f"path {path_id}: {p['breaks'].size} breakpoints", fontsize=10)
-    return _style(fig)
+    ax.set_title(title or f"path {path_id}: {breaks.size} breakpoints", fontsize=10)
+    _style(fig)
+    strip.grid(False, axis="y")
+    strip.set_title(kind, loc="right", fontsize=7, color="0.3", pad=2)
+    return fig
 
 
 def _slug(*parts) -> str:

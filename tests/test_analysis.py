@@ -294,3 +294,50 @@ def test_figures_and_path_profile(sweep, table, tmp_path):
     assert p["breaks"].size == row.density - row.n_segments
     with pytest.raises(AnalysisError, match="path 123456 is in no complete shard"):
         path_profile(sweep / row.store, 123456)
+
+
+def test_path_figure_breakpoints_in_a_strip_not_on_the_curves(sweep, table, monkeypatch):
+    """Breakpoints are drawn in a thin strip below the curves (a rug when few, a density strip
+    when many), never as markers on the curves: at 10^3+ per path those smear the curves."""
+    import io
+
+    from matplotlib.collections import LineCollection
+    from matplotlib.patches import StepPatch
+
+    from analysis import figures
+
+    row = table[table.checkpoint == "final"].sort_values("density").iloc[-1]
+    store, pid = sweep / row.store, int(row.path_id)
+    p = figures.path_profile(store, pid)
+    k = min(3, p["f"].shape[1])
+
+    def check(fig):
+        assert len(fig.axes) == 2
+        ax, strip = fig.axes
+        assert ax.get_shared_x_axes().joined(ax, strip)
+        # the curves: one network line and one interpolation line (broken between segments) per
+        # logit; no markers anywhere on the curve axes
+        assert len(ax.lines) == 2 * k
+        assert sum(len(line.get_xdata()) for line in ax.lines if line.get_marker() not in ("None", "", None)) == 0
+        assert not ax.patches
+        assert [len(c.get_segments()) for c in ax.collections] == [p["anchors"].size]  # the anchors only
+        fig.savefig(io.BytesIO(), format="png")
+        return strip
+
+    # few breakpoints: a rug, one short vertical line per breakpoint
+    strip = check(figures.path_figure(store, pid))
+    assert 0 < p["breaks"].size <= figures.RUG_MAX
+    rug = [c for c in strip.collections if isinstance(c, LineCollection) and len(c.get_segments()) == p["breaks"].size]
+    assert len(rug) == 1 and not strip.patches
+    np.testing.assert_allclose(np.sort([seg[0, 0] for seg in rug[0].get_segments()]), np.sort(p["breaks"]))
+
+    # many breakpoints (forced by lowering the threshold): a histogram of breakpoints per unit
+    # length, every anchor a bin edge, its area the breakpoint count
+    monkeypatch.setattr(figures, "RUG_MAX", 0)
+    strip = check(figures.path_figure(store, pid))
+    (step,) = [a for a in strip.patches if isinstance(a, StepPatch)]
+    values, edges, _ = step.get_data()
+    assert np.all(values >= 0) and np.all(np.diff(edges) > 0)
+    assert np.all(np.min(np.abs(p["anchors"][:, None] - edges[None, :]), axis=1) < 1e-9)
+    np.testing.assert_allclose((values * np.diff(edges)).sum(), p["breaks"].size)
+    assert [len(c.get_segments()) for c in strip.collections] == [p["anchors"].size]  # no rug
