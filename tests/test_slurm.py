@@ -2,6 +2,10 @@
 
 The fixture starts the cluster's daemons that are not running, recording their PIDs in its own
 state folder, and stops exactly those at the end. Marked slow: `make test` (CI) runs them.
+
+The fault tests at the end run the jobs' checkpoint path for real: a training job that reaches
+its time limit (SLURM's USR2 before the limit, submitit's checkpoint and requeue) and a discovery
+job preempted twice (USR2 first, then a plain ``scontrol requeue``, which kills it outright).
 """
 
 import os
@@ -111,3 +115,211 @@ def test_cancelled_discovery_resumes_to_an_equal_store(cluster, tmp_path):
     for name in ("density", "deviation", "path_id"):
         np.testing.assert_array_equal(a.segment_array(name), b.segment_array(name))
     np.testing.assert_array_equal(a.regions("t_start").compute(), b.regions("t_start").compute())
+
+
+# ---------- faults: time limits and preemptions, through submitit's checkpoint path ----------
+
+TERMINAL = {"COMPLETED", "FAILED", "TIMEOUT", "CANCELLED", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
+            "DEADLINE"}
+
+
+def _attempts(job_id):
+    """One ``(state, start, end)`` per run of the job, oldest first (``sacct --duplicates``)."""
+    out = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", str(job_id), "-o", "State,Start,End"],
+                         capture_output=True, text=True).stdout
+    return [(state.split()[0], start, end) for state, start, end in (line.split("|") for line in out.splitlines())]
+
+
+def _job_state(job_id):
+    out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%t"], capture_output=True, text=True).stdout
+    return out.strip()
+
+
+def _wait_finished(job, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        runs = _attempts(job.job_id)
+        if runs and runs[-1][0] in TERMINAL and not _job_state(job.job_id):
+            return runs
+        time.sleep(1)
+    subprocess.run(["scancel", str(job.job_id)])
+    raise AssertionError(f"job {job.job_id} did not finish in {timeout} s: {_attempts(job.job_id)}\n" + _log(job))
+
+
+def _log(job):
+    """The job's submitit log, every attempt appended (its warnings also go to stderr)."""
+    return job.paths.stdout.read_text() if job.paths.stdout.exists() else ""
+
+
+def _stamp(sacct_time):
+    from datetime import datetime
+
+    return datetime.fromisoformat(sacct_time).timestamp()  # sacct prints local time, as does fromtimestamp
+
+
+@pytest.fixture
+def cancel_at_end():
+    """Job ids to cancel when the test ends, whatever happened (a no-op for finished jobs)."""
+    ids = []
+    yield ids
+    if ids:
+        subprocess.run(["scancel", *map(str, ids)], capture_output=True)
+
+
+def _executor(folder, name, time_min, max_num_timeout=3, **params):
+    """An executor set up as :func:`jobs.submit.executor_for` sets it up, plus ``params``
+    (``max_num_timeout``, how many timeouts submitit requeues, is a constructor argument)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm", slurm_max_num_timeout=max_num_timeout)
+    ex.update_parameters(timeout_min=time_min, cpus_per_task=1, name=name, slurm_mem="1024M", **params)
+    return ex
+
+
+# 0.18-0.28 s an epoch here (idle to loaded): 55-85 s of training, more than a first attempt can do (below)
+LONG_TRAIN = {"recipe": "vanilla", "model": {"name": "vgg8", "widths": [4, 8]}, "data": {"name": "digits"},
+              "lr": 0.02, "batch_size": 16, "stop": "epochs", "max_epochs": 300, "step_epochs": 100,
+              "checkpoint_every": 1}
+
+
+def test_training_past_its_time_limit_resumes_to_the_same_weights(cluster, tmp_path, cancel_at_end):
+    """A 1-minute job asks SLURM for USR2 10 s before its limit; submitit calls ``TrainJob.checkpoint``
+    and requeues the job, which resumes from ``checkpoints/LAST``.
+
+    SLURM checks time limits every 30 s and signals at the first check that finds the limit less
+    than delay + 30 s away: 20-50 s into the first attempt. A requeued attempt starts ~12 s after
+    the check that ended the last one (the cluster's cred_expire=10), so its signal comes at the
+    check after next, ~48 s in. ~55-85 s of training thus cannot end in the first attempt and ends
+    in the second or third. (Longer delays are worse: with 20 s the requeued attempts lasted to the
+    next check, 16 s; with 40 s every attempt got its signal at its first check, 8 s in.)"""
+    import pandas as pd
+    import torch
+
+    from jobs.tasks import TrainJob
+    from pipeline.config import from_dict, to_dict
+    from pipeline.train import TrainConfig, train
+
+    cfg = from_dict(TrainConfig, LONG_TRAIN)
+    run_dir = tmp_path / "run"
+    max_timeouts = 8
+    ex = _executor(tmp_path / "logs", "fault-train", 1, slurm_signal_delay_s=10,
+                   max_num_timeout=max_timeouts)
+    job = ex.submit(TrainJob(str(run_dir), to_dict(cfg)))
+    cancel_at_end.append(job.job_id)
+    t0 = time.time()
+    reference = tmp_path / "reference"
+    # uninterrupted, in this process while the job runs; one torch thread here (conftest) as in the job
+    train(cfg, reference, device="cpu")
+    t_ref = time.time() - t0
+    runs = _wait_finished(job, timeout=900)
+    log = _log(job)
+    print(f"\ntraining job {job.job_id}: {len(runs)} attempts {runs}; reference {t_ref:.0f} s, "
+          f"job {time.time() - t0:.0f} s")
+    states = [r[0] for r in runs]
+    assert states[-1] == "COMPLETED" and set(states[:-1]) == {"REQUEUED"} and len(runs) >= 2, (runs, log)
+    assert len(runs) <= max_timeouts + 1
+    assert job.result() == str(run_dir)
+    # every attempt but the last caught SLURM's USR2 (a timeout for submitit: the limit is < 10 min) and requeued
+    assert log.count("Starting with JobEnvironment") == len(runs), log
+    assert log.count("Caught signal SIGUSR2") == len(runs) - 1, log
+    assert log.count("this job is timed-out") == len(runs) - 1 and log.count("Requeued job") == len(runs) - 1, log
+    # resumed, not restarted: epoch 1 was written in the first attempt and never again
+    ckpts = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))
+    assert len(ckpts) == cfg.max_epochs - 1  # the last epoch is final.pt
+    mtimes = [p.stat().st_mtime for p in ckpts]
+    assert mtimes == sorted(mtimes)
+    assert mtimes[0] < _stamp(runs[1][1]) <= (run_dir / "checkpoints" / "final.pt").stat().st_mtime
+    assert not list(run_dir.rglob("*.tmp-*"))  # the interrupted writes cleaned up after themselves
+    # the same weights, bit for bit, and one metrics row per epoch, as the uninterrupted run
+    a = torch.load(run_dir / "checkpoints" / "final.pt", weights_only=False)
+    b = torch.load(reference / "checkpoints" / "final.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == cfg.max_epochs and a["finished"]
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    m = pd.read_csv(run_dir / "metrics.csv")
+    assert m.epoch.tolist() == list(range(1, cfg.max_epochs + 1))
+    pd.testing.assert_frame_equal(m, pd.read_csv(reference / "metrics.csv"), check_exact=True)
+
+
+FAULT_DISCOVER = {"paths": {"kind": "circle", "n_paths": 80, "anchors": 8, "seed": 1}, "batch_size": 16,
+                  "chunk_segments": 8, "n_shards": 1}
+
+
+def _writing(job_id, store, seen, timeout=300):
+    """Wait until the job runs and has written regions into a shard temporary not in ``seen``."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _job_state(job_id) == "R":
+            new = [p.name for p in store.glob("shard-00000.tmp-*")
+                   if p.name not in seen and list(p.glob("regions/t_start/c/*"))]
+            if new:
+                return new[0]
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never started writing a new shard temporary in {store}: {_attempts(job_id)}")
+
+
+def _stopped(job_id, timeout=120):
+    """Wait until the job's current run has ended (requeued: pending again, or gone)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if _job_state(job_id) in ("PD", ""):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still running {timeout} s after its preemption: {_attempts(job_id)}")
+
+
+def test_preempted_discovery_resumes_to_an_equal_store(cluster, tmp_path, cancel_at_end):
+    """Preempted twice mid-shard: ``scancel --signal=USR2`` (what submitit takes for a preemption:
+    checkpoint, requeue, the shard's temporary removed on the way out), then ``scontrol requeue``
+    (SLURM requeues it itself; SIGTERM, which submitit ignores, then SIGKILL: no checkpoint, the
+    temporary stays). The third run writes the shard; the store equals an uninterrupted one."""
+    import threading
+
+    import zarr
+
+    from jobs.tasks import DiscoverJob
+    from pipeline.config import from_dict, to_dict
+    from pipeline.discover import DiscoverConfig, store_path
+    from pipeline.store import shard_status
+    from pipeline.train import TrainConfig, train
+
+    run_dir = tmp_path / "run"
+    train(from_dict(TrainConfig, {**LONG_TRAIN, "max_epochs": 1, "batch_size": 64}), run_dir, device="cpu")
+    dcfg = from_dict(DiscoverConfig, FAULT_DISCOVER)
+    store = store_path(run_dir, dcfg)
+    job = _executor(tmp_path / "logs", "fault-discover", 10).submit(DiscoverJob(str(run_dir), to_dict(dcfg), 0))
+    cancel_at_end.append(job.job_id)
+    clean = tmp_path / "clean.zarr"  # the uninterrupted discovery, beside the job
+    ref = threading.Thread(target=discover_run, args=(run_dir, dcfg), kwargs={"progress": False, "store": clean},
+                           daemon=True)
+    ref.start()
+
+    first = _writing(job.job_id, store, set())
+    subprocess.run(["scancel", "--signal=USR2", str(job.job_id)], check=True)
+    _stopped(job.job_id)
+    assert not (store / first).exists()  # submitit's exit ran the writer's abort
+    second = _writing(job.job_id, store, {first})
+    subprocess.run(["scontrol", "requeue", str(job.job_id)], check=True)
+    _stopped(job.job_id)
+    assert (store / second).exists()  # killed: nothing cleaned up
+    runs = _wait_finished(job, timeout=600)
+    ref.join()
+    log = _log(job)
+    print(f"\ndiscovery job {job.job_id}: {runs}")
+    assert [r[0] for r in runs] == ["REQUEUED", "REQUEUED", "COMPLETED"], (runs, log)
+    assert job.result() == {"run": str(run_dir), "shard": 0, "complete": True}
+    assert log.count("Starting with JobEnvironment") == 3, log
+    assert log.count("Caught signal SIGUSR2") == 1 and log.count("Requeued job") == 1, log
+    assert "Bypassing signal SIGTERM" in log
+    st = shard_status(store)
+    assert st["complete"] == [0] and not st["missing"] and not st["incomplete"], st
+    assert st["leftovers"] == [second], st  # the killed run's, listed (and ignored by readers)
+    # every array of the store equals the uninterrupted discovery's
+    a, b = open_store(store), open_store(clean)
+    for group in ("segments", "regions"):
+        names = sorted(zarr.open_group(str(store / "shard-00000" / group), mode="r").array_keys())
+        assert names and names == sorted(zarr.open_group(str(clean / "shard-00000" / group), mode="r").array_keys())
+        for name in names:
+            x, y = (r.segment_array(name) if group == "segments" else r.regions(name).compute() for r in (a, b))
+            np.testing.assert_array_equal(x, y, err_msg=f"{group}/{name}")

@@ -77,6 +77,9 @@ SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# cred_expire (default 120 s) is also how long a requeued job waits before it may start again:
+# 10 s keeps the requeue tests (timeouts, preemptions) short; a launch on this one node takes well under 1 s
+AuthInfo=cred_expire=10
 CredType=cred/munge
 SlurmctldPort=6817
 SlurmdPort=6818
@@ -98,9 +101,10 @@ SwitchType=switch/none
 MpiDefault=none
 MailProg=/bin/true
 ReturnToService=2
-# fast turnaround for CI
+# fast turnaround for CI (sched_interval: the main scheduler's period, default 60 s, is what starts a
+# requeued job once its wait is over: no event wakes the backfill scheduler then)
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,bf_interval=1,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,bf_interval=1,sched_min_interval=0,sched_interval=2
 KillWait=2
 MinJobAge=300
 SelectType=select/cons_tres
