@@ -67,10 +67,10 @@ class PlaneResult:
     """Linear regions on ``P`` planes, as numpy arrays (CSR over regions and over vertices).
 
     Per plane: ``plane_index (P,)`` (position in the caller's input), ``n_regions (P,)``,
-    ``region_offset (P+1,)``, ``input_area (P,)`` ``|d1 ^ d2|`` (the input-space area of the
+    ``plane_offset (P+1,)``, ``input_area (P,)`` ``|d1 ^ d2|`` (the input-space area of the
     unit square in ``(u, v)``), ``density (P,)`` regions per unit ``(u, v)`` area,
     ``density_input (P,)`` per unit input-space area, ``f_corners (P, C, K)`` the network at
-    the domain's corners (``C`` = 3 or 4), ``deviation (P, K)`` the 2-D absolute deviation
+    ``x0, x1, x2`` (and ``x1 + x2 - x0`` for the parallelogram: ``C`` = 3 or 4), ``deviation (P, K)`` the 2-D absolute deviation
     (``∫ |f - g|`` over the domain in ``(u, v)`` units, ``g`` the affine map through
     ``f(x0), f(x1), f(x2)``), ``continuity_gap (P,)`` the largest ``region_gap``,
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
@@ -84,7 +84,7 @@ class PlaneResult:
 
     plane_index: np.ndarray
     n_regions: np.ndarray
-    region_offset: np.ndarray
+    plane_offset: np.ndarray
     input_area: np.ndarray
     density: np.ndarray
     density_input: np.ndarray
@@ -122,7 +122,7 @@ class PlaneResult:
 
     def region_slice(self, i: int) -> slice:
         """The region rows of plane ``i`` (position in this result)."""
-        return slice(int(self.region_offset[i]), int(self.region_offset[i + 1]))
+        return slice(int(self.plane_offset[i]), int(self.plane_offset[i + 1]))
 
     def locate(self, i: int, uv) -> np.ndarray:
         """For points ``uv (N, 2)`` of plane ``i``, the (global) region row holding each, and
@@ -162,7 +162,7 @@ class PlaneResult:
         kw = {}
         for f in fields(PlaneResult):
             vals = [getattr(p, f.name) for p in parts]
-            if f.name in ("region_offset", "vertex_offset"):
+            if f.name in ("plane_offset", "vertex_offset"):
                 ends = np.cumsum([0] + [v[-1] for v in vals[:-1]])
                 kw[f.name] = np.concatenate([vals[0][:1]] + [v[1:] + s for v, s in zip(vals, ends)])
             elif f.name == "domain":
@@ -249,8 +249,8 @@ class _PlaneMode(_SubdivideMode):
             return pwl.call_blocked(func, args, kwargs, self.row_block)
         z = call.input
         self._check_exposed(func, z)
-        z = self._cut(call, z)
-        self._record(call, z)
+        z, tol = self._cut(call, z)
+        self._record(call, z, tol)
         return self._apply(func, call, z, args, kwargs)
 
     # ------------------------------------------------------------------ unit features
@@ -296,7 +296,7 @@ class _PlaneMode(_SubdivideMode):
             n_done += self._clip(tile, vd, piece, cnt, need, s, stol, extra)
             if tile.size() > self.max_vertices and tile.count.numel() >= 2:
                 raise SplitRequest
-        return extra["z"]
+        return extra["z"], tol
 
     def _unit_lines(self, lev, piece, pa, tol):
         """ReLU / clamp: which pieces need a cut, and one offending unit's values at each vertex."""
@@ -449,8 +449,12 @@ class _PlaneMode(_SubdivideMode):
                                      for _ in range(2))
         return self.tables[key]
 
-    def _record(self, call, z):
-        """Fold each piece's state at its vertex mean (interior) into its pattern hashes."""
+    def _record(self, call, z, tol):
+        """Fold each piece's state at its vertex mean (interior) into its pattern hashes.
+
+        A state within ``tol`` of a kink is read canonically (a unit that is ~0 on the whole
+        piece, e.g. a ReLU output pooled with others: off; tied window candidates: the first),
+        so that rounding noise does not split one pattern in two."""
         tile = self.chain
         p = tile.count.numel()
         piece = torch.repeat_interleave(torch.arange(p), tile.count)
@@ -458,14 +462,18 @@ class _PlaneMode(_SubdivideMode):
         if call.kind == "maxpool":
             win = self._windows(call, z).double()
             mean = _segment(torch.where(torch.isfinite(win), win, -1e300), piece, p, "sum") / n.view(-1, 1, 1)
-            state, states = mean.argmax(2), win.shape[2]
+            near = mean >= mean.amax(2, keepdim=True) - tol.view(1, -1, 1)
+            state, states = near.to(torch.uint8).argmax(2), win.shape[2]  # the first of the (near) maxima
         else:
             flat = z.reshape(z.shape[0], -1).double()
             mean = _segment(flat, piece, p, "sum") / n.view(-1, 1)
             if call.kind == "relu":
-                state, states = (mean > 0).long(), 2
+                state, states = (mean > tol).long(), 2
             else:
-                state, states = (mean > call.lo).long() + (mean > call.hi).long(), 3
+                u = flat.shape[1]
+                lo = call.lo + (tol[:u] if math.isfinite(call.lo) else 0.0)
+                hi = call.hi + (tol[-u:] if math.isfinite(call.hi) else 0.0)
+                state, states = (mean > lo).long() + (mean > hi).long(), 3
         units = state.shape[1]
         idx = torch.arange(units).view(1, -1) * states + state
         t1, t2 = self._table(units, states)
@@ -583,7 +591,10 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                               t.h2.clone()))
 
             with torch.no_grad():
+                # the corners x0, x1, x2 (and x1 + x2 - x0 for the parallelogram)
                 f_corners = forward_blocked(prepared.work, x, row_block).double().reshape(n, c, -1)
+                if c == 4:
+                    f_corners = f_corners[:, [0, 1, 3, 2]]
                 _run(plan, mode, tile, max_vertices, emit)
             cat = lambda k: torch.cat([p[k] for p in parts]).numpy()
             yield _assemble(prepared, domain, np.arange(lo, hi), x0[lo:hi], d1[lo:hi], d2[lo:hi], input_area[lo:hi],
@@ -803,7 +814,7 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
     np.maximum.at(cgap, rplane, gap)
     dev = plane_deviation(area, rplane, voff, uv, intercept, grad, f_corners, n_planes)
     return PlaneResult(
-        plane_index=np.asarray(plane_index, dtype=np.int64), n_regions=n_regions, region_offset=roff,
+        plane_index=np.asarray(plane_index, dtype=np.int64), n_regions=n_regions, plane_offset=roff,
         input_area=np.asarray(input_area, dtype=np.float64), density=n_regions / dom_area,
         density_input=n_regions / (dom_area * np.asarray(input_area)), f_corners=f_corners, deviation=dev,
         continuity_gap=cgap, hull_gap=hull_gap, n_pieces=np.bincount(pplane, minlength=n_planes),
