@@ -271,32 +271,72 @@ class _PlaneMode(_SubdivideMode):
     # ------------------------------------------------------------------ cutting
 
     def _cut(self, call, z):
+        """Cut the tile's pieces until no unit of this op changes state inside any of them.
+
+        During the rounds the distinct batched tensors live in ``vals`` (one slot per tensor,
+        aliases kept together); pieces that need no further cut are set aside once and joined
+        back at the end, so each round only touches the pieces still being cut."""
         tile = self.chain
-        extra = {"z": z}
+        v = tile.size()
+        slots, vals, z_slot = {}, [], None
+        for node, val in tile.env.items():
+            if not self.plan.batched[node]:
+                continue
+            if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
+                raise ValueError(
+                    f"discover_plane: graph node '{node.name}' holds a value derived from the batch "
+                    f"({type(val).__name__}) that is still used after a piecewise-linear op, and cannot "
+                    "be interpolated at new vertices (e.g. a size read before a ReLU).")
+            if id(val) not in slots:
+                slots[id(val)] = len(vals)
+                vals.append(val)
+        if id(z) not in slots:
+            slots[id(z)] = len(vals)
+            vals.append(z)
+        z_slot = slots[id(z)]
+        node_slot = {node: slots[id(val)] for node, val in tile.env.items() if self.plan.batched[node]}
         if call.kind == "maxpool":
             win = self._windows(call, z)
             scale = torch.where(torch.isfinite(win), win.abs(), 0.0).amax(dim=(0, 2))  # (W,)
         else:
             scale = self._levels(call, z).abs().amax(0)  # (U,)
         tol = (self.rel_tol * scale).clamp_min(1e-300).double()
-        n_done = 0
-        while n_done < tile.count.numel():
-            z = extra["z"]
-            off = _offsets(tile.count)
-            vd = int(off[n_done])
-            cnt = tile.count[n_done:]
+        act = [tile.plane, tile.count, tile.uv, tile.h1, tile.h2, vals]
+        done = []
+        n_done_rows = 0
+        while act[1].numel():
+            cnt = act[1]
             pa = cnt.numel()
             piece = torch.repeat_interleave(torch.arange(pa), cnt)
+            za = act[5][z_slot]
             if call.kind == "maxpool":
-                need, s, stol = self._pool_lines(self._windows(call, z[vd:]), piece, pa, cnt, tol)
+                need, sv, stol = self._pool_lines(self._windows(call, za), piece, pa, cnt, tol)
             else:
-                need, s, stol = self._unit_lines(self._levels(call, z[vd:]), piece, pa, tol)
+                need, sv, stol = self._unit_lines(self._levels(call, za), piece, pa, tol)
             if not bool(need.any()):
                 break
-            n_done += self._clip(tile, vd, piece, cnt, need, s, stol, extra)
-            if tile.size() > self.max_vertices and tile.count.numel() >= 2:
+            kept, act = self._clip(act, piece, cnt, need, sv, stol)
+            if kept is not None:
+                done.append(kept)
+                n_done_rows += kept[2].shape[0]
+            if n_done_rows + act[2].shape[0] > self.max_vertices and len(done) + act[1].numel() >= 2:
+                self._join(tile, done, act, node_slot)
                 raise SplitRequest
-        return extra["z"], tol
+        return self._join(tile, done, act, node_slot)[z_slot], tol
+
+    @staticmethod
+    def _join(tile, done, act, node_slot):
+        """Write the set-aside pieces and the last active ones back into the tile."""
+        parts = done + [act]
+        if len(parts) == 1:
+            vals = act[5]
+        else:
+            vals = [torch.cat([p[5][k] for p in parts]) for k in range(len(act[5]))]
+        cat = lambda j: torch.cat([p[j] for p in parts]) if len(parts) > 1 else act[j]
+        tile.plane, tile.count, tile.uv, tile.h1, tile.h2 = cat(0), cat(1), cat(2), cat(3), cat(4)
+        for node, k in node_slot.items():
+            tile.env[node] = vals[k]
+        return vals
 
     def _unit_lines(self, lev, piece, pa, tol):
         """ReLU / clamp: which pieces need a cut, and one offending unit's values at each vertex."""
@@ -304,9 +344,9 @@ class _PlaneMode(_SubdivideMode):
         mx, mn = _segment(lev, piece, pa, "amax"), _segment(lev, piece, pa, "amin")
         needu = (mx > tol) & (mn < -tol)
         need = needu.any(1)
-        r = torch.rand(needu.shape, generator=self.gen, dtype=torch.float32)
-        r.masked_fill_(~needu, -1.0)
-        unit = r.argmax(1)  # (Pa,)
+        # the offending unit of highest priority, priorities drawn at random every round
+        prio = torch.randperm(needu.shape[1], generator=self.gen, dtype=torch.int32) + 1
+        unit = torch.where(needu, prio, 0).argmax(1)  # (Pa,)
         s = lev.gather(1, unit[piece].view(-1, 1)).flatten()
         return need, s, tol[unit]
 
@@ -360,11 +400,11 @@ class _PlaneMode(_SubdivideMode):
         s = torch.where(need[piece], s, 0.0)
         return need, s, stol
 
-    def _clip(self, tile, vd, piece, cnt, need, s, stol, extra) -> int:
-        """Cut every piece with ``need`` by the line ``s = 0`` (Sutherland-Hodgman); the tail of
-        the tile (pieces ``n_done..``, rows ``vd..``) becomes [uncut pieces][s >= 0 halves]
-        [s <= 0 halves]. Returns the number of uncut pieces (now done with this op)."""
-        n_done = tile.count.numel() - cnt.numel()
+    def _clip(self, act, piece, cnt, need, s, stol):
+        """Cut every piece with ``need`` by the line ``s = 0`` (Sutherland-Hodgman). Returns the
+        uncut pieces (done with this op; None if there are none) and the active set: the
+        ``s >= 0`` halves, then the ``s <= 0`` halves, in piece order, without slivers."""
+        plane, _, uv, h1, h2, vals = act
         va = int(cnt.sum())
         off = _offsets(cnt)
         nxt = torch.arange(va) + 1
@@ -374,69 +414,38 @@ class _PlaneMode(_SubdivideMode):
         rows_need = need[piece]
         cross = (side * side[nxt]) < 0
         w = torch.where(cross, s / torch.where(cross, s - s[nxt], 1.0), 0.0)
-        keep_rows = (~rows_need).nonzero().flatten()
+        kept = None
+        if not bool(need.all()):
+            keep_rows = (~rows_need).nonzero().flatten()
+            keep_p = (~need).nonzero().flatten()
+            kept = [plane[keep_p], cnt[keep_p], uv[keep_rows], h1[keep_p], h2[keep_p], [v[keep_rows] for v in vals]]
         cut_rows = rows_need.nonzero().flatten()
-        streams_a, streams_b, streams_w, counts, parents = [keep_rows], [keep_rows], [torch.zeros(keep_rows.numel(), dtype=torch.float64)], [cnt[~need]], [(~need).nonzero().flatten()]
         cut_pieces = need.nonzero().flatten()
+        streams_a, streams_b, streams_w, counts = [], [], [], []
         for sign in (1, -1):
             on_side = (side[cut_rows] * sign) >= 0
             cr = cross[cut_rows]
             mask = torch.stack([on_side, cr], 1).flatten()
-            a = torch.stack([cut_rows, cut_rows], 1).flatten()[mask]
-            b = torch.stack([cut_rows, nxt[cut_rows]], 1).flatten()[mask]
-            ww = torch.stack([torch.zeros_like(w[cut_rows]), w[cut_rows]], 1).flatten()[mask]
-            pc = torch.bincount(piece[a], minlength=cnt.numel())[cut_pieces]
-            streams_a.append(a)
-            streams_b.append(b)
-            streams_w.append(ww)
-            counts.append(pc)
-            parents.append(cut_pieces)
+            streams_a.append(torch.stack([cut_rows, cut_rows], 1).flatten()[mask])
+            streams_b.append(torch.stack([cut_rows, nxt[cut_rows]], 1).flatten()[mask])
+            streams_w.append(torch.stack([torch.zeros_like(w[cut_rows]), w[cut_rows]], 1).flatten()[mask])
+            counts.append(torch.bincount(piece[streams_a[-1]], minlength=cnt.numel())[cut_pieces])
         a, b, w = torch.cat(streams_a), torch.cat(streams_b), torch.cat(streams_w)
-        count, parent = torch.cat(counts), torch.cat(parents)
-        uv_tail = tile.uv[vd:]
-        uv_new = torch.lerp(uv_tail[a], uv_tail[b], w.view(-1, 1))
+        count, parent = torch.cat(counts), torch.cat([cut_pieces, cut_pieces])
+        uv_new = torch.lerp(uv[a], uv[b], w.view(-1, 1))
         area, _, _ = _shoelace(uv_new, count)
-        n_keep = int((~need).sum())
         ok = area >= self.min_area
-        ok[:n_keep] = True  # uncut pieces are kept as they were
         if not bool(ok.all()):
             gone = (~ok).nonzero().flatten()
-            pl = tile.plane[n_done + parent[gone]].numpy()
+            pl = plane[parent[gone]].numpy()
             np.add.at(self.dropped_pieces, pl, 1)
             np.add.at(self.dropped_area, pl, area[gone].clamp_min(0).numpy())
             vok = torch.repeat_interleave(ok, count)
             a, b, w, uv_new = a[vok], b[vok], w[vok], uv_new[vok]
             count, parent = count[ok], parent[ok]
-        done = {}
+        new_vals = [torch.lerp(v[a], v[b], w.to(v.dtype).view(-1, *([1] * (v.ndim - 1)))) for v in vals]
+        return kept, [plane[parent], count, uv_new, h1[parent], h2[parent], new_vals]
 
-        def regrow(val):
-            key = id(val)
-            if key not in done:
-                tail = val[vd:]
-                ww = w.to(val.dtype).view(-1, *([1] * (val.ndim - 1)))
-                done[key] = torch.cat([val[:vd], torch.lerp(tail[a], tail[b], ww)])
-            return done[key]
-
-        v = tile.size()
-        for node, val in tile.env.items():
-            if not self.plan.batched[node]:
-                continue
-            if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
-                raise ValueError(
-                    f"discover_plane: graph node '{node.name}' holds a value derived from the batch "
-                    f"({type(val).__name__}) that is still used after a piecewise-linear op, and cannot "
-                    "be interpolated at new vertices (e.g. a size read before a ReLU).")
-            tile.env[node] = regrow(val)
-        for key, val in list(extra.items()):
-            extra[key] = regrow(val)
-        tile.uv = torch.cat([tile.uv[:vd], uv_new])
-        head = slice(0, n_done)
-        src = n_done + parent
-        tile.plane = torch.cat([tile.plane[head], tile.plane[src]])
-        tile.h1 = torch.cat([tile.h1[head], tile.h1[src]])
-        tile.h2 = torch.cat([tile.h2[head], tile.h2[src]])
-        tile.count = torch.cat([tile.count[head], count])
-        return n_keep
 
     # ------------------------------------------------------------------ patterns
 
@@ -779,21 +788,22 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
     npieces = np.bincount(rid, minlength=n_reg)
     first_piece = np.empty(n_reg, dtype=np.int64)
     first_piece[rid[order][::-1]] = order[::-1]
-    polys, hull_gap = [], np.zeros(n_planes)
-    for r in range(n_reg):
-        if npieces[r] == 1:
-            p = first_piece[r]
-            polys.append(puv[poff[p]:poff[p + 1]])
-        else:
-            pts = puv[vorder[starts[r]:starts[r] + nv[r]]]
-            hull = convex_hull(pts)
-            polys.append(hull)
-            ha, _, _, _ = _polygon_stats(hull, np.array([hull.shape[0]]))
-            hull_gap[rplane[r]] = max(hull_gap[rplane[r]], abs(float(ha[0]) - area[r]))
-    counts = np.array([p.shape[0] for p in polys], dtype=np.int64)
+    hull_gap = np.zeros(n_planes)
+    counts = np.diff(poff)[first_piece]
+    hulls = {}
+    for r in np.flatnonzero(npieces > 1):
+        hull = convex_hull(puv[vorder[starts[r]:starts[r] + nv[r]]])
+        hulls[r] = hull
+        counts[r] = hull.shape[0]
+        ha, _, _, _ = _polygon_stats(hull, np.array([hull.shape[0]]))
+        hull_gap[rplane[r]] = max(hull_gap[rplane[r]], abs(float(ha[0]) - area[r]))
     voff = np.zeros(n_reg + 1, dtype=np.int64)
     np.cumsum(counts, out=voff[1:])
-    uv = np.concatenate(polys) if polys else np.zeros((0, 2))
+    # one-piece regions copy their piece's vertex list
+    src = np.repeat(poff[first_piece], counts) + np.arange(voff[-1]) - np.repeat(voff[:-1], counts)
+    uv = puv[np.minimum(src, max(puv.shape[0] - 1, 0))] if voff[-1] else np.zeros((0, 2))
+    for r, hull in hulls.items():
+        uv[voff[r]:voff[r + 1]] = hull
     if certify and n_reg:
         dt = prepared.dtype
         cu = torch.from_numpy(cen[:, 0]).to(dt).view(-1, *([1] * (x0.ndim - 1)))
@@ -804,7 +814,7 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
             for r0 in range(0, n_reg, CERTIFY_ROWS):
                 sl = slice(r0, r0 + CERTIFY_ROWS)
                 xs = x0[idx[sl]] + cu[sl] * d1[idx[sl]] + cv[sl] * d2[idx[sl]]
-                fc[sl] = forward_blocked(prepared.work, xs, row_block).double().reshape(xs.shape[0], -1).numpy()
+                fc[sl] = forward_blocked(prepared.work, xs, max(row_block, 256)).double().reshape(xs.shape[0], -1).numpy()
         pred = intercept + cen[:, :1] * g0 + cen[:, 1:] * g1
         gap = np.maximum(gap, np.abs(pred - fc).max(1))
     roff = np.zeros(n_planes + 1, dtype=np.int64)
