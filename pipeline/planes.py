@@ -23,9 +23,10 @@ recognition and graph runner):
   live tensor along the crossed edge (exact: it is affine there). Vertices with ``|s| <= tol``
   lie on the line (``tol`` = ``rel_tol`` x the unit's largest ``|z|`` over the tile), and
   pieces below ``min_area`` x the domain's area are dropped (counted in ``dropped_*``).
-  Rounds repeat until no piece needs a cut; then the op runs at the vertices and the
-  state of every unit at each piece's vertex mean (an interior point) is folded into two
-  64-bit hashes of the piece's activation pattern.
+  Rounds repeat until no piece needs a cut; then the state of every unit at each piece's
+  vertex mean (an interior point) is folded into two 64-bit hashes of the piece's activation
+  pattern, and the op is applied at the vertices with that state (so vertex values follow the
+  piece's affine map exactly, and a unit off on a piece is exactly zero there).
 * Memory: when a tile's vertices pass ``max_vertices`` (during the cut rounds or after an op)
   its pieces are split into groups that continue depth-first (mid-op, the op is run again on
   each group: cutting is stateless).
@@ -250,8 +251,27 @@ class _PlaneMode(_SubdivideMode):
         z = call.input
         self._check_exposed(func, z)
         z, tol = self._cut(call, z)
-        self._record(call, z, tol)
-        return self._apply(func, call, z, args, kwargs)
+        state, piece = self._record(call, z, tol)
+        return self._apply_state(call, z, state, piece)
+
+    @staticmethod
+    def _apply_state(call, z, state, piece):
+        """The op at every vertex *with its piece's state* (not each vertex's own): vertex
+        values then follow the piece's affine map exactly, a unit off on a piece is exactly 0
+        there (no rounding noise for later ties to read), a window yields its piece's argmax."""
+        if call.kind == "maxpool":
+            win, shape = pwl.pool_windows(z, call.pool)  # (V, C, kk, L)
+            idx = state[piece].view(win.shape[0], win.shape[1], 1, win.shape[3])
+            return win.gather(2, idx).reshape(shape)
+        st = state[piece].view(z.shape)
+        if call.kind == "relu":
+            on = st.bool()
+            out = torch.where(on, z, 0.0) if call.negative_slope == 0.0 else torch.where(on, z, call.negative_slope * z)
+        else:
+            out = torch.where(st == 0, call.lo, torch.where(st == 2, call.hi, z))
+        if call.inplace:
+            return z.copy_(out)
+        return out
 
     # ------------------------------------------------------------------ unit features
 
@@ -488,6 +508,7 @@ class _PlaneMode(_SubdivideMode):
         t1, t2 = self._table(units, states)
         tile.h1 = tile.h1 * _MIX1 + t1[idx].sum(1)
         tile.h2 = tile.h2 * _MIX2 + t2[idx].sum(1)
+        return state, piece
 
 
 # --------------------------------------------------------------------------- entry points

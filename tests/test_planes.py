@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.planes import discover_plane
 from pipeline.pwl import UnsupportedOpError
 from pipeline.regions import discover
-from tests.nets import MLP, MaxCNN, ResLeaky, patterns
+from tests.nets import MLP, FunctionalMix, MaxCNN, ResLeaky, patterns
 
 # (name, model, input shape, corner scale): region counts of a few hundred to a few thousand
 CASES = {
@@ -225,6 +225,24 @@ def test_domains_batches_and_chunking_agree():
         assert one.n_regions[0] == ref.n_regions[i]
     np.testing.assert_allclose(small.deviation, ref.deviation, rtol=1e-9, atol=1e-15)
     assert ref.plane_offset[-1] == ref.total_regions
+
+
+@pytest.mark.parametrize("name", ["res_leaky", "functional"])
+def test_small_tiles_change_nothing(name):
+    """Tiles split during the cut rounds and between ops (in-place ReLUs, residual adds,
+    1-D max-pool): the same regions as one big tile."""
+    if name == "functional":
+        torch.manual_seed(0)
+        net = FunctionalMix().eval().double()
+        g = torch.Generator().manual_seed(2)
+        xs = tuple(torch.randn((1, 3), generator=g, dtype=torch.float64) * 4 for _ in range(3))
+    else:
+        net, _, xs = _net(name)
+    ref = discover_plane(net, *xs, max_vertices=100_000)
+    small = discover_plane(net, *xs, max_vertices=16)
+    assert ref.n_regions[0] == small.n_regions[0] > 30
+    np.testing.assert_allclose(np.sort(ref.area), np.sort(small.area), atol=1e-12)
+    assert small.continuity_gap[0] < 1e-9
 
 
 @pytest.mark.parametrize("domain", ["triangle", "parallelogram"])
