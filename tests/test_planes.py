@@ -170,9 +170,15 @@ def test_lines_match_the_1d_engine(case):
         a, b = _triangle_points(2, rng, margin=0.02)
         ours = _line_breakpoints(res, a, b)
         ends = _x(xs, np.stack([a, b]))
-        ref = discover(net, ends[:1], ends[1:], method="subdivide").breakpoints(0)
-        assert ours.size == ref.size, (name, ours.size, ref.size)
-        np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-7)
+        one = discover(net, ends[:1], ends[1:], method="subdivide")
+        ref = one.breakpoints(0)
+        # every polygon edge the line crosses is a 1-D breakpoint, within 1e-7 in t
+        assert (np.abs(ours[:, None] - ref[None]).min(1) <= 1e-7).all(), name
+        # and every 1-D breakpoint is an edge, except (seen on max-pool ties, 1 line in ~100)
+        # a 1-D vertex where the map does not change: slopes equal on both sides
+        unmatched = np.flatnonzero(np.abs(ref[:, None] - ours[None]).min(1) > 1e-7)
+        jump = np.abs(one.slope[unmatched] - one.slope[unmatched - 1]).max(1) if unmatched.size else np.zeros(0)
+        assert (jump < 1e-9 * np.abs(one.slope).max()).all(), (name, ref[unmatched], jump)
 
 
 def test_grid_patterns_are_regions(case):
