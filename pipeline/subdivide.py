@@ -38,7 +38,7 @@ from .fastops import PairAvgPool2d
 from .certificate import certify_regions
 from .result import RegionResult, assemble
 
-__all__ = ["subdivide", "trace", "Plan"]
+__all__ = ["subdivide", "trace", "Plan", "SplitRequest"]
 
 
 class Plan:
@@ -104,6 +104,9 @@ class _Chain:
 
     def __init__(self, seg, t, env, pos):
         self.seg, self.t, self.env, self.pos = seg, t, env, pos
+
+    def size(self) -> int:
+        return self.t.numel()
 
     def split(self, plan: Plan, size: int) -> list["_Chain"]:
         v = self.t.numel()
@@ -188,11 +191,7 @@ class _SubdivideMode(TorchFunctionMode):
             return pwl.call_blocked(func, args, kwargs, self.row_block)
         z = call.input
         chain = self.chain
-        if id(z) not in self.args_ids:
-            raise ValueError(
-                f"subdivide: {getattr(func, '__name__', func)} is applied inside a module that "
-                "torch.fx keeps as a leaf, to a tensor the graph does not expose. Use method='walk'."
-            )
+        self._check_exposed(func, z)
         v = chain.t.numel()
         same = chain.seg[1:] == chain.seg[:-1]
         if call.kind == "relu":
@@ -207,6 +206,18 @@ class _SubdivideMode(TorchFunctionMode):
             extra = {"z": z}
             _insert(chain, self.plan, piece, tau, extra, self.tol)
             z = extra["z"]
+        return self._apply(func, call, z, args, kwargs)
+
+    def _check_exposed(self, func, z: torch.Tensor):
+        if id(z) not in self.args_ids:
+            raise ValueError(
+                f"subdivide: {getattr(func, '__name__', func)} is applied inside a module that "
+                "torch.fx keeps as a leaf, to a tensor the graph does not expose. Use method='walk'."
+            )
+
+    def _apply(self, func, call, z, args, kwargs):
+        """Run the piecewise-linear op on ``z`` (its kinks are vertices now), in place when
+        nothing reads ``z`` afterwards."""
         if call.kind != "maxpool" and not call.inplace and self.may_overwrite and self._unshared(z):
             # nothing reads z after this op: rectify it in place (no new tensor of the chain's size)
             if call.kind == "clamp":
@@ -247,8 +258,16 @@ def _bare_relu_input(plan: Plan, node: fx.Node):
     return first if isinstance(first, fx.Node) else None
 
 
-def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emit):
-    """Interpret the graph on ``chain`` depth-first; ``emit(seg, t, out)`` receives vertices in order."""
+class SplitRequest(Exception):
+    """Raised by a mode while it runs a node: the chain grew past its budget; split it and run
+    the same node again on each part (the planes engine's cuts are stateless, see planes.py)."""
+
+
+def _run(plan: Plan, mode: _SubdivideMode, chain, max_vertices: int, emit):
+    """Interpret the graph on ``chain`` depth-first; ``emit(chain, out)`` receives its output.
+
+    ``chain`` is a :class:`_Chain` or anything with ``env``, ``pos``, ``size()`` and
+    ``split(plan, max_vertices)`` (the planes engine's tiles)."""
     stack = [chain]
     while stack:
         ch = stack.pop()
@@ -259,7 +278,7 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
                 out = map_arg(node.args[0], lambda n: env[n])
                 if not isinstance(out, torch.Tensor):
                     raise ValueError("subdivide: the model must return a single tensor")
-                emit(ch.seg, ch.t, out.reshape(out.shape[0], -1))
+                emit(ch, out.reshape(out.shape[0], -1))
                 break
             if node.op == "placeholder":
                 if node is not plan.input:
@@ -278,14 +297,19 @@ def _run(plan: Plan, mode: _SubdivideMode, chain: _Chain, max_vertices: int, emi
             mode.index = i
             src = plan.relu_input[node]
             mode.may_overwrite = src is not None and plan.batched[src] and plan.last_use[src] == i
-            v_before = ch.t.numel()
-            with mode:
-                val = plan.call(node, args, kwargs)
+            v_before = ch.size()
+            try:
+                with mode:
+                    val = plan.call(node, args, kwargs)
+            except SplitRequest:
+                ch.pos = i  # run this node again on each part
+                stack.extend(reversed(ch.split(plan, max_vertices)))
+                break
             env[node] = val
             for dead in plan.dead_after[i]:
                 if dead is not node:
                     env.pop(dead, None)
-            if ch.t.numel() != v_before and ch.t.numel() > max_vertices:
+            if ch.size() != v_before and ch.size() > max_vertices:
                 ch.pos = i + 1
                 stack.extend(reversed(ch.split(plan, max_vertices)))
                 break
@@ -317,7 +341,8 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
             x = torch.addcmul(xs0, t.to(dtype).view(bcast), ds)
             chain = _Chain(seg, t, {plan.input: x}, 0)
 
-            def emit(s, tt, out):
+            def emit(ch, out):
+                s, tt = ch.seg, ch.t
                 if parts_seg and parts_seg[-1][-1] == s[0] and parts_t[-1][-1] == tt[0]:
                     s, tt, out = s[1:], tt[1:], out[1:]  # the vertex shared with the previous chunk
                 parts_seg.append(s.cpu())
