@@ -13,7 +13,7 @@ demo: venv
 	$(PY) -m jobs demo
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
