@@ -169,8 +169,8 @@ def op_profile(state, c):
         run_discover(net, wa, wb, kw)
         timing, (res, sc) = measured(lambda: run_discover(net, x0, x1, kw))
         if variant == "subdivide":
-            run = "subdivide: graph interpretation and splitting (_run)"
-            stages = [(S, "_run", run, None),
+            run = "subdivide: graph interpretation and splitting (run_graph)"
+            stages = [(S, "run_graph", run, None),
                       (S, "_insert", "subdivide: insert vertices, interpolate live tensors (_insert)", run),
                       (S.pwl, "relu_crossings", "subdivide: find ReLU sign changes (relu_crossings)", run),
                       (S.pwl, "maxpool_crossings", "subdivide: find max-pool argmax changes", run),

@@ -50,7 +50,7 @@ import torch
 from . import pwl
 from .linearize import forward_blocked
 from .prepared import PreparedModel, prepare
-from .subdivide import Plan, SplitRequest, _SubdivideMode, _run
+from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
 __all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS"]
 
@@ -231,7 +231,7 @@ def _shoelace(uv: torch.Tensor, count: torch.Tensor):
     return 0.5 * _segment(cross, piece, count.numel(), "sum"), piece, nxt
 
 
-class _PlaneMode(_SubdivideMode):
+class _PlaneMode(SubdivideMode):
     """Cuts the pieces of a tile at every piecewise-linear op (see the module docstring)."""
 
     def __init__(self, plan: Plan, row_block: int, max_vertices: int, rel_tol: float, min_area: float,
@@ -625,7 +625,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                 f_corners = forward_blocked(prepared.work, x, row_block).double().reshape(n, c, -1)
                 if c == 4:
                     f_corners = f_corners[:, [0, 1, 3, 2]]
-                _run(plan, mode, tile, max_vertices, emit)
+                run_graph(plan, mode, tile, max_vertices, emit)
             cat = lambda k: torch.cat([p[k] for p in parts]).numpy()
             yield _assemble(prepared, domain, np.arange(lo, hi), x0[lo:hi], d1[lo:hi], d2[lo:hi], input_area[lo:hi],
                             f_corners.numpy(), cat(0), cat(1), cat(2), cat(3), cat(4), cat(5), mode, keep_affine,

@@ -38,7 +38,7 @@ from .fastops import PairAvgPool2d
 from .certificate import certify_regions
 from .result import RegionResult, assemble
 
-__all__ = ["subdivide", "trace", "Plan", "SplitRequest"]
+__all__ = ["subdivide", "trace", "Plan", "SplitRequest", "SubdivideMode", "run_graph"]
 
 
 class Plan:
@@ -173,7 +173,7 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
         extra[key] = interp(val)
 
 
-class _SubdivideMode(TorchFunctionMode):
+class SubdivideMode(TorchFunctionMode):
     def __init__(self, plan: Plan, tol: float, row_block: int):
         super().__init__()
         self.plan = plan
@@ -249,7 +249,7 @@ _BARE_MODULES = (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.ReLU6, torch.nn.Har
 def _bare_relu_input(plan: Plan, node: fx.Node):
     """The input node of a node that only applies a ReLU / leaky ReLU / clamp (else None). The
     functions are the ones :func:`pwl.recognise` treats as a (not in-place) ReLU or clamp
-    (whether the op is in place is read from the call itself, see ``_SubdivideMode``)."""
+    (whether the op is in place is read from the call itself, see ``SubdivideMode``)."""
     bare = ((node.op == "call_function"
              and (node.target in pwl._RELU or node.target in pwl._LEAKY or node.target in pwl._CLAMP))
             or (node.op == "call_method" and node.target in _BARE_METHODS)
@@ -263,7 +263,7 @@ class SplitRequest(Exception):
     the same node again on each part (the planes engine's cuts are stateless, see planes.py)."""
 
 
-def _run(plan: Plan, mode: _SubdivideMode, chain, max_vertices: int, emit):
+def run_graph(plan: Plan, mode: SubdivideMode, chain, max_vertices: int, emit):
     """Interpret the graph on ``chain`` depth-first; ``emit(chain, out)`` receives its output.
 
     ``chain`` is a :class:`_Chain` or anything with ``env``, ``pos``, ``size()`` and
@@ -322,7 +322,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
     ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
     plan, dtype, device = prepared.plan, prepared.dtype, prepared.device
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
-    mode = _SubdivideMode(plan, tol, row_block)
+    mode = SubdivideMode(plan, tol, row_block)
     n_seg = x0.shape[0]
     d_all = x1 - x0
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
@@ -350,7 +350,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
                 parts_f.append(out.double().cpu())
 
             with torch.no_grad():
-                _run(plan, mode, chain, max_vertices, emit)
+                run_graph(plan, mode, chain, max_vertices, emit)
             if progress is not None:
                 progress.update(b1 - b0)
         yield _regions(prepared, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
