@@ -453,7 +453,91 @@ def draw_all(table: pd.DataFrame, pairs: pd.DataFrame, medians: pd.DataFrame, ou
         written += _save(fig, out, _slug("paired", k[0].replace(" ", "_"), *k[1:]), config)
     if config.path_plots and sweep_root is not None:
         written += _draw_paths(table, Path(sweep_root), out, config)
+    if config.planes and sweep_root is not None:
+        written += draw_planes(table, Path(sweep_root), out, config)
     return written
+
+
+PLANES_JSON = "planes.json"  # beside the plane figures: their captions and notes, for the report
+
+
+def _plane_runs(table: pd.DataFrame, root: Path, config: AnalysisConfig) -> tuple[dict, list[str]]:
+    """Per architecture, up to ``config.planes`` run folders with a ``trained`` checkpoint
+    (vanilla first, then the other settings; lowest seed first), and notes on the missing."""
+    trained = table[table["checkpoint"] == config.trained]
+    chosen, notes = {}, []
+    if not config.planes:
+        return chosen, notes
+    for model, rows in trained.groupby("model", sort=True):
+        runs = rows.drop_duplicates("run_id").assign(_v=lambda d: d["setting"] != "vanilla")
+        runs = runs.sort_values(["_v", "setting", "noise", "seed", "run_id"])
+        found, missing = [], 0
+        for r in runs.itertuples():
+            run_dir = (root / r.store).parents[1]  # <run>/regions/<store>.zarr
+            if (run_dir / "checkpoints" / f"{config.trained}.pt").is_file():
+                found.append((run_dir, r))
+            else:
+                missing += 1
+            if len(found) == config.planes:
+                break
+        if found:
+            chosen[model] = found
+        if len(found) < config.planes:
+            notes.append(f"No plane figure for {model}" + (f" beyond {len(found)}" if found else "") +
+                         f": {missing} of its runs have no checkpoints/{config.trained}.pt (the sweep's stores "
+                         "were written without training checkpoints).")
+    return chosen, notes
+
+
+def draw_planes(table: pd.DataFrame, root: Path, out: Path, config: AnalysisConfig = AnalysisConfig()) -> list[Path]:
+    """``config.planes`` plane figures per architecture (``plane-<model>-<run>-<checkpoint>``)
+    and ``planes.json`` (their captions, timings and notes); returns the files written. A
+    figure whose checkpoint, images and options are unchanged since the last call is kept,
+    not computed again."""
+    import json
+    import time
+
+    from pipeline.config import write_atomic
+    from pipeline.discover import sha256
+    from pipeline.plane_run import run_plane
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_file = out / PLANES_JSON
+    old = {}
+    if meta_file.is_file():
+        try:
+            old = {p["key"]: p for p in json.loads(meta_file.read_text()).get("planes", [])}
+        except (ValueError, KeyError, TypeError):
+            old = {}
+    chosen, notes = _plane_runs(table, root, config)
+    planes, written = [], []
+    for model, runs in chosen.items():
+        for run_dir, r in runs:
+            ckpt = run_dir / "checkpoints" / f"{config.trained}.pt"
+            key = json.dumps({"sha256": sha256(ckpt), "scale": config.plane_scale, "seed": config.plane_seed,
+                              "color": config.plane_color, "formats": list(config.formats)}, sort_keys=True)
+            name = _slug("plane", model, r.run_id, config.trained)
+            files = [out / f"{name}.{fmt}" for fmt in config.formats]
+            if key in old and all(f.is_file() for f in files):
+                planes.append(old[key])
+                written += files
+                continue
+            t0 = time.perf_counter()
+            res = run_plane(run_dir, config.trained, scale=config.plane_scale, seed=config.plane_seed)
+            setting = f"{r.setting}{f' p={r.noise:g}' if r.noise else ''}"
+            fig = plane_figure(res["result"], images=res["corners"], color=config.plane_color,
+                               labels=plane_labels(res),
+                               title=f"{model} · {setting}, seed {r.seed} · {config.trained} · run {r.run_id}")
+            written += _save(fig, out, name, config)
+            total = time.perf_counter() - t0
+            caption = (f"{model} ({setting}, seed {r.seed}, run {r.run_id}, checkpoint {config.trained}): "
+                       f"{plane_caption(res)}; {total:.1f} s with loading and drawing.")
+            planes.append({"key": key, "file": f"{name}.png", "model": model, "run_id": r.run_id,
+                           "regions": int(res["result"].n_regions[0]), "density": float(res["result"].density[0]),
+                           "scale": config.plane_scale, "indices": [int(i) for i in res["indices"]],
+                           "seconds": res["seconds"], "total_seconds": total, "caption": caption})
+    write_atomic(meta_file, json.dumps({"planes": planes, "notes": notes}, indent=1))
+    return written + [meta_file]
 
 
 def _draw_paths(table, root: Path, out: Path, config: AnalysisConfig) -> list[Path]:
