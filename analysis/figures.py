@@ -316,7 +316,7 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
     """
     from matplotlib import colormaps
     from matplotlib.collections import PolyCollection
-    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize, TwoSlopeNorm
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
     from matplotlib.patches import Patch
 
     if not 0 <= plane < result.n_planes:
@@ -347,11 +347,15 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
                   loc="upper right", frameon=False, ncol=1 if len(handles) <= 6 else 2)
     else:
         lo, hi = float(values.min()), float(values.max())
-        norm = TwoSlopeNorm(0.0, lo, hi) if lo < 0 < hi else Normalize(lo, hi if hi > lo else lo + 1)
+        m = max(abs(lo), abs(hi))
+        # white at 0 when the logit changes sign (the colorbar shows the values present only)
+        norm = Normalize(-m, m) if lo < 0 < hi else Normalize(lo, hi if hi > lo else lo + 1)
         coll.set_array(values)
         coll.set_cmap(colormaps["RdBu_r"])
         coll.set_norm(norm)
-        fig.colorbar(coll, ax=ax, shrink=0.6, label=f"logit {k} at the region's centroid")
+        bar = fig.colorbar(coll, ax=ax, shrink=0.6, label=f"logit {k} at the region's centroid")
+        if lo < 0 < hi:
+            bar.ax.set_ylim(lo, hi)
     ax.add_collection(coll)
     corners = _to_picture(np.array(((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)) if result.domain != "triangle"
                                    else ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))), result.domain)
