@@ -56,6 +56,19 @@ class AnalysisConfig:
         maps).
     logits : int
         Logits drawn per path.
+    planes : int
+        Plane figures per architecture (0: none): every linear region of a trained network on
+        the plane through three training images of different classes (``pipeline/planes.py``),
+        for the first ``planes`` runs with a ``trained`` checkpoint (vanilla first, lowest seed
+        first). Runs without checkpoints (a sweep of bare stores) get a note in the report.
+    plane_scale : float
+        The triangle shrunk towards its first image by this factor, in (0, 1]: a full triangle
+        on the demo's networks has about 10^5 regions (a minute each on one core); 0.25 has
+        6,000-10,000 (a few seconds).
+    plane_seed : int
+        Choice of the three images.
+    plane_color : {"class", "logit"}
+        Fill regions by the predicted class, or by the logit of the class predicted at ``x0``.
     """
 
     scheduler: str | None = None
@@ -70,6 +83,10 @@ class AnalysisConfig:
     noise_reference: tuple = ("noisy", "vanilla")
     path_plots: int = 2
     logits: int = 3
+    planes: int = 1
+    plane_scale: float = 0.25
+    plane_seed: int = 0
+    plane_color: str = "class"
 
     def __post_init__(self):
         if self.on_incomplete not in ON_INCOMPLETE:
@@ -78,6 +95,8 @@ class AnalysisConfig:
             raise ValueError("n_workers and threads_per_worker must be >= 1")
         if self.path_plots < 0 or self.logits < 1:
             raise ValueError("path_plots must be >= 0 and logits >= 1")
+        if self.planes < 0 or not 0.0 < self.plane_scale <= 1.0 or self.plane_color not in ("class", "logit"):
+            raise ValueError("planes must be >= 0, plane_scale in (0, 1] and plane_color 'class' or 'logit'")
         bad = [f for f in self.formats if f not in ("png", "pdf", "svg")]
         if bad:
             raise ValueError(f"figure formats must be png, pdf or svg, got {bad}")

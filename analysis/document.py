@@ -42,7 +42,12 @@ FIGURES = {
     "test-loss": "Measures against test loss, one point per network",
     "double-descent": "Model-wise double descent",
     "path": "Single paths: the network's logits along the loop, its breakpoints in the strip below (a rug, or their density per unit length when there are more than 300)",
+    "plane": "Planes: every linear region of a trained network on the plane through three training images",
 }
+PLANES = ("Each polygon is one linear region of the network on the plane x0 + u (x1 - x0) + v (x2 - x0) "
+          "(pipeline/planes.py, exact), filled by the class the network predicts on it (or one logit's value, "
+          "plane_color: logit); the corner insets are the domain's corners x0, x1, x2. Analysis config: planes "
+          "(figures per architecture, 0 for none), plane_scale, plane_seed, plane_color.")
 DATA = ("The numbers behind this report: the per-path table ../analysis/paths.parquet (one row per network "
         "and path), the tables ../analysis/tables/*.csv, every region in ../runs/*/regions/*.zarr. The notebook "
         "analysis/explore.ipynb of the code's checkout shows how to read them.")
@@ -103,9 +108,20 @@ def _figures(analysis_dir: Path) -> list[tuple[str, list[Path]]]:
     sections = []
     for prefix, caption in FIGURES.items():
         mine = [f for f in files if f.name.startswith(prefix + "-")]  # figures.draw_all names them <kind>-...
-        if mine:
+        if mine or (prefix == "plane" and _planes(analysis_dir)["notes"]):
             sections.append((caption, mine))
     return sections
+
+
+def _planes(analysis_dir: Path) -> dict:
+    """The plane figures' captions (file name -> text) and notes, from figures/planes.json."""
+    from .figures import PLANES_JSON
+
+    f = analysis_dir / "figures" / PLANES_JSON
+    if not f.is_file():
+        return {"captions": {}, "notes": []}
+    meta = json.loads(f.read_text())
+    return {"captions": {p["file"]: p["caption"] for p in meta.get("planes", [])}, "notes": meta.get("notes", [])}
 
 
 def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisConfig = AnalysisConfig(),
@@ -136,7 +152,8 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
         for f in files:
             shutil.copyfile(f, out / "figures" / f.name)
     meta = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "summary": _summary(table, config), "constant": const, "notes": list(notes)}
+            "summary": _summary(table, config), "constant": const, "notes": list(notes),
+            "planes": _planes(analysis_dir)}
     written = {"html": out / "index.html", "markdown": out / "report.md", "findings": out / "findings.json"}
     write_atomic(written["html"], _html(meta, found, shown, figs))
     write_atomic(written["markdown"], _markdown(meta, found, shown, figs))
@@ -187,8 +204,16 @@ def _markdown(meta, found, shown, figs) -> str:
     for name, (title, fmt, df) in shown.items():
         lines.append(tables.format_markdown(df, fmt, title=title))
     lines += ["## Figures", ""]
+    planes = meta.get("planes", {"captions": {}, "notes": []})
     for caption, files in figs:
-        lines += [f"### {caption}", ""] + [f"![{f.stem}](figures/{f.name})" for f in files] + [""]
+        lines += [f"### {caption}", ""]
+        if caption == FIGURES["plane"]:
+            lines += [PLANES, ""] + [f"*{n}*" for n in planes["notes"]] + ([""] if planes["notes"] else [])
+        for f in files:
+            lines += [f"![{f.stem}](figures/{f.name})", ""]
+            if f.name in planes["captions"]:
+                lines += [f"*{planes['captions'][f.name]}*", ""]
+        lines += [""] if not files else []
     lines += ["## Data", "", DATA, ""]
     return "\n".join(lines)
 
@@ -210,7 +235,7 @@ h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-to
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.2em}th,td{border:1px solid #ddd;padding:3px 7px}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .note{color:#666;font-size:.9em}figure{display:inline-block;margin:.5em;vertical-align:top}
-figure img{max-width:520px;border:1px solid #eee}li{margin:.3em 0}
+figure img{max-width:520px;border:1px solid #eee}figcaption{max-width:520px}li{margin:.3em 0}
 """
 
 
@@ -235,10 +260,16 @@ def _html(meta, found, shown, figs) -> str:
                        "measure).</p>")
     parts += [_html_table(*v) for v in shown.values()]
     parts.append("<h2>Figures</h2>")
+    planes = meta.get("planes", {"captions": {}, "notes": []})
     for caption, files in figs:
-        parts.append(f"<h3>{esc(caption)}</h3>" + "".join(
+        extra = ""
+        if caption == FIGURES["plane"]:
+            extra = f"<p class='note'>{esc(PLANES)}</p>" + "".join(f"<p class='note'>{esc(n)}</p>"
+                                                                 for n in planes["notes"])
+        parts.append(f"<h3>{esc(caption)}</h3>" + extra + "".join(
             f"<figure><a href='figures/{esc(f.name)}'><img src='figures/{esc(f.name)}' alt='{esc(f.stem)}'></a>"
-            f"<figcaption class='note'>{esc(f.stem)}</figcaption></figure>" for f in files))
+            f"<figcaption class='note'>{esc(planes['captions'].get(f.name, f.stem))}</figcaption></figure>"
+            for f in files))
     parts.append(f"<h2>Data</h2><p>{esc(DATA)}</p>")
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -23,7 +23,8 @@ from .config import AnalysisConfig, AnalysisError
 from .tables import GROUP, PAIRED_MEASURES
 
 __all__ = ["LABELS", "ecdf_figure", "noise_figure", "test_loss_figure", "double_descent_figure",
-           "paired_hist_figure", "path_profile", "path_figure", "draw_all"]
+           "paired_hist_figure", "path_profile", "path_figure", "plane_figure", "plane_colors",
+           "plane_labels", "plane_caption", "draw_all"]
 
 LABELS = {
     "density": "density (regions per path)",
@@ -291,6 +292,167 @@ def path_figure(store, path_id: int, logits=3, title: str = "") -> Figure:
     return fig
 
 
+# the plane's domain drawn as an equilateral triangle (x0 bottom left, x1 bottom right, x2 on
+# top) or as the unit square: (u, v) -> (u + v / 2, v sqrt(3) / 2), or the identity
+_EQUILATERAL = np.array([[1.0, 0.0], [0.5, np.sqrt(3) / 2]])
+
+
+def _to_picture(uv: np.ndarray, domain: str) -> np.ndarray:
+    return uv @ _EQUILATERAL if domain == "triangle" else np.asarray(uv, dtype=np.float64)
+
+
+def plane_colors(result, plane: int = 0, color: str = "class", logit: int | None = None) -> tuple[np.ndarray, int]:
+    """Per region of ``plane``: the predicted class (argmax of the region's affine map at its
+    centroid, ``color="class"``) or logit ``logit``'s value there (``"logit"``; default the
+    class predicted at ``x0``). Returns ``(values (R,), logit)``."""
+    if result.intercept is None:
+        raise AnalysisError("this plane result kept no affine maps (keep_affine=False): nothing to colour by")
+    sl = result.region_slice(plane)
+    c = result.centroid[sl]
+    f = result.intercept[sl] + c[:, :1] * result.grad[sl, 0] + c[:, 1:] * result.grad[sl, 1]
+    if color == "class":
+        return f.argmax(1), -1
+    if color != "logit":
+        raise ValueError(f"color must be 'class' or 'logit', got {color!r}")
+    k = int(result.f_corners[plane, 0].argmax()) if logit is None else int(logit)
+    if not 0 <= k < f.shape[1]:
+        raise ValueError(f"logit {k} out of range: the network has {f.shape[1]} outputs")
+    return f[:, k], k
+
+
+def _image_rgb(img) -> tuple[np.ndarray, str | None]:
+    """A ``(C, H, W)`` / ``(H, W)`` image (tensor or array) scaled to [0, 1] on its own range,
+    as ``(H, W)`` (grey) or ``(H, W, 3)``."""
+    a = np.asarray(img.detach().cpu() if hasattr(img, "detach") else img, dtype=np.float64)
+    if a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a[0] if a.shape[0] == 1 else a.transpose(1, 2, 0)
+    elif a.ndim == 3:
+        a = a[0]  # another channel count: its first channel
+    elif a.ndim != 2:
+        raise ValueError(f"an inset image must be (C, H, W) or (H, W), got shape {a.shape}")
+    lo, hi = np.nanmin(a), np.nanmax(a)
+    a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return a, ("gray" if a.ndim == 2 else None)
+
+
+def plane_figure(result, plane: int = 0, images=None, color: str = "class", logit: int | None = None,
+                 title: str = "", labels=None, class_names=None, figsize=(6.4, 5.8)) -> Figure:
+    """The linear regions of one plane of a :class:`pipeline.planes.PlaneResult`, SplineCam style.
+
+    Each region is a polygon, mapped from ``(u, v)`` to an equilateral triangle (``x0`` bottom
+    left, ``x1`` bottom right, ``x2`` on top; the unit square for a parallelogram domain),
+    filled by the class the network predicts at its centroid (``color="class"``: a qualitative
+    colormap, a legend of the classes present) or by one logit's value there (``"logit"``, by
+    default the class predicted at ``x0``: a diverging colormap centred on 0, a colorbar). Thin
+    dark edges show the partition; all polygons are one ``PolyCollection`` (rasterised in
+    vector formats), so tens of thousands of regions draw in seconds.
+
+    Parameters
+    ----------
+    images : sequence of three ``(C, H, W)`` tensors or arrays, optional
+        ``x0, x1, x2``, drawn as small insets at their corners (1- or 3-channel, each scaled to
+        its own range).
+    labels : sequence of three str, optional
+        A caption under each inset (e.g. ``"#12, label 3"``).
+    class_names : sequence of str, optional
+        Legend names of the classes (default their indices).
+    title : str
+        Prepended to the default title (region count and density).
+    """
+    from matplotlib import colormaps
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import BoundaryNorm, ListedColormap, Normalize
+    from matplotlib.patches import Patch
+
+    if not 0 <= plane < result.n_planes:
+        raise ValueError(f"plane {plane} out of range: the result has {result.n_planes} plane(s)")
+    values, k = plane_colors(result, plane, color, logit)
+    sl = result.region_slice(plane)
+    off = result.vertex_offset[sl.start:sl.stop + 1]
+    xy = _to_picture(result.uv[off[0]:off[-1]], result.domain)
+    polys = np.split(xy, off[1:-1] - off[0])
+    n = len(polys)
+    edge = 0.5 if n < 300 else 0.3 if n < 3000 else 0.15 if n < 20000 else 0.08
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.subplots()
+    coll = PolyCollection(polys, edgecolors=(0.1, 0.1, 0.1, 0.85), linewidths=edge, rasterized=True)
+    if color == "class":
+        n_classes = result.intercept.shape[1]
+        base = colormaps["tab10" if n_classes <= 10 else "tab20"]
+        cmap = ListedColormap([base(i % base.N) for i in range(n_classes)])
+        coll.set_array(values.astype(np.float64))
+        coll.set_cmap(cmap)
+        coll.set_norm(BoundaryNorm(np.arange(n_classes + 1) - 0.5, n_classes))
+        present = np.unique(values)
+        names = list(class_names) if class_names is not None else [str(i) for i in range(n_classes)]
+        share = np.bincount(values, weights=result.area[sl], minlength=n_classes) / result.domain_area
+        handles = [Patch(facecolor=cmap(int(c)), edgecolor="0.2", label=f"{names[c]} ({share[c]:.0%})")
+                   for c in present]
+        ax.legend(handles=handles, title="predicted class (area)", fontsize=8, title_fontsize=8,
+                  loc="upper right", frameon=False, ncol=1 if len(handles) <= 6 else 2)
+    else:
+        lo, hi = float(values.min()), float(values.max())
+        m = max(abs(lo), abs(hi))
+        # white at 0 when the logit changes sign (the colorbar shows the values present only)
+        norm = Normalize(-m, m) if lo < 0 < hi else Normalize(lo, hi if hi > lo else lo + 1)
+        coll.set_array(values)
+        coll.set_cmap(colormaps["RdBu_r"])
+        coll.set_norm(norm)
+        bar = fig.colorbar(coll, ax=ax, shrink=0.6, label=f"logit {k} at the region's centroid")
+        if lo < 0 < hi:
+            bar.ax.set_ylim(lo, hi)
+    ax.add_collection(coll)
+    corners = _to_picture(np.array(((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)) if result.domain != "triangle"
+                                   else ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0))), result.domain)
+    ax.plot(*np.vstack([corners, corners[:1]]).T, color="black", linewidth=0.8)
+    ax.set_aspect("equal")
+    ax.set_axis_off()
+    s = 0.24  # inset size, in picture units
+    top, right = corners[:, 1].max(), corners[:, 0].max()
+    ax.set_xlim(-s - 0.08, right + s + 0.08)
+    ax.set_ylim(-0.55 * s - 0.1, top + s + 0.12)
+    if images is not None:
+        if len(images) != 3:
+            raise ValueError(f"images: pass the three corners x0, x1, x2, got {len(images)}")
+        # x0 below left of its corner, x1 below right, x2 above its corner (the parallelogram's
+        # fourth corner x1 + x2 - x0 gets none)
+        spots = [(-s - 0.03, -0.55 * s), (corners[1, 0] + 0.03, -0.55 * s),
+                 (corners[-1, 0] - s / 2 if result.domain == "triangle" else -s - 0.03, top + 0.04)]
+        for i, (img, (x, y)) in enumerate(zip(images, spots)):
+            inset = ax.inset_axes((x, y, s, s), transform=ax.transData)
+            a, cmap = _image_rgb(img)
+            inset.imshow(a, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+            inset.set_xticks([])
+            inset.set_yticks([])
+            inset.set_label(f"x{i}")
+            text = f"x{i}" + (f": {labels[i]}" if labels is not None else "")
+            inset.set_title(text, fontsize=7, pad=2) if i == 2 else inset.set_xlabel(text, fontsize=7, labelpad=2)
+    dens = float(result.density[plane])
+    head = f"{n:,} linear regions · density {dens:,.4g} per unit (u, v) area"
+    ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
+    return fig
+
+
+def plane_labels(out: dict) -> list[str]:
+    """Inset captions for a :func:`pipeline.plane_run.run_plane` result: each image's index,
+    label and predicted class (the shrunk corners say how far towards which image they are)."""
+    idx, lab, pred, s = out["indices"], out["labels"], out["predicted"], out["scale"]
+    text = [f"#{i}, label {y}" + (f" (pred. {p})" if p != y else "") for i, y, p in zip(idx, lab, pred)]
+    if s < 1:
+        text[1:] = [f"{s:g} of the way to {t}" for t in text[1:]]
+    return text
+
+
+def plane_caption(out: dict) -> str:
+    """One line for a :func:`pipeline.plane_run.run_plane` result: regions, density, time."""
+    r = out["result"]
+    shrunk = f", triangle shrunk by {out['scale']:g} towards x0" if out["scale"] < 1 else ""
+    dom = "triangle" if out["domain"] == "triangle" else "parallelogram"
+    return (f"{int(r.n_regions[0]):,} linear regions on the {dom} through {out['split']} images "
+            f"{', '.join(map(str, out['indices']))}{shrunk}; density {float(r.density[0]):,.4g} per unit (u, v) "
+            f"area ({float(r.density_input[0]):,.4g} per unit input-space area); found in {out['seconds']:.1f} s")
+
+
 def _slug(*parts) -> str:
     text = "-".join(str(p) for p in parts if p is not None and str(p) != "")
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_")
@@ -340,7 +502,91 @@ def draw_all(table: pd.DataFrame, pairs: pd.DataFrame, medians: pd.DataFrame, ou
         written += _save(fig, out, _slug("paired", k[0].replace(" ", "_"), *k[1:]), config)
     if config.path_plots and sweep_root is not None:
         written += _draw_paths(table, Path(sweep_root), out, config)
+    if config.planes and sweep_root is not None:
+        written += draw_planes(table, Path(sweep_root), out, config)
     return written
+
+
+PLANES_JSON = "planes.json"  # beside the plane figures: their captions and notes, for the report
+
+
+def _plane_runs(table: pd.DataFrame, root: Path, config: AnalysisConfig) -> tuple[dict, list[str]]:
+    """Per architecture, up to ``config.planes`` run folders with a ``trained`` checkpoint
+    (vanilla first, then the other settings; lowest seed first), and notes on the missing."""
+    trained = table[table["checkpoint"] == config.trained]
+    chosen, notes = {}, []
+    if not config.planes:
+        return chosen, notes
+    for model, rows in trained.groupby("model", sort=True):
+        runs = rows.drop_duplicates("run_id").assign(_v=lambda d: d["setting"] != "vanilla")
+        runs = runs.sort_values(["_v", "setting", "noise", "seed", "run_id"])
+        found, missing = [], 0
+        for r in runs.itertuples():
+            run_dir = (root / r.store).parents[1]  # <run>/regions/<store>.zarr
+            if (run_dir / "checkpoints" / f"{config.trained}.pt").is_file():
+                found.append((run_dir, r))
+            else:
+                missing += 1
+            if len(found) == config.planes:
+                break
+        if found:
+            chosen[model] = found
+        if len(found) < config.planes:
+            notes.append(f"No plane figure for {model}" + (f" beyond {len(found)}" if found else "") +
+                         f": {missing} of its runs have no checkpoints/{config.trained}.pt (the sweep's stores "
+                         "were written without training checkpoints).")
+    return chosen, notes
+
+
+def draw_planes(table: pd.DataFrame, root: Path, out: Path, config: AnalysisConfig = AnalysisConfig()) -> list[Path]:
+    """``config.planes`` plane figures per architecture (``plane-<model>-<run>-<checkpoint>``)
+    and ``planes.json`` (their captions, timings and notes); returns the files written. A
+    figure whose checkpoint, images and options are unchanged since the last call is kept,
+    not computed again."""
+    import json
+    import time
+
+    from pipeline.config import write_atomic
+    from pipeline.discover import sha256
+    from pipeline.plane_run import run_plane
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta_file = out / PLANES_JSON
+    old = {}
+    if meta_file.is_file():
+        try:
+            old = {p["key"]: p for p in json.loads(meta_file.read_text()).get("planes", [])}
+        except (ValueError, KeyError, TypeError):
+            old = {}
+    chosen, notes = _plane_runs(table, root, config)
+    planes, written = [], []
+    for model, runs in chosen.items():
+        for run_dir, r in runs:
+            ckpt = run_dir / "checkpoints" / f"{config.trained}.pt"
+            key = json.dumps({"sha256": sha256(ckpt), "scale": config.plane_scale, "seed": config.plane_seed,
+                              "color": config.plane_color, "formats": list(config.formats)}, sort_keys=True)
+            name = _slug("plane", model, r.run_id, config.trained)
+            files = [out / f"{name}.{fmt}" for fmt in config.formats]
+            if key in old and all(f.is_file() for f in files):
+                planes.append(old[key])
+                written += files
+                continue
+            t0 = time.perf_counter()
+            res = run_plane(run_dir, config.trained, scale=config.plane_scale, seed=config.plane_seed)
+            setting = f"{r.setting}{f' p={r.noise:g}' if r.noise else ''}"
+            fig = plane_figure(res["result"], images=res["corners"], color=config.plane_color,
+                               labels=plane_labels(res),
+                               title=f"{model} · {setting}, seed {r.seed} · {config.trained} · run {r.run_id}")
+            written += _save(fig, out, name, config)
+            total = time.perf_counter() - t0
+            caption = (f"{model} ({setting}, seed {r.seed}, run {r.run_id}, checkpoint {config.trained}): "
+                       f"{plane_caption(res)}; {total:.1f} s with loading and drawing.")
+            planes.append({"key": key, "file": f"{name}.png", "model": model, "run_id": r.run_id,
+                           "regions": int(res["result"].n_regions[0]), "density": float(res["result"].density[0]),
+                           "scale": config.plane_scale, "indices": [int(i) for i in res["indices"]],
+                           "seconds": res["seconds"], "total_seconds": total, "caption": caption})
+    write_atomic(meta_file, json.dumps({"planes": planes, "notes": notes}, indent=1))
+    return written + [meta_file]
 
 
 def _draw_paths(table, root: Path, out: Path, config: AnalysisConfig) -> list[Path]:

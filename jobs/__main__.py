@@ -16,6 +16,7 @@ COMMANDS = {
     "discover": ("jobs.discover", "regions along the path set of a trained run, into a sharded Zarr store"),
     "aggregate": ("jobs.aggregate", "a sweep's stores -> per-path table, summary tables, figures (Dask)"),
     "report": ("jobs.report", "a sweep's report: findings in plain words, tables, figures (HTML, Markdown)"),
+    "plane": ("jobs.plane", "every linear region on the plane through three images of a run, as a picture"),
     "sweep": ("jobs.sweep", "submit | resume | status of a sweep (SLURM, local or debug executor)"),
     "verify": ("jobs.verify", "check stores against their shards' manifests: damaged shards, how to rewrite them"),
     "engine": ("jobs.engine", "the region engine alone on an untrained VGG8, both methods (seconds)"),

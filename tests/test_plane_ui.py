@@ -1,0 +1,132 @@
+"""The user-facing side of planes: the figure, ``python -m jobs plane`` and the report's plane section."""
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from analysis import AnalysisConfig, AnalysisError, aggregate
+from analysis.figures import draw_planes, plane_colors, plane_figure
+from pipeline.planes import discover_plane
+from tests.nets import MLP
+
+
+@pytest.fixture(scope="module")
+def plane():
+    torch.manual_seed(0)
+    net = MLP(n_in=12, width=16, depth=2, k=4).double().eval()
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(1, 12, generator=g, dtype=torch.float64) * 3 for _ in range(3)]
+    return net, xs, discover_plane(net, *xs)
+
+
+def test_figure_polygons_colours_and_insets(plane, tmp_path):
+    from matplotlib.collections import PolyCollection
+
+    net, xs, res = plane
+    n = int(res.n_regions[0])
+    assert n > 50
+    images = [x[0].reshape(3, 2, 2) for x in xs]  # 3-channel insets
+    fig = plane_figure(res, images=images, title="mlp")
+    colls = [c for c in fig.axes[0].collections if isinstance(c, PolyCollection)]
+    assert len(colls) == 1 and len(colls[0].get_paths()) == n
+    insets = fig.axes[0].child_axes
+    assert sorted(a.get_label() for a in insets) == ["x0", "x1", "x2"]
+    assert all(a.images[0].get_array().shape == (2, 2, 3) for a in insets)
+    assert f"{n:,} linear regions" in fig.axes[0].get_title()
+    # class colours are the network's argmax at each centroid
+    cls, _ = plane_colors(res, color="class")
+    with torch.no_grad():
+        c = torch.as_tensor(res.centroid)
+        x = xs[0] + c[:, :1] * (xs[1] - xs[0]) + c[:, 1:] * (xs[2] - xs[0])
+        np.testing.assert_array_equal(cls, net(x).argmax(1).numpy())
+    fig.savefig(tmp_path / "class.png", dpi=80)
+    assert (tmp_path / "class.png").stat().st_size > 5_000
+    # logit colours: a colorbar; 1-channel insets
+    fig = plane_figure(res, images=[x[0].reshape(1, 3, 4) for x in xs], color="logit", logit=2)
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "logit 2 at the region's centroid"  # the colorbar
+    assert [a.images[0].get_array().shape for a in fig.axes[0].child_axes] == [(3, 4)] * 3
+    fig.savefig(tmp_path / "logit.png", dpi=80)
+    with pytest.raises(ValueError, match="color must be"):
+        plane_figure(res, color="hue")
+    with pytest.raises(AnalysisError, match="no affine maps"):
+        plane_figure(discover_plane(net, *xs, keep_affine=False))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.data import DataConfig
+    from pipeline.train import ModelConfig, TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "digits"
+    cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,
+                      batch_size=64, stop="epochs", max_epochs=1, seed=0)
+    train(cfg, run_dir)
+    return run_dir
+
+
+def test_cli_writes_the_figure(trained, tmp_path, capsys):
+    from jobs.plane import main
+
+    out = tmp_path / "p.png"
+    assert main([str(trained), "--scale", "0.1", "--out", str(out), "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert "linear regions on the triangle through train images" in text and "shrunk by 0.1" in text
+    assert "absolute deviation" in text and out.stat().st_size > 10_000
+    # chosen images, logit colours, the default output path
+    assert main([str(trained), "--images", "0,1,2", "--scale", "0.05", "--color", "logit", "--no-progress"]) == 0
+    assert (trained / "planes" / "final-0-1-2.png").is_file()
+    assert main([str(trained), "--checkpoint", "epoch-0099", "--no-progress"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_choose_images_has_three_classes():
+    from pipeline.plane_run import choose_images, shrink
+
+    labels = np.repeat(np.arange(5), 7)
+    idx = choose_images(labels, seed=3)
+    assert len(set(labels[idx])) == 3 and np.array_equal(idx, choose_images(labels, seed=3))
+    assert len(set(choose_images(np.zeros(4, dtype=int)))) == 3  # one class: three distinct images
+    x = [torch.full((1, 2), float(v)) for v in (0, 2, 4)]
+    assert [float(t[0, 0]) for t in shrink(*x, 0.5)] == [0.0, 1.0, 2.0]
+    with pytest.raises(ValueError):
+        shrink(*x, 0.0)
+
+
+def test_report_plane_section_or_note(sweep, trained, tmp_path):
+    from analysis.document import write_report
+
+    root = tmp_path / "sweep"
+    shutil.copytree(sweep, root)
+    cfg = AnalysisConfig(scheduler="synchronous", formats=("png",), path_plots=0, plane_scale=0.05)
+    aggregate(root, root / "analysis", config=cfg)
+    md = write_report(root / "analysis", root / "report", config=cfg)["markdown"].read_text()
+    assert "## Figures" in md and "Planes: every linear region" in md
+    assert "No plane figure for mlp: 10 of its runs have no checkpoints/final.pt" in md
+    assert not list((root / "report" / "figures").glob("plane-*"))
+
+    # a checkpoint in the vanilla seed-0 run: its plane is drawn (and captioned), the others noted
+    import pandas as pd
+
+    table = pd.read_parquet(root / "analysis" / "paths.parquet")
+    row = table[(table.setting == "vanilla") & (table.seed == 0) & (table.checkpoint == "final")].iloc[0]
+    run_dir = (root / row.store).parents[1]
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+    figs = root / "analysis" / "figures"
+    files = draw_planes(table, root, figs, cfg)
+    png = [f for f in files if f.suffix == ".png"]
+    assert [f.name for f in png] == [f"plane-mlp-{row.run_id}-final.png"]
+    written = write_report(root / "analysis", root / "report", config=cfg)
+    md, page = written["markdown"].read_text(), written["html"].read_text()
+    assert f"![plane-mlp-{row.run_id}-final](figures/plane-mlp-{row.run_id}-final.png)" in md
+    assert "linear regions on the triangle through train images" in md and "shrunk by 0.05" in md
+    assert "No plane figure" not in md and "linear regions on the triangle" in page
+    assert (root / "report" / "figures" / png[0].name).is_file()
+    # unchanged checkpoint and options: kept, not computed again
+    before = png[0].stat().st_mtime_ns
+    draw_planes(table, root, figs, cfg)
+    assert png[0].stat().st_mtime_ns == before
+    # planes: 0 draws none and notes nothing
+    assert draw_planes(table, root, tmp_path / "none", AnalysisConfig(planes=0)) == [tmp_path / "none" / "planes.json"]
