@@ -49,7 +49,7 @@ import torch
 
 from . import pwl
 from .linearize import forward_blocked
-from .prepared import PreparedModel, prepare
+from .prepared import as_prepared
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
 __all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS"]
@@ -568,13 +568,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
         raise ValueError("chunk_planes must be >= 1 and max_vertices >= 16")
     if not (0.0 <= min_area < 1e-3):
         raise ValueError(f"min_area is a fraction of the domain's area, in [0, 1e-3); got {min_area}")
-    if isinstance(model, PreparedModel):
-        if model.dtype != dtype or (device is not None and torch.device(device) != model.device):
-            raise ValueError(f"this model was prepared for {model.dtype} on {model.device}; pass the same dtype "
-                             f"and device (got {dtype} on {device}) or prepare it again")
-        prepared = model.refresh()
-    else:
-        prepared = prepare(model, dtype, device)
+    prepared = as_prepared(model, dtype, device)
     if prepared.device.type != "cpu":
         raise ValueError("discover_plane runs on the CPU only for now (device='cpu')")
     x0, x1, x2 = (x.to(dtype) for x in _check_planes(x0, x1, x2))

@@ -24,7 +24,7 @@ import torch
 
 from .fastops import with_fast_layers
 
-__all__ = ["PreparedModel", "prepare"]
+__all__ = ["PreparedModel", "prepare", "as_prepared"]
 
 
 def _signature(model: torch.nn.Module) -> tuple:
@@ -123,3 +123,14 @@ def prepare(model: torch.nn.Module, dtype=torch.float64, device=None) -> Prepare
     """Make ``model`` ready for repeated :func:`pipeline.regions.discover` calls (see the
     module docstring). ``dtype`` and ``device`` as in ``discover``."""
     return PreparedModel(model, dtype, device)
+
+
+def as_prepared(model, dtype, device=None) -> PreparedModel:
+    """``model`` ready for the engines: a :class:`PreparedModel` is checked against ``dtype``
+    and ``device`` and refreshed (rebuilt if its source changed); a plain module is prepared."""
+    if isinstance(model, PreparedModel):
+        if model.dtype != dtype or (device is not None and torch.device(device) != model.device):
+            raise ValueError(f"this model was prepared for {model.dtype} on {model.device}; pass the same dtype "
+                             f"and device (got {dtype} on {device}) or prepare it again")
+        return model.refresh()
+    return prepare(model, dtype, device)

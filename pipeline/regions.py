@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .prepared import PreparedModel, prepare
+from .prepared import PreparedModel, as_prepared, prepare
 from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
@@ -87,13 +87,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
         raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
-    if isinstance(model, PreparedModel):
-        if model.dtype != dtype or (device is not None and torch.device(device) != model.device):
-            raise ValueError(f"this model was prepared for {model.dtype} on {model.device}; pass the same dtype "
-                             f"and device (got {dtype} on {device}) or prepare it again")
-        prepared = model.refresh()
-    else:
-        prepared = prepare(model, dtype, device)
+    prepared = as_prepared(model, dtype, device)
     x0, x1 = _check_inputs(x0, x1)
     # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
     x0, x1 = x0.to(dtype), x1.to(dtype)
