@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import local_field, to_dict
+from .config import identity_dict, local_field, to_dict
 from .paths import PathConfig, path_set_id
 from .store import StoreConfig
 
@@ -112,25 +112,19 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
     model, ckpt = load_checkpoint(run_dir, cfg.checkpoint)
     ckpt_file = run_dir / "checkpoints" / f"{cfg.checkpoint}.pt"
     train_cfg = ckpt["config"]
-    data = load(from_dict(DataConfig, train_cfg["data"]))
+    data_cfg = from_dict(DataConfig, train_cfg["data"])
+    data = load(data_cfg)
     paths = bundle_paths(data, cfg.paths)  # bases chosen by clean labels: one path set for every network
     if cfg.n_shards > paths.n_paths:
         raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of paths ({paths.n_paths})")
-    data_identity = from_dict(DataConfig, train_cfg["data"])
     attrs = {
         "checkpoint_sha256": sha256(ckpt_file), "checkpoint": cfg.checkpoint, "run": str(run_dir.resolve()),
-        "model": train_cfg["model"], "dataset": _identity(data_identity), "split": cfg.paths.split,
+        "model": train_cfg["model"], "dataset": identity_dict(data_cfg), "split": cfg.paths.split,
         "paths": to_dict(paths.config), "discover_config": to_dict(cfg),  # resolved, beside the results
     }
     return write_shards(store or store_path(run_dir, cfg), model, paths.x0, paths.x1, paths.path_id,
                         paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress,
                         deep=deep)
-
-
-def _identity(cfg) -> dict:
-    from .config import identity_dict
-
-    return identity_dict(cfg)
 
 
 def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConfig, attrs: dict, *,
