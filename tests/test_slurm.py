@@ -222,7 +222,10 @@ def test_training_past_its_time_limit_resumes_to_the_same_weights(cluster, tmp_p
     # every attempt but the last caught SLURM's USR2 (a timeout for submitit: the limit is < 10 min) and requeued
     assert log.count("Starting with JobEnvironment") == len(runs), log
     assert log.count("Caught signal SIGUSR2") == len(runs) - 1, log
-    assert log.count("this job is timed-out") == len(runs) - 1 and log.count("Requeued job") == len(runs) - 1, log
+    # submitit logs "Requeued job" only after `scontrol requeue` returns, and SLURM's SIGTERM/SIGKILL of the
+    # requeued attempt can come first (seen in CI): the requeue itself is sacct's REQUEUED states above
+    assert log.count("this job is timed-out") == len(runs) - 1, log
+    assert log.count("Calling checkpoint method") == len(runs) - 1, log
     # resumed, not restarted: epoch 1 was written in the first attempt and never again
     ckpts = sorted((run_dir / "checkpoints").glob("epoch-*.pt"))
     assert len(ckpts) == cfg.max_epochs - 1  # the last epoch is final.pt
@@ -310,7 +313,8 @@ def test_preempted_discovery_resumes_to_an_equal_store(cluster, tmp_path, cancel
     assert [r[0] for r in runs] == ["REQUEUED", "REQUEUED", "COMPLETED"], (runs, log)
     assert job.result() == {"run": str(run_dir), "shard": 0, "complete": True}
     assert log.count("Starting with JobEnvironment") == 3, log
-    assert log.count("Caught signal SIGUSR2") == 1 and log.count("Requeued job") == 1, log
+    # as above: the checkpoint path ran once; the requeues are sacct's REQUEUED states
+    assert log.count("Caught signal SIGUSR2") == 1 and log.count("Calling checkpoint method") == 1, log
     assert "Bypassing signal SIGTERM" in log
     st = shard_status(store)
     assert st["complete"] == [0] and not st["missing"] and not st["incomplete"], st
