@@ -32,12 +32,12 @@ import yaml
 from pipeline.config import write_atomic
 from pipeline.measures import PATH_COLUMNS
 from pipeline.store import (StoreError, is_store, paths_table, shard_partials, shard_state, shard_status,
-                            store_attrs)
+                            store_attrs, store_geometry)
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
 __all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
-           "collect", "dask_client"]
+           "collect", "dask_client", "compute_tasks"]
 
 log = logging.getLogger("analysis.collect")
 
@@ -54,7 +54,8 @@ SORT_COLUMNS = ["dataset", "model", "width", "setting", "noise", "seed", "checkp
 
 
 def find_stores(root) -> list[Path]:
-    """Every discovery store ``<run>/regions/*.zarr`` under ``root``, sorted.
+    """Every discovery store ``<run>/regions/*.zarr`` under ``root``, sorted: segment and plane
+    stores alike (:func:`collect` reads the first, :mod:`analysis.planes` the second).
 
     The walk does not descend into stores (they hold thousands of chunk files) nor into
     ``checkpoints/``; temporaries of an interrupted store creation (``*.zarr.tmp-*``) are not
@@ -80,6 +81,13 @@ def find_stores(root) -> list[Path]:
         dirs[:] = keep
     return sorted(found)
 
+
+
+def _geometry(store: Path) -> str:
+    try:
+        return store_geometry(store_attrs(store))
+    except StoreError as err:
+        raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
 
 
 def store_fingerprint(store, status: dict | None = None) -> str:
@@ -194,7 +202,8 @@ def dask_client(scheduler=None, config: AnalysisConfig = AnalysisConfig()):
             yield client
 
 
-def _compute(tasks: dict, scheduler, config: AnalysisConfig) -> dict:
+def compute_tasks(tasks: dict, scheduler, config: AnalysisConfig) -> dict:
+    """``{key: dask.delayed}`` computed on the scheduler asked for (:func:`dask_client`)."""
     if not tasks:
         return {}
     import dask
@@ -274,7 +283,7 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     on_incomplete = on_incomplete or config.on_incomplete
     if on_incomplete not in ("fail", "skip", "report"):
         raise ValueError(f"on_incomplete must be fail, skip or report, got {on_incomplete!r}")
-    stores = find_stores(root)
+    stores = [s for s in find_stores(root) if _geometry(s) == "line"]  # plane stores: analysis/planes.py
     if not stores:
         raise AnalysisError(f"no discovery stores found under {root.resolve()}: looked for "
                             "<run>/regions/*.zarr in every folder below it (run `python -m jobs discover` "
@@ -317,7 +326,7 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         parts = [delayed(shard_partials, pure=True)(store, i) for i in info[k]["status"]["complete"]]
         tasks[k] = delayed(paths_table, pure=True)(parts)
     try:
-        computed = _compute(tasks, scheduler, config)
+        computed = compute_tasks(tasks, scheduler, config)
     except StoreError as err:  # a shard damaged since it was listed, or only the deep check sees it
         raise AnalysisError(f"a store under {root} cannot be read: {err}") from err
 

@@ -3,7 +3,8 @@
     from analysis.document import write_report
     files = write_report("sweeps/demo/analysis", "sweeps/demo/report", title="demo")
 
-It reads what :func:`analysis.report.aggregate` wrote (``paths.parquet`` and ``figures/``),
+It reads what :func:`analysis.report.aggregate` wrote (``paths.parquet``, ``planes.parquet``
+when discovery wrote planes, and ``figures/``),
 recomputes the tables from the per-path table (so the report and the tables agree by
 construction) and writes into ``out_dir``::
 
@@ -30,6 +31,7 @@ from pipeline.config import write_atomic
 
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, findings
+from .planes import plane_findings, plane_vs_line
 from .report import TABLES
 
 __all__ = ["write_report", "networks_table", "report_tables"]
@@ -41,6 +43,7 @@ FIGURES = {
     "paired": "Paired differences path by path (what Table 2 counts)",
     "test-loss": "Measures against test loss, one point per network",
     "double-descent": "Model-wise double descent",
+    "density2d": "2-D against 1-D density: regions per plane and per path through the same training images, one point per network",
     "path": "Single paths: the network's logits along the loop, its breakpoints in the strip below (a rug, or their density per unit length when there are more than 300)",
     "plane": "Planes: every linear region of a trained network on the plane through three training images",
 }
@@ -70,12 +73,16 @@ def networks_table(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(
     return tables.summarize(per.reset_index(), keys, ["epochs", "train_error", "test_error"])
 
 
-def report_tables(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()) -> dict:
-    """The report's tables, computed from the per-path table: name -> (title, format, frame)."""
+def report_tables(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(), planes=None) -> dict:
+    """The report's tables, computed from the per-path table (and the per-plane table, if
+    given and not empty): name -> (title, format, frame)."""
     pairs = tables.paired_differences(table, config)
     out = {"networks": ("Trained networks (mean ± std over seeds)", ".3g", networks_table(table, config))}
-    for name, frame in (("spearman", tables.spearman_table(table)), ("paired", tables.paired_table(pairs)),
-                        ("noise_medians", tables.noise_medians(table, config))):
+    frames = [("spearman", tables.spearman_table(table)), ("paired", tables.paired_table(pairs)),
+              ("noise_medians", tables.noise_medians(table, config))]
+    if planes is not None and len(planes):
+        frames.append(("plane_vs_line", plane_vs_line(table, planes)))
+    for name, frame in frames:
         title, fmt = TABLES[name]
         out[name] = (title, fmt, frame)
     return out
@@ -140,8 +147,12 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
     table = pd.read_parquet(parquet)
     if table.empty:
         raise AnalysisError(f"{parquet} has no rows: nothing to report")
+    planes_file = analysis_dir / "planes.parquet"
+    planes = pd.read_parquet(planes_file) if planes_file.exists() else None
+    frames = report_tables(table, config, planes)
     found = findings(table, config)
-    frames = report_tables(table, config)
+    if "plane_vs_line" in frames:
+        found += plane_findings(frames["plane_vs_line"][2])
     const = _constant_columns([f for _, _, f in frames.values()])
     shown = {name: (t, fmt, df.drop(columns=[c for c in const if c in df.columns])) for name, (t, fmt, df) in
              frames.items()}

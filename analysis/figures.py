@@ -147,6 +147,34 @@ def double_descent_figure(rows: pd.DataFrame, config: AnalysisConfig = AnalysisC
     return _style(fig)
 
 
+def density2d_figure(per_network: pd.DataFrame, title: str = "") -> Figure:
+    """2-D against 1-D density, one point per network and checkpoint
+    (:func:`analysis.planes.plane_vs_line`): left, the median regions per plane against the
+    median regions per path through the same images (log axes); right, the image-by-image
+    Spearman correlation of each network. One colour per setting, one marker per checkpoint."""
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    markers = dict(zip(sorted(per_network["checkpoint"].unique()), "os^Dv"))
+    colors = {s: f"C{i % 10}" for i, s in enumerate(sorted(per_network["setting"].unique()))}
+    for (setting, checkpoint), g in per_network.groupby(["setting", "checkpoint"], sort=True):
+        kw = dict(marker=markers[checkpoint], color=colors[setting], alpha=0.8, label=f"{setting} · {checkpoint}")
+        left.scatter(g["density_1d"], g["regions_2d"], **kw)
+        right.scatter(g["density_1d"], g["rho_density"], **kw)
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("median regions per path (1-D)")
+    left.set_ylabel("median regions per plane (2-D)")
+    right.set_xscale("log")
+    right.axhline(0.0, color="0.6", lw=0.8, ls="--")
+    right.set_ylim(-1.05, 1.05)
+    right.set_xlabel("median regions per path (1-D)")
+    right.set_ylabel("Spearman over images, 1-D vs 2-D density")
+    if len(per_network):
+        left.legend(fontsize=7)
+    fig.suptitle(title or "2-D against 1-D density on the same images (one point per network)")
+    return _style(fig)
+
+
 def paired_hist_figure(pairs: pd.DataFrame, title: str = "") -> Figure:
     """Histograms of the paired differences (after − before) per measure, one outline per
     setting and noise level (seeds pooled); the dashed line marks no change."""
@@ -504,6 +532,19 @@ def draw_all(table: pd.DataFrame, pairs: pd.DataFrame, medians: pd.DataFrame, ou
         written += _draw_paths(table, Path(sweep_root), out, config)
     if config.planes and sweep_root is not None:
         written += draw_planes(table, Path(sweep_root), out, config)
+    return written
+
+
+def draw_density2d(per_network: pd.DataFrame, out_dir, config: AnalysisConfig = AnalysisConfig()) -> list[Path]:
+    """One :func:`density2d_figure` per data set, architecture and plane set; returns the files
+    written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k, rows in per_network.groupby(["dataset", "model", "width", "planes", "plane_set"], sort=True):
+        fig = density2d_figure(rows, title=f"2-D against 1-D density — {k[0]} · {k[1]} (width {k[2]}) · "
+                                           f"{k[3]} {k[4]}")
+        written += _save(fig, out, _slug("density2d", *k[:3], k[3].replace("/", "_"), k[4]), config)
     return written
 
 

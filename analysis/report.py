@@ -6,10 +6,12 @@
 Layout of ``out_dir``::
 
     paths.parquet          one row per (store, path): labels, measures, run metrics
+    planes.parquet         one row per (plane store, plane), when discovery wrote planes
     stores.csv             every store found: status, what was done with it, shards, paths
     tables/spearman.{csv,md}       paper Table 1
     tables/paired.{csv,md}         paper Table 2
     tables/noise_medians.{csv,md}  paper Fig. 5 as numbers
+    tables/plane_vs_line.{csv,md}  2-D against 1-D density per network (with plane stores)
     figures/*.{png,pdf}
     analysis_config.yaml   the resolved config
     cache/                 per-store measures and fingerprints (incremental reruns)
@@ -22,12 +24,14 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 
 from pipeline.config import save_config, write_atomic
 
 from . import tables
 from .collect import collect
 from .config import AnalysisConfig
+from .planes import collect_planes, plane_vs_line
 
 __all__ = ["aggregate", "write_tables", "TABLES"]
 
@@ -38,6 +42,8 @@ TABLES = {
     "spearman": ("Spearman correlation between density and absolute deviation across paths (paper Table 1)", ".3f"),
     "paired": ("Fraction of matched paths on which each measure increases (paper Table 2)", ".3f"),
     "noise_medians": ("Median density and deviation over paths per noise level (paper Fig. 5)", ".4g"),
+    "plane_vs_line": ("2-D against 1-D density on the same images, per network (regions per plane and per path)",
+                      ".3g"),
 }
 
 
@@ -89,6 +95,8 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     root = Path(sweep_root)
     out = Path(out_dir) if out_dir is not None else root / "analysis"
     table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before anything is written
+    planes, plane_stores = collect_planes(root, config=config)
+    stores = pd.concat([stores, plane_stores], ignore_index=True) if len(plane_stores) else stores
     out.mkdir(parents=True, exist_ok=True)
 
     written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
@@ -96,6 +104,12 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     table.to_parquet(tmp, index=False)
     os.replace(tmp, written["paths"])
     write_atomic(written["stores"], tables.format_csv(stores))
+    if len(planes):
+        written["planes"] = out / "planes.parquet"
+        planes.to_parquet(tmp, index=False)
+        os.replace(tmp, written["planes"])
+    else:
+        (out / "planes.parquet").unlink(missing_ok=True)  # from an earlier aggregation: no longer true
     save_config(config, written["config"])
 
     partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]
@@ -109,12 +123,18 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     pairs = tables.paired_differences(table, config)
     frames = {"spearman": tables.spearman_table(table), "paired": tables.paired_table(pairs),
               "noise_medians": tables.noise_medians(table, config)}
+    if len(planes):
+        frames["plane_vs_line"] = plane_vs_line(table, planes)
     written["tables"] = write_tables(frames, out / "tables", notes)
     written["figures"] = []
     if config.figures:
         from .figures import draw_all
 
         written["figures"] = draw_all(table, pairs, frames["noise_medians"], out / "figures", root, config)
+        if "plane_vs_line" in frames:
+            from .figures import draw_density2d
+
+            written["figures"] += draw_density2d(frames["plane_vs_line"], out / "figures", config)
     log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
              (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(), len(skipped), out)
     return written

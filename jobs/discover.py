@@ -82,7 +82,13 @@ def main(argv=None) -> int:
     if a.shard:
         cfg = replace(cfg, n_shards=a.shard[1])
         shards = [a.shard[0]]
-    status = discover_run(a.run, cfg, shards, store=a.store or a.from_store, deep=a.deep)
-    log.info("complete shards %d/%d%s", len(status["complete"]), status["n_shards"],
-             f"; leftovers of killed jobs: {status['leftovers']}" if status["leftovers"] else "")
+    from pipeline.store import store_attrs, store_geometry
+
+    # a plane store's path follows from the config; --from-store names the segment store only if it is one
+    segments = a.from_store if a.from_store and store_geometry(store_attrs(a.from_store)) == "line" else None
+    status = discover_run(a.run, cfg, shards, store=a.store or segments, deep=a.deep)
+    for what, st in (("segments", status), ("planes", status.get("planes"))):
+        if st is not None:
+            log.info("%s: complete shards %d/%d%s", what, len(st["complete"]), st["n_shards"],
+                     f"; leftovers of killed jobs: {st['leftovers']}" if st["leftovers"] else "")
     return 0

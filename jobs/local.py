@@ -169,7 +169,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
     from pipeline.config import to_dict
     from tqdm.auto import tqdm
 
-    from pipeline.discover import store_path
+    from pipeline.discover import store_paths
 
     from .ledger import record
     from .tasks import AggregateJob, DiscoverJob, TrainJob
@@ -194,7 +194,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
             for r, dcfg, shard in shards.pop(run_id, []):
                 job = pool.submit(DiscoverJob(str(r.run_dir), to_dict(dcfg), shard),
                                   name=f"discover {run_id} {dcfg.checkpoint} shard {shard}")
-                stores[job.future] = (store_path(r.run_dir, dcfg), shard)
+                stores[job.future] = (store_paths(r.run_dir, dcfg), shard)
                 launch(job, "discover", run=run_id, checkpoint=dcfg.checkpoint, shard=shard)
 
         bar.write(f"{pool.workers} worker process(es), one CPU thread each; job logs in {logs}")
@@ -222,7 +222,8 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
                 if stage == "train":
                     launch_discovery(extra["run"])
                 else:
-                    regions += _shard_regions(*stores.pop(future))
+                    paths, shard = stores.pop(future)
+                    regions += sum(_shard_regions(p, shard) for p in paths)
             bar.set_postfix(running=len(running), failed=len(failed), regions=f"{regions:,}")
     if failed:
         lines = "\n".join(f"  {j.name}: {e}" for j, e in failed)  # each names its log

@@ -3,8 +3,8 @@
     print(summary(plan(sweep, base)))   # done / incomplete / to launch, per stage
     print(status(sweep, base))          # the same, plus the scheduler's view of each job
 
-A run is trained when ``checkpoints/final.pt`` exists; a shard is done when the store lists it
-complete (marked complete, and its files match its manifest: a damaged shard is incomplete, so
+A run is trained when ``checkpoints/final.pt`` exists; a shard is done when the store (and the
+plane store, when the discovery config has ``planes``) lists it complete (marked complete, and its files match its manifest: a damaged shard is incomplete, so
 ``sweep resume`` writes it again); the aggregation when ``<root>/analysis/DONE`` exists and
 nothing upstream is left.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.discover import store_path
+from pipeline.discover import store_paths
 
 from .ledger import records
 from .sweepconfig import SweepConfig, discover_config, expand
@@ -47,12 +47,15 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         train[key].append(r)
         for checkpoint in sweep.checkpoints:
             dcfg = discover_config(sweep, base, checkpoint)
-            store = store_path(r.run_dir, dcfg)
-            complete = set()
-            started = store.exists()
-            if started:
+            complete = set(range(sweep.n_shards))
+            started = False
+            for store in store_paths(r.run_dir, dcfg):  # the segments', and the planes' if any
+                if not store.exists():
+                    complete = set()
+                    continue
+                started = True
                 st = shard_status(store)
-                complete = set(st["complete"])
+                complete &= set(st["complete"])
                 damaged += [(r, dcfg, i, st["errors"][i]) for i in st["damaged"]]
             for shard in range(sweep.n_shards):
                 item = (r, dcfg, shard)

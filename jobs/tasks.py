@@ -14,7 +14,7 @@ from pathlib import Path
 import submitit
 
 from pipeline.config import from_dict, write_atomic
-from pipeline.discover import DiscoverConfig, discover_run
+from pipeline.discover import DiscoverConfig, discover_run, shard_done
 from pipeline.train import TrainConfig
 
 __all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus"]
@@ -38,7 +38,8 @@ class TrainJob(submitit.helpers.Checkpointable):
 
 
 class DiscoverJob(submitit.helpers.Checkpointable):
-    """Write one shard of one store (skipped if complete); requeue a fresh instance if preempted."""
+    """Write one shard of one store, and of its plane store if any (skipped if complete);
+    requeue a fresh instance if preempted."""
 
     def __init__(self, run_dir: str, config: dict, shard: int):
         self.run_dir, self.config, self.shard = str(run_dir), config, shard
@@ -48,7 +49,7 @@ class DiscoverJob(submitit.helpers.Checkpointable):
         use_allocated_cpus()
         status = discover_run(self.run_dir, from_dict(DiscoverConfig, self.config), shards=[self.shard],
                               progress=False)
-        return {"run": self.run_dir, "shard": self.shard, "complete": self.shard in status["complete"]}
+        return {"run": self.run_dir, "shard": self.shard, "complete": shard_done(status, self.shard)}
 
     def checkpoint(self, *args, **kwargs):
         return submitit.helpers.DelayedSubmission(DiscoverJob(self.run_dir, self.config, self.shard))

@@ -44,6 +44,9 @@ def from_dict(cls, data: dict | None, where: str = ""):
     kwargs = {}
     for name, value in data.items():
         hint = hints[name]
+        optional = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is not None and len(optional) == 1 and dataclasses.is_dataclass(optional[0]):
+            hint = optional[0]  # ``SomeConfig | None``: a mapping is that config
         if dataclasses.is_dataclass(hint):
             kwargs[name] = from_dict(hint, value, f"{where}{name}.")
         elif hint in (tuple, typing.Tuple) or typing.get_origin(hint) is tuple:

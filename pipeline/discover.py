@@ -24,9 +24,11 @@ import torch
 
 from .config import identity_dict, local_field, to_dict
 from .paths import PathConfig, path_set_id
+from .plane_sets import PlaneSetConfig, plane_set_id
 from .store import StoreConfig
 
-__all__ = ["DiscoverConfig", "discover_run", "write_shards", "store_path", "shard_paths", "engine_attrs", "sha256"]
+__all__ = ["DiscoverConfig", "discover_run", "write_shards", "write_plane_shards", "store_path", "plane_store_path",
+           "store_paths", "shard_done", "shard_paths", "engine_attrs", "plane_engine_attrs", "sha256"]
 
 log = logging.getLogger("pipeline.discover")
 
@@ -39,6 +41,11 @@ class DiscoverConfig:
     result: they are left out of the config's identity (:func:`pipeline.config.identity_dict`).
     The engine's result-affecting options (``method``, ``eps``, ``dtype``, ``certify``) are
     part of the store's identity: one store never mixes shards discovered differently.
+
+    With ``planes`` (a :class:`pipeline.plane_sets.PlaneSetConfig`), each shard index also
+    covers a block of that plane set, whose exact 2-D regions (:func:`pipeline.planes.discover_plane`,
+    in ``dtype``) go to a second store, :func:`plane_store_path`; a shard is done when it is
+    complete in both (:func:`shard_done`).
     """
 
     paths: PathConfig = field(default_factory=PathConfig)
@@ -52,6 +59,8 @@ class DiscoverConfig:
     n_shards: int = 1
     device: str = local_field("auto")  # auto: cuda when present
     store: StoreConfig = field(default_factory=StoreConfig)
+    planes: PlaneSetConfig | None = None  # also the exact 2-D regions of these planes, in a second store
+    chunk_planes: int = local_field(4)  # planes per write
 
     def __post_init__(self):
         from .regions import CERTIFY, METHODS
@@ -64,8 +73,10 @@ class DiscoverConfig:
             raise ValueError(f"certify must be one of {', '.join(CERTIFY)}; got {self.certify!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
-        if min(self.batch_size, self.chunk_segments, self.n_shards) < 1:
-            raise ValueError("batch_size, chunk_segments and n_shards must be >= 1")
+        if min(self.batch_size, self.chunk_segments, self.n_shards, self.chunk_planes) < 1:
+            raise ValueError("batch_size, chunk_segments, chunk_planes and n_shards must be >= 1")
+        if self.planes is not None and not isinstance(self.planes, PlaneSetConfig):
+            raise TypeError(f"planes must be a PlaneSetConfig or None, got {type(self.planes).__name__}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0; got {self.eps}")
 
@@ -83,6 +94,24 @@ def store_path(run_dir, cfg: DiscoverConfig) -> Path:
     return Path(run_dir) / "regions" / f"{cfg.checkpoint}-{path_set_id(cfg.paths)}.zarr"
 
 
+def plane_store_path(run_dir, cfg: DiscoverConfig) -> Path | None:
+    """Where :func:`discover_run` writes the plane regions (``None`` without ``cfg.planes``)."""
+    if cfg.planes is None:
+        return None
+    return Path(run_dir) / "regions" / f"{cfg.checkpoint}-planes-{plane_set_id(cfg.planes)}.zarr"
+
+
+def store_paths(run_dir, cfg: DiscoverConfig) -> list[Path]:
+    """Every store :func:`discover_run` writes: the segments', then the planes' if any."""
+    planes = plane_store_path(run_dir, cfg)
+    return [store_path(run_dir, cfg)] + ([planes] if planes is not None else [])
+
+
+def shard_done(status: dict, shard: int) -> bool:
+    """Whether :func:`discover_run`'s returned status lists ``shard`` complete in every store."""
+    return shard in status["complete"] and ("planes" not in status or shard in status["planes"]["complete"])
+
+
 def shard_paths(n_paths: int, n_shards: int, shard: int) -> np.ndarray:
     """Positions of the paths in ``shard``: contiguous, sizes differing by at most one."""
     return np.array_split(np.arange(n_paths), n_shards)[shard]
@@ -94,11 +123,23 @@ def engine_attrs(cfg: DiscoverConfig) -> dict:
             "certify": cfg.certify if cfg.method == "subdivide" else None}
 
 
+def plane_engine_attrs(cfg: DiscoverConfig) -> dict:
+    """The plane store attributes naming how its regions were found (identity keys)."""
+    from .planes import MIN_AREA, default_rel_tol
+
+    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    return {"geometry": "plane", "dtype": cfg.dtype, "domain": cfg.planes.domain,
+            "plane_engine": {"rel_tol": default_rel_tol(dtype), "min_area": MIN_AREA, "certify": True}}
+
+
 def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None,
                  deep: bool = False) -> dict:
-    """Write the missing (or damaged) shards among ``shards`` (default: all) of a run's store;
-    returns the store's :func:`pipeline.store.shard_status`. ``deep``: judge existing shards by
-    their checksums too (reads them), so flipped bytes are rewritten as well."""
+    """Write the missing (or damaged) shards among ``shards`` (default: all) of a run's store
+    (and of its plane store, with ``cfg.planes``); returns the store's
+    :func:`pipeline.store.shard_status`, with the plane store's under ``"planes"``
+    (:func:`shard_done` reads both). ``deep``: judge existing shards by their checksums too
+    (reads them), so flipped bytes are rewritten as well. ``store``: the segment store's path
+    (default :func:`store_path`)."""
     from .config import from_dict
     from .data import DataConfig, load
     from .paths import bundle_paths
@@ -122,9 +163,17 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
         "model": train_cfg["model"], "dataset": identity_dict(data_cfg), "split": cfg.paths.split,
         "paths": to_dict(paths.config), "discover_config": to_dict(cfg),  # resolved, beside the results
     }
-    return write_shards(store or store_path(run_dir, cfg), model, paths.x0, paths.x1, paths.path_id,
-                        paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress,
-                        deep=deep)
+    status = write_shards(store or store_path(run_dir, cfg), model, paths.x0, paths.x1, paths.path_id,
+                          paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress,
+                          deep=deep)
+    if cfg.planes is not None:
+        from .plane_sets import bundle_planes
+
+        planes = bundle_planes(data, cfg.planes)
+        plane_attrs = {**attrs, "split": cfg.planes.split, "paths": to_dict(planes.config)}
+        status["planes"] = write_plane_shards(plane_store_path(run_dir, cfg), model, planes, cfg, plane_attrs,
+                                              shards=shards, progress=progress, deep=deep)
+    return status
 
 
 def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConfig, attrs: dict, *,
@@ -162,6 +211,60 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
         _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
                      device, progress, deep)
     return shard_status(store)  # what was not rewritten was judged above
+
+
+def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *, shards=None,
+                       progress: bool = False, deep: bool = False) -> dict:
+    """Create (or check) the plane store ``store`` and write its missing shards among
+    ``shards``: shard ``i`` holds the ``i``-th contiguous block of ``planes`` (a
+    :class:`pipeline.plane_sets.PlaneSet`, ``cfg.planes`` built). As :func:`write_shards`."""
+    from .store import open_or_create, shard_status
+
+    store = Path(store)
+    if cfg.n_shards > planes.n_planes:
+        raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of planes ({planes.n_planes}): "
+                         "raise planes.n_planes, or use fewer shards")
+    param = next(iter(model.parameters()), None)
+    with torch.no_grad():
+        k = int(model(planes.x0[:1].to(param.dtype if param is not None else torch.float32)).shape[1])
+    attrs = {**attrs, **plane_engine_attrs(cfg), "path_set": plane_set_id(cfg.planes), "n_shards": cfg.n_shards,
+             "n_planes": planes.n_planes, "K": k, "keep_affine": cfg.store.keep_affine,
+             "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
+    for key in ("method", "eps", "certify"):  # the 1-D engine's options: not how planes are found
+        attrs.pop(key, None)
+    open_or_create(store, attrs)
+    status = shard_status(store, deep=deep)
+    todo = [s for s in (range(cfg.n_shards) if shards is None else shards) if s not in status["complete"]]
+    log.info("plane store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]),
+             cfg.n_shards, len(todo))
+    for shard in todo:
+        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep)
+    return shard_status(store)
+
+
+def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
+    from .plane_store import PlaneShardWriter
+    from .planes import discover_plane_iter
+
+    pos = shard_paths(planes.n_planes, cfg.n_shards, shard)
+    corners = 4 if cfg.planes.domain == "parallelogram" else 3
+    writer = PlaneShardWriter(store, shard, planes.plane_id[pos], planes.label[pos], planes.corner_index[pos], k,
+                              corners, cfg.store)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    start, regions = time.perf_counter(), 0
+    idx = torch.as_tensor(pos)
+    try:
+        for chunk in discover_plane_iter(model, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
+                                         device="cpu", domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
+                                         progress=progress, chunk_planes=cfg.chunk_planes):
+            writer.write(chunk)
+            regions += chunk.total_regions
+    except BaseException:
+        writer.abort()
+        raise
+    published = writer.commit(deep=deep)
+    log.info("plane shard %d: %d planes, %d regions in %.1f s%s", shard, len(pos), regions,
+             time.perf_counter() - start, "" if published else " (another job had completed it: kept theirs)")
 
 
 def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep):

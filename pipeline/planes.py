@@ -52,13 +52,14 @@ from .linearize import forward_blocked
 from .prepared import as_prepared
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
-__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS"]
+__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol"]
 
 # the domain's corners in (u, v), counter-clockwise, and its area
 DOMAINS = {
     "triangle": (((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)), 0.5),
     "parallelogram": (((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)), 1.0),
 }
+MIN_AREA = 1e-14  # default: pieces below this fraction of the domain's area are dropped (and counted)
 CERTIFY_ROWS = 2048  # centroids per forward of the certificate
 _MIX1, _MIX2 = 0x100000001B3, 0x5851F42D4C957F2D  # odd multipliers that chain the per-op hashes
 
@@ -555,9 +556,14 @@ def _largest_activation(prepared, x) -> int:
     return _Sizes.biggest
 
 
+def default_rel_tol(dtype) -> float:
+    """The default ``rel_tol`` in ``dtype``: 64 machine epsilons."""
+    return 64 * torch.finfo(dtype).eps
+
+
 def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
-                        max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = 1e-14,
+                        max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
                         certify: bool = True, row_block: int | None = None, seed: int = 0) -> Iterator[PlaneResult]:
     """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes."""
     if domain not in DOMAINS:
@@ -576,7 +582,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
     if row_block is None:
         row_block = pwl.default_row_block(prepared.device, dtype, "subdivide")
     if rel_tol is None:
-        rel_tol = 64 * torch.finfo(dtype).eps
+        rel_tol = default_rel_tol(dtype)
     if max_vertices is None:
         with torch.no_grad():
             biggest = _largest_activation(prepared, x0)

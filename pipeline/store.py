@@ -58,8 +58,9 @@ from .atomic import fsync_dir, fsync_tree, unique_suffix
 from .config import local_field
 from .measures import PATH_COLUMNS, combine_path_partials, path_partials
 
-__all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "DamagedShardError", "open_or_create", "ShardWriter",
-           "shard_status", "verify_shard", "shard_info", "shard_state", "is_store", "store_attrs", "rewrite_command",
+__all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "DamagedShardError", "open_or_create", "ShardFolder",
+           "ShardWriter", "shard_status", "verify_shard", "read_array", "store_geometry", "shard_info", "shard_state",
+           "is_store", "store_attrs", "rewrite_command",
            "StoreReader", "open_store", "open_stores", "shard_name", "shard_partials", "paths_table"]
 
 log = logging.getLogger("pipeline.store")
@@ -72,7 +73,7 @@ REGION_ARRAYS = ("t_start", "t_end", "intercept", "slope")
 PARTIAL_ARRAYS = ("path_id", "density", "length", "deviation", "total_variation", "continuity_gap")
 # attributes that must not change between the jobs writing one store
 IDENTITY_KEYS = ("schema", "checkpoint_sha256", "model", "dataset", "split", "paths", "path_set", "method", "eps",
-                 "dtype", "certify", "n_shards", "keep_affine", "affine_dtype")
+                 "dtype", "certify", "n_shards", "keep_affine", "affine_dtype", "domain", "plane_engine")
 MANIFEST_VERSION = 1
 _SHARD = re.compile(r"shard-(\d+)")
 _LEFTOVER = re.compile(r"shard-\d+\.(tmp|damaged)-.+")
@@ -146,6 +147,9 @@ def open_or_create(path, attrs: dict) -> Path:
         if have.get("schema") != SCHEMA_VERSION:
             raise StoreError(f"{path} has schema version {have.get('schema')}, this code writes "
                              f"{SCHEMA_VERSION}: use a new store path (or the version that wrote it)")
+        if store_geometry(have) != store_geometry(attrs):
+            raise StoreError(f"{path} holds {store_geometry(have)}s, this job writes {store_geometry(attrs)}s: "
+                             "nothing was overwritten; write to a new store path")
         diff = [k for k in IDENTITY_KEYS if k in attrs and _norm(have.get(k)) != _norm(attrs[k])]
         if diff:
             detail = "; ".join(f"{k}: store has {have.get(k)!r}, asked for {attrs[k]!r}" for k in diff)
@@ -163,6 +167,12 @@ def open_or_create(path, attrs: dict) -> Path:
         return open_or_create(path, {k: v for k, v in attrs.items() if k != "schema"})
     fsync_dir(path.parent)
     return path
+
+
+def store_geometry(attrs: dict) -> str:
+    """What a store's items are, from its attributes: ``"line"`` (segments; stores written
+    before planes existed have no ``geometry``) or ``"plane"`` (:mod:`pipeline.plane_store`)."""
+    return str(attrs.get("geometry", "line"))
 
 
 def is_store(path) -> bool:
@@ -194,69 +204,41 @@ def _norm(v):
 
 # ---- writing ------------------------------------------------------------------------------------
 
-class ShardWriter:
-    """Write one shard in chunks of consecutive segments; :meth:`commit` publishes it.
+class ShardFolder:
+    """One shard being written under its temporary name; :meth:`commit` publishes it.
 
-    ``path_id`` and ``segment_index`` (``(S,)``) describe the shard's segments in order; each
-    :meth:`write` takes a :class:`pipeline.result.RegionResult` whose ``segment_index`` are
-    positions ``0..S-1`` in this shard.
+    The part of a shard writer that knows no layout: the temporary group (attributes
+    ``complete=False`` and ``extra``), :meth:`array` to create its arrays, and the manifest,
+    flush and rename of :meth:`commit`. :class:`ShardWriter` (segments) and
+    :class:`pipeline.plane_store.PlaneShardWriter` (planes) lay their arrays out on it.
     """
 
-    def __init__(self, store, shard: int, path_id, segment_index, k: int, cfg: StoreConfig = StoreConfig()):
+    item = "items"  # what the layout's items are called, in messages
+
+    def __init__(self, store, shard: int, cfg: "StoreConfig", extra: dict):
         self.store = Path(store)
         self.shard = shard
         self.final = self.store / shard_name(shard)
         self.tmp = self.store / f"{shard_name(shard)}.tmp-{unique_suffix()}"
         self.cfg = cfg
-        self.n = len(path_id)
-        self.written = 0
         self.regions = 0
-        g = zarr.open_group(str(self.tmp), mode="w")
-        g.attrs.update({"complete": False, "n_segments": self.n, "shard": shard})
-        codec = cfg.codec()
-        seg = g.require_group("segments")
+        self.arrays: dict = {}  # key ("segments/density") -> zarr array: what the manifest lists
+        self.group = zarr.open_group(str(self.tmp), mode="w")
+        self.group.attrs.update({"complete": False, "shard": shard, **extra})
+        self._codec = cfg.codec()
 
-        def make(group, name, shape, dtype, chunks):
-            return group.create_array(name, shape=shape, dtype=dtype, chunks=chunks, compressors=codec)
+    def array(self, key: str, shape, dtype, chunks):
+        """Create array ``key`` (``group/name``) of the shard, compressed with the store's codec."""
+        group, name = key.split("/")
+        arr = self.group.require_group(group).create_array(name, shape=shape, dtype=dtype, chunks=chunks,
+                                                           compressors=self._codec)
+        self.arrays[key] = arr
+        return arr
 
-        s_chunk = max(1, min(self.n, 65_536))
-        self.seg = {name: make(seg, name, (self.n,), "i8" if name in ("path_id", "segment_index", "density")
-                               else "f8", (s_chunk,)) for name in SEGMENT_SCALARS}
-        self.seg["region_offset"] = make(seg, "region_offset", (self.n + 1,), "i8", (s_chunk + 1,))
-        for name in SEGMENT_VECTORS:
-            self.seg[name] = make(seg, name, (self.n, k), "f8", (s_chunk, k))
-        self.seg["path_id"][:] = np.asarray(path_id, dtype=np.int64)
-        self.seg["segment_index"][:] = np.asarray(segment_index, dtype=np.int64)
-        self.seg["region_offset"][0:1] = np.zeros(1, dtype=np.int64)
-        reg = g.require_group("regions")
-        rc = cfg.region_chunk
-        self.reg = {"t_start": make(reg, "t_start", (0,), "f8", (rc,)), "t_end": make(reg, "t_end", (0,), "f8", (rc,))}
-        if cfg.keep_affine:
-            self.reg["intercept"] = make(reg, "intercept", (0, k), cfg.affine_dtype, (rc, k))
-            self.reg["slope"] = make(reg, "slope", (0, k), cfg.affine_dtype, (rc, k))
-        self.group = g
-
-    def write(self, res) -> None:
-        """Append the next chunk of segments (a :class:`pipeline.result.RegionResult`)."""
-        lo, hi = int(res.segment_index[0]), int(res.segment_index[-1]) + 1
-        if lo != self.written or hi - lo != res.n_segments:
-            raise ValueError(f"shard chunks must arrive in order: expected segment {self.written}, got {lo}..{hi - 1}")
-        if hi > self.n:
-            raise ValueError(f"chunk ends at segment {hi - 1} but the shard has {self.n}")
-        for name in ("length", "density", "continuity_gap", *SEGMENT_VECTORS):
-            self.seg[name][lo:hi] = getattr(res, name)
-        tol = res.certificate_tol
-        self.seg["certificate_tol"][lo:hi] = np.zeros(res.n_segments) if tol is None else tol
-        self.seg["region_offset"][lo + 1:hi + 1] = res.region_offset[1:] + self.regions
-        self.reg["t_start"].append(res.t_start)
-        self.reg["t_end"].append(res.t_end)
-        if self.cfg.keep_affine:
-            if res.intercept is None:
-                raise ValueError("the store keeps affine maps but the result has none: discover with keep_affine=True")
-            self.reg["intercept"].append(res.intercept.astype(self.cfg.affine_dtype))
-            self.reg["slope"].append(res.slope.astype(self.cfg.affine_dtype))
-        self.regions += res.n_regions
-        self.written = hi
+    def complete(self) -> bool:
+        """Whether every item was written (checked by :meth:`commit`): the layout keeps
+        ``n`` (items of the shard) and ``written`` (items written so far)."""
+        return self.written == self.n
 
     def commit(self, deep: bool = False) -> bool:
         """Mark complete with the shard's manifest, flush it to disk and publish it.
@@ -274,10 +256,9 @@ class ShardWriter:
             a valid complete shard (this copy is then discarded). A damaged or incomplete shard
             under the final name is replaced.
         """
-        if self.written != self.n:
-            raise ValueError(f"shard incomplete: {self.written} of {self.n} segments written")
-        arrays = {**{f"segments/{k}": a for k, a in self.seg.items()}, **{f"regions/{k}": a for k, a in self.reg.items()}}
-        manifest = _make_manifest(self.tmp, arrays)
+        if not self.complete():
+            raise ValueError(f"shard incomplete: {self.written} of {self.n} {self.item} written")
+        manifest = _make_manifest(self.tmp, self.arrays)
         self.group.attrs.update({"complete": True, "n_regions": self.regions, "manifest": manifest})
         fsync_tree(self.tmp)  # on a shared filesystem, all of it is on disk before the name is
         return self._publish(deep)
@@ -336,6 +317,61 @@ class ShardWriter:
     def abort(self) -> None:
         """Remove this writer's temporary."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class ShardWriter(ShardFolder):
+    """Write one shard of a segment store in chunks of consecutive segments; :meth:`commit`
+    publishes it.
+
+    ``path_id`` and ``segment_index`` (``(S,)``) describe the shard's segments in order; each
+    :meth:`write` takes a :class:`pipeline.result.RegionResult` whose ``segment_index`` are
+    positions ``0..S-1`` in this shard.
+    """
+
+    item = "segments"
+
+    def __init__(self, store, shard: int, path_id, segment_index, k: int, cfg: StoreConfig = StoreConfig()):
+        self.n = len(path_id)
+        self.written = 0
+        super().__init__(store, shard, cfg, {"n_segments": self.n})
+        s_chunk = max(1, min(self.n, 65_536))
+        self.seg = {name: self.array(f"segments/{name}", (self.n,), "i8" if name in ("path_id", "segment_index",
+                                                                                      "density") else "f8", (s_chunk,))
+                    for name in SEGMENT_SCALARS}
+        self.seg["region_offset"] = self.array("segments/region_offset", (self.n + 1,), "i8", (s_chunk + 1,))
+        for name in SEGMENT_VECTORS:
+            self.seg[name] = self.array(f"segments/{name}", (self.n, k), "f8", (s_chunk, k))
+        self.seg["path_id"][:] = np.asarray(path_id, dtype=np.int64)
+        self.seg["segment_index"][:] = np.asarray(segment_index, dtype=np.int64)
+        self.seg["region_offset"][0:1] = np.zeros(1, dtype=np.int64)
+        rc = cfg.region_chunk
+        self.reg = {"t_start": self.array("regions/t_start", (0,), "f8", (rc,)),
+                    "t_end": self.array("regions/t_end", (0,), "f8", (rc,))}
+        if cfg.keep_affine:
+            self.reg["intercept"] = self.array("regions/intercept", (0, k), cfg.affine_dtype, (rc, k))
+            self.reg["slope"] = self.array("regions/slope", (0, k), cfg.affine_dtype, (rc, k))
+
+    def write(self, res) -> None:
+        """Append the next chunk of segments (a :class:`pipeline.result.RegionResult`)."""
+        lo, hi = int(res.segment_index[0]), int(res.segment_index[-1]) + 1
+        if lo != self.written or hi - lo != res.n_segments:
+            raise ValueError(f"shard chunks must arrive in order: expected segment {self.written}, got {lo}..{hi - 1}")
+        if hi > self.n:
+            raise ValueError(f"chunk ends at segment {hi - 1} but the shard has {self.n}")
+        for name in ("length", "density", "continuity_gap", *SEGMENT_VECTORS):
+            self.seg[name][lo:hi] = getattr(res, name)
+        tol = res.certificate_tol
+        self.seg["certificate_tol"][lo:hi] = np.zeros(res.n_segments) if tol is None else tol
+        self.seg["region_offset"][lo + 1:hi + 1] = res.region_offset[1:] + self.regions
+        self.reg["t_start"].append(res.t_start)
+        self.reg["t_end"].append(res.t_end)
+        if self.cfg.keep_affine:
+            if res.intercept is None:
+                raise ValueError("the store keeps affine maps but the result has none: discover with keep_affine=True")
+            self.reg["intercept"].append(res.intercept.astype(self.cfg.affine_dtype))
+            self.reg["slope"].append(res.slope.astype(self.cfg.affine_dtype))
+        self.regions += res.n_regions
+        self.written = hi
 
 
 def _make_manifest(folder: Path, arrays: dict) -> dict:
@@ -619,16 +655,17 @@ def _guarded(store: Path, shard: int, key: str, read):
         raise _damage(store, shard, _Problem(f"it cannot be decoded ({type(err).__name__}: {err})", key)) from err
 
 
-def _read_array(store: Path, shard: int, manifest: dict, key: str, sel=slice(None)) -> np.ndarray:
-    """``sel`` of array ``key`` of a shard (see :func:`_open_array`); a read that fails in
-    Zarr is a :class:`DamagedShardError` naming store, shard and array."""
+def read_array(store: Path, shard: int, manifest: dict, key: str, sel=slice(None)) -> np.ndarray:
+    """``sel`` of array ``key`` (``group/name``) of a complete shard whose ``manifest``
+    (:func:`verify_shard`) is given, the array's shape and dtype checked against it; a read
+    that fails in Zarr is a :class:`DamagedShardError` naming store, shard and array."""
     arr = _open_array(store, shard, manifest, key)
     return _guarded(store, shard, key, lambda: arr[sel])
 
 
 class _ShardArray:
     """One region array of one shard as an array-like for ``dask.array.from_array``: every
-    block read goes through :func:`_read_array`."""
+    block read goes through :func:`read_array`."""
 
     def __init__(self, store: Path, shard: int, manifest: dict, key: str):
         self.store, self.shard, self.manifest, self.key = store, shard, manifest, key
@@ -637,7 +674,7 @@ class _ShardArray:
         self.ndim = len(self.shape)
 
     def __getitem__(self, sel):
-        return _read_array(self.store, self.shard, self.manifest, self.key, sel)
+        return read_array(self.store, self.shard, self.manifest, self.key, sel)
 
 
 class StoreReader:
@@ -653,6 +690,9 @@ class StoreReader:
         self.attrs = store_attrs(self.path)
         if self.attrs.get("schema") != SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema version {self.attrs.get('schema')}; this reader reads {SCHEMA_VERSION}")
+        if store_geometry(self.attrs) != "line":
+            raise StoreError(f"{self.path} is a store of {store_geometry(self.attrs)}s, not of segments: read it with "
+                             "pipeline.plane_store.open_plane_store")
         self.status, self._meta, errors = _scan(self.path, deep)
         damaged = self.status["damaged"]
         if damaged and not allow_incomplete:
@@ -671,7 +711,7 @@ class StoreReader:
         self._index = None
 
     def _read(self, shard: int, key: str, sel=slice(None)) -> np.ndarray:
-        return _read_array(self.path, shard, self._meta[shard]["manifest"], key, sel)
+        return read_array(self.path, shard, self._meta[shard]["manifest"], key, sel)
 
     def segment_array(self, name: str) -> np.ndarray:
         """A per-segment array over all complete shards, in shard order."""
@@ -777,7 +817,7 @@ def shard_partials(store, shard: int) -> dict:
     store = Path(store)
     keys = [f"segments/{name}" for name in PARTIAL_ARRAYS]
     manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
-    cols = {name: _read_array(store, shard, manifest, key) for name, key in zip(PARTIAL_ARRAYS, keys)}
+    cols = {name: read_array(store, shard, manifest, key) for name, key in zip(PARTIAL_ARRAYS, keys)}
     return path_partials(cols["path_id"], cols["density"], cols["length"], cols["deviation"],
                          cols["total_variation"], cols["continuity_gap"])
 

@@ -1,0 +1,220 @@
+"""The Zarr store of plane regions: the 2-D counterpart of :mod:`pipeline.store`'s segments.
+
+Layout (the store's ``geometry`` attribute is ``"plane"``)::
+
+    <checkpoint>-planes-<id>.zarr/  attrs: schema, geometry, model, checkpoint sha256, dataset, split,
+                                    paths (the plane set's config), path_set, domain, dtype,
+                                    plane_engine, n_shards, n_planes, K, keep_affine, run, discover_config
+      shard-00000/                  attrs: complete=true and manifest (written last), n_planes, n_regions
+        planes/    plane_id, label, corner_index (P,3), region_offset (P+1), n_regions, n_pieces,
+                   input_area, density, density_input, deviation (P,K), f_corners (P,C,K),
+                   continuity_gap, hull_gap, dropped_pieces, dropped_area
+        regions/   area, region_gap, centroid (R,2), vertex_offset (R+1), intercept (R,K), grad (R,2,K)
+        vertices/  uv (V,2)
+
+The fields are those of :class:`pipeline.planes.PlaneResult`. Shards are written, published,
+verified and rewritten exactly as segment shards (:class:`pipeline.store.ShardFolder`: a
+temporary, a manifest of sizes and CRC-32s, one rename); this module knows only the layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .store import (SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array,
+                    shard_status, store_attrs, store_geometry, verify_shard)
+
+__all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
+
+PLANE_INTS = ("plane_id", "label", "n_regions", "n_pieces", "dropped_pieces")
+PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "hull_gap", "dropped_area")
+# what plane_table reads (checked deeply: small)
+TABLE_ARRAYS = (*PLANE_INTS, *PLANE_FLOATS, "deviation", "corner_index")
+# one row per plane: ids, the counts and the measures (deviation: the plane's mean |f - g|, L2 over logits)
+PLANE_COLUMNS = ("plane_id", "label", "corner_1", "corner_2", "n_regions", "density", "density_input", "input_area",
+                 "deviation", "continuity_gap", "hull_gap", "n_pieces", "dropped_pieces", "dropped_area")
+
+
+class PlaneShardWriter(ShardFolder):
+    """Write one shard of a plane store in chunks of consecutive planes; :meth:`commit`
+    publishes it.
+
+    ``plane_id``, ``label`` (``(P,)``) and ``corner_index`` (``(P, 3)``) describe the shard's
+    planes in order; each :meth:`write` takes a :class:`pipeline.planes.PlaneResult` whose
+    ``plane_index`` are positions ``0..P-1`` in this shard. ``corners`` is 3 for triangles, 4
+    for parallelograms (the rows of ``f_corners``).
+    """
+
+    item = "planes"
+
+    def __init__(self, store, shard: int, plane_id, label, corner_index, k: int, corners: int,
+                 cfg: StoreConfig = StoreConfig()):
+        self.n = len(plane_id)
+        self.written = 0
+        self.vertices = 0
+        super().__init__(store, shard, cfg, {"n_planes": self.n})
+        n, rc = max(1, self.n), cfg.region_chunk
+        self.pl = {name: self.array(f"planes/{name}", (self.n,), "i8", (n,)) for name in PLANE_INTS}
+        self.pl.update({name: self.array(f"planes/{name}", (self.n,), "f8", (n,)) for name in PLANE_FLOATS})
+        self.pl["corner_index"] = self.array("planes/corner_index", (self.n, 3), "i8", (n, 3))
+        self.pl["region_offset"] = self.array("planes/region_offset", (self.n + 1,), "i8", (n + 1,))
+        self.pl["deviation"] = self.array("planes/deviation", (self.n, k), "f8", (n, k))
+        self.pl["f_corners"] = self.array("planes/f_corners", (self.n, corners, k), "f8", (n, corners, k))
+        self.pl["plane_id"][:] = np.asarray(plane_id, dtype=np.int64)
+        self.pl["label"][:] = np.asarray(label, dtype=np.int64)
+        self.pl["corner_index"][:] = np.asarray(corner_index, dtype=np.int64).reshape(self.n, 3)
+        self.pl["region_offset"][0:1] = np.zeros(1, dtype=np.int64)
+        self.reg = {"area": self.array("regions/area", (0,), "f8", (rc,)),
+                    "region_gap": self.array("regions/region_gap", (0,), "f8", (rc,)),
+                    "centroid": self.array("regions/centroid", (0, 2), "f8", (rc, 2)),
+                    "vertex_offset": self.array("regions/vertex_offset", (1,), "i8", (rc,))}
+        self.reg["vertex_offset"][:] = np.zeros(1, dtype=np.int64)
+        self.uv = self.array("vertices/uv", (0, 2), "f8", (rc, 2))
+        if cfg.keep_affine:
+            self.reg["intercept"] = self.array("regions/intercept", (0, k), cfg.affine_dtype, (rc, k))
+            self.reg["grad"] = self.array("regions/grad", (0, 2, k), cfg.affine_dtype, (max(1, rc // 2), 2, k))
+
+    def write(self, res) -> None:
+        """Append the next chunk of planes (a :class:`pipeline.planes.PlaneResult`)."""
+        lo, hi = int(res.plane_index[0]), int(res.plane_index[-1]) + 1
+        if lo != self.written or hi - lo != res.n_planes:
+            raise ValueError(f"shard chunks must arrive in order: expected plane {self.written}, got {lo}..{hi - 1}")
+        if hi > self.n:
+            raise ValueError(f"chunk ends at plane {hi - 1} but the shard has {self.n}")
+        for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
+            self.pl[name][lo:hi] = getattr(res, name)
+        self.pl["region_offset"][lo + 1:hi + 1] = res.plane_offset[1:] + self.regions
+        for name in ("area", "region_gap", "centroid"):
+            self.reg[name].append(getattr(res, name))
+        self.reg["vertex_offset"].append(res.vertex_offset[1:] + self.vertices)
+        self.uv.append(res.uv)
+        if self.cfg.keep_affine:
+            if res.intercept is None:
+                raise ValueError("the store keeps affine maps but the result has none: discover with keep_affine=True")
+            self.reg["intercept"].append(res.intercept.astype(self.cfg.affine_dtype))
+            self.reg["grad"].append(res.grad.astype(self.cfg.affine_dtype))
+        self.regions += res.total_regions
+        self.vertices += int(res.uv.shape[0])
+        self.written = hi
+
+
+def _check_plane_store(path: Path, attrs: dict) -> None:
+    if attrs.get("schema") != SCHEMA_VERSION:
+        raise StoreError(f"{path} has schema version {attrs.get('schema')}; this reader reads {SCHEMA_VERSION}")
+    if store_geometry(attrs) != "plane":
+        raise StoreError(f"{path} is a store of {store_geometry(attrs)}s, not of planes: read it with "
+                         "pipeline.store.open_store")
+
+
+def plane_table(store, shard: int) -> pd.DataFrame:
+    """One row per plane of a complete shard (``PLANE_COLUMNS``), from its per-plane arrays
+    alone, checked deeply against the manifest first (they are small). ``deviation`` is the
+    plane's mean absolute deviation: the 2-D ``∫ |f - g|`` over the domain divided by its area
+    in ``(u, v)``, L2 over logits (as a segment's, whose ``t`` domain has length 1).
+
+    Raises
+    ------
+    pipeline.store.DamagedShardError
+        The arrays differ from the manifest or cannot be decoded.
+    """
+    store = Path(store)
+    attrs = store_attrs(store)
+    _check_plane_store(store, attrs)
+    keys = [f"planes/{name}" for name in TABLE_ARRAYS]
+    manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
+    cols = {name: read_array(store, shard, manifest, key) for name, key in zip(TABLE_ARRAYS, keys)}
+    domain_area = 1.0 if attrs.get("domain") == "parallelogram" else 0.5
+    corners = cols.pop("corner_index")
+    out = {name: cols[name] for name in (*PLANE_INTS, *PLANE_FLOATS)}
+    out["corner_1"], out["corner_2"] = corners[:, 1], corners[:, 2]
+    out["deviation"] = np.linalg.norm(cols["deviation"] / domain_area, axis=1)
+    return pd.DataFrame(out, columns=list(PLANE_COLUMNS))
+
+
+class PlaneStoreReader:
+    """Read the complete shards of one plane store: the per-plane table, and any plane's
+    regions as a :class:`pipeline.planes.PlaneResult` (for figures and notebooks).
+
+    Opening checks every shard cheaply: a damaged one raises
+    :class:`pipeline.store.DamagedShardError`
+    unless ``allow_incomplete`` (it is then left out, like a missing one).
+    """
+
+    def __init__(self, path, allow_incomplete: bool = False, deep: bool = False):
+        self.path = Path(path)
+        self.attrs = store_attrs(self.path)
+        _check_plane_store(self.path, self.attrs)
+        self.status = shard_status(self.path, deep=deep)
+        if self.status["damaged"] and not allow_incomplete:
+            verify_shard(self.path, self.status["damaged"][0], deep=deep)  # raises DamagedShardError
+        if self.status["missing"] and not allow_incomplete:
+            raise StoreError(f"{self.path}: shards {self.status['missing'][:10]} of {self.status['n_shards']} are not "
+                             "complete; resume discovery, or open with allow_incomplete=True to read the rest")
+        self.shards = self.status["complete"]
+        self._meta = {i: verify_shard(self.path, i) for i in self.shards}
+        self._index = None
+
+    @property
+    def domain(self) -> str:
+        return str(self.attrs.get("domain", "triangle"))
+
+    def _read(self, shard: int, key: str, sel=slice(None)) -> np.ndarray:
+        return read_array(self.path, shard, self._meta[shard]["manifest"], key, sel)
+
+    def planes(self) -> pd.DataFrame:
+        """One row per plane (``PLANE_COLUMNS`` of :func:`plane_table`, plus ``shard``)."""
+        frames = [plane_table(self.path, i).assign(shard=i) for i in self.shards]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PLANE_COLUMNS, "shard"])
+
+    def _locate(self) -> dict:
+        if self._index is None:
+            self._index = {int(p): (i, r) for i in self.shards for r, p in enumerate(self._read(i, "planes/plane_id"))}
+        return self._index
+
+    def plane_ids(self) -> list[int]:
+        return sorted(self._locate())
+
+    def plane(self, plane_id: int):
+        """Every region of plane ``plane_id`` as a :class:`pipeline.planes.PlaneResult` of one
+        plane (``plane_index`` 0; ``intercept`` and ``grad`` ``None`` without affine maps).
+
+        Raises
+        ------
+        KeyError
+            No complete shard holds that plane.
+        """
+        from .planes import PlaneResult
+
+        try:
+            shard, row = self._locate()[int(plane_id)]
+        except KeyError:
+            raise KeyError(f"plane {plane_id} is in no complete shard of {self.path}") from None
+        one = slice(row, row + 1)
+        get = lambda key, sel=one: self._read(shard, key, sel)  # noqa: E731
+        lo, hi = (int(v) for v in get("planes/region_offset", slice(row, row + 2)))
+        voff = get("regions/vertex_offset", slice(lo, hi + 1))
+        arrays = self._meta[shard]["manifest"]["arrays"]
+        affine = "regions/intercept" in arrays
+        return PlaneResult(
+            plane_index=np.zeros(1, dtype=np.int64), n_regions=get("planes/n_regions"),
+            plane_offset=np.array([0, hi - lo], dtype=np.int64), input_area=get("planes/input_area"),
+            density=get("planes/density"), density_input=get("planes/density_input"),
+            f_corners=get("planes/f_corners"), deviation=get("planes/deviation"),
+            continuity_gap=get("planes/continuity_gap"), hull_gap=get("planes/hull_gap"),
+            n_pieces=get("planes/n_pieces"), dropped_pieces=get("planes/dropped_pieces"),
+            dropped_area=get("planes/dropped_area"), area=get("regions/area", slice(lo, hi)),
+            centroid=get("regions/centroid", slice(lo, hi)), vertex_offset=voff - voff[0],
+            uv=get("vertices/uv", slice(int(voff[0]), int(voff[-1]))),
+            region_gap=get("regions/region_gap", slice(lo, hi)),
+            intercept=get("regions/intercept", slice(lo, hi)).astype(np.float64) if affine else None,
+            grad=get("regions/grad", slice(lo, hi)).astype(np.float64) if affine else None,
+            domain=self.domain)
+
+
+def open_plane_store(path, allow_incomplete: bool = False, deep: bool = False) -> PlaneStoreReader:
+    """A :class:`PlaneStoreReader` of the plane store at ``path``."""
+    return PlaneStoreReader(path, allow_incomplete, deep)
+
