@@ -20,9 +20,11 @@ Kinds:
 ``"translate"`` (domain: the parallelogram)
     The plane of the image's translations: with ``a = T(r, 0) - x`` and ``b = T(0, r) - x``
     (``T(dx, dy)`` the sub-pixel translation of :func:`pipeline.paths.translate`, ``r`` the
-    radius), the square ``x + s a + t b`` for ``s, t`` in ``[-1, 1]``: the first-order span of
-    every shift within ``r`` px, which holds the circle path of radius ``r`` to first order
-    (exactly, for the anchors at whole-pixel shifts).
+    radius), the square ``x + s a + t b`` for ``s, t`` in ``[-1, 1]``, i.e. ``(u, v) = ((s + 1) / 2,
+    (t + 1) / 2)``: the first-order span of the shifts within ``r`` px, where the circle paths
+    of radius ``r`` run. It holds the image at its centre, and the image shifted by ``r`` right
+    at ``(s, t) = (1, 0)`` and down at ``(0, 1)`` exactly; elsewhere it is the linear
+    extrapolation of these.
 ``"images"`` (domain: the triangle)
     The plane through the base image and two other training images of two other classes,
     chosen by a generator seeded by ``(seed, base index)`` (so a plane does not depend on how

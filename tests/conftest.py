@@ -24,6 +24,20 @@ def sweep(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A training run folder of a tiny VGG8 (widths 4, 8) trained one epoch on the digits; read
+    only (copy it to write stores into it)."""
+    from pipeline.data import DataConfig
+    from pipeline.train import ModelConfig, TrainConfig, train
+
+    run_dir = tmp_path_factory.mktemp("digits-run") / "vgg8"
+    cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,
+                      batch_size=64, stop="epochs", max_epochs=1, seed=0)
+    train(cfg, run_dir, progress=False)
+    return run_dir
+
+
 def segments(shape, n, seed=0, scale=2.0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return (torch.randn((n, *shape), generator=g, dtype=dtype) * scale,
