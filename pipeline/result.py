@@ -101,6 +101,10 @@ def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0,
     ``certificate_tol`` (S,) the float32 screen's tolerance where it vouched for regions.
     """
     s = len(segment_index)
+    flat = (np.asarray(length) == 0)[seg_of_region]  # x1 == x0: f is constant along the segment
+    if flat.any():  # its slope is exactly zero, not the rounding of f(x0 + 0) - f(x0) in a batched pass
+        slope = slope.copy()
+        slope[flat] = 0.0
     counts = np.bincount(seg_of_region, minlength=s)
     offset = np.zeros(s + 1, dtype=np.int64)
     np.cumsum(counts, out=offset[1:])

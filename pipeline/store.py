@@ -11,7 +11,9 @@ Layout (``shared/DESIGN.md``)::
 
 This module is the only one that knows this layout: everything else reads through
 :class:`StoreReader`, :func:`shard_partials`, :func:`shard_info`, :func:`shard_state` and
-:func:`shard_status`.
+:func:`shard_status`. It also holds what every store's shards share whatever their layout
+(:class:`ShardFolder`: publication and manifest; :func:`verify_shard`, :func:`read_array`):
+plane stores (``geometry: plane``) lay out their shards in :mod:`pipeline.plane_store`.
 
 **Publication.** A shard is written by one :class:`ShardWriter` under a temporary name beside
 its final place (``shard-00000.tmp-<host>-<pid>-<token>``), marked complete together with its
