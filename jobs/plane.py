@@ -2,12 +2,14 @@
 
     python -m jobs plane runs/digits-vgg8                               # three classes, seed 0
     python -m jobs plane runs/digits-vgg8 --images 3,17,40 --scale 0.5 --color logit --out plane.png
+    python -m jobs plane --store runs/digits-vgg8/regions/final-planes-1c2d3e4f.zarr --plane 234   # as stored
 
 Loads the run's checkpoint and its data, takes three images of ``--split`` (default: three of
 different classes chosen by ``--seed``), optionally shrinks the triangle towards the first one
 (``--scale``), finds every linear region exactly (``pipeline/planes.py``) and draws them
 (``analysis.figures.plane_figure``). A full triangle on the demo's networks takes a minute or
-more (about 10^5 regions); ``--scale 0.25`` takes seconds.
+more (about 10^5 regions); ``--scale 0.25`` takes seconds. ``--store`` draws a plane a sweep's
+discovery already stored (``planes:`` in its discovery config), without discovering it again.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ def main(argv=None) -> int:
         epilog="example: python -m jobs plane runs/digits-vgg8 --scale 0.25 --out plane.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", type=Path, help="a training run folder (with checkpoints/)")
+    p.add_argument("run", type=Path, nargs="?", help="a training run folder (with checkpoints/)")
+    p.add_argument("--store", type=Path, default=None, help="a plane store: draw its --plane as stored (no run)")
+    p.add_argument("--plane", type=int, default=None, help="with --store: the plane's id (its base image's index)")
     p.add_argument("--checkpoint", default="final", help="init, final, last or epoch-NNNN (default: final)")
     p.add_argument("--images", type=_indices, default=None,
                    help="i,j,k: the three images of the split (default: three classes chosen by --seed)")
@@ -48,6 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for the discovery (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
+    if a.store is not None:
+        if a.run is not None or a.images is not None:
+            p.error("--store draws a stored plane: leave out the run and --images")
+        return _stored(a, p)
+    if a.run is None:
+        p.error("a run folder is needed (or --store STORE --plane ID)")
     if not 0.0 < a.scale <= 1.0:
         p.error(f"--scale must be in (0, 1], got {a.scale}")
 
@@ -71,6 +81,30 @@ def main(argv=None) -> int:
           f"{', '.join(f'{d:.3g}' for d in res.deviation[0])}; sum {float(res.deviation[0].sum()):.4g}")
     print(f"certificate: continuity gap {float(res.continuity_gap[0]):.2g}, dropped slivers "
           f"{int(res.dropped_pieces[0])}")
+    print(f"figure: {path}")
+    return 0
+
+
+def _stored(a, p) -> int:
+    """Draw plane ``a.plane`` of the plane store ``a.store``: its regions as stored, its corners
+    rebuilt from the store's plane set and the run's data."""
+    from analysis.figures import plane_figure
+    from pipeline.plane_run import stored_plane
+    from pipeline.store import StoreError
+
+    try:
+        out = stored_plane(a.store, a.plane)
+    except (StoreError, KeyError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    res = out["result"]
+    fig = plane_figure(res, images=out["corners"], color=a.color, logit=a.logit, labels=out["labels"],
+                       title=f"{Path(out['run']).name} · {out['checkpoint']} · plane {a.plane} ({out['kind']})")
+    path = a.out or a.store.parent.parent / "planes" / f"{out['checkpoint']}-{out['kind']}-{a.plane}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=150)
+    print(f"{int(res.n_regions[0]):,} linear regions on plane {a.plane} of {a.store} "
+          f"(continuity gap {float(res.continuity_gap[0]):.2g})")
     print(f"figure: {path}")
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["choose_images", "shrink", "run_plane"]
+__all__ = ["choose_images", "shrink", "run_plane", "stored_plane"]
 
 
 def choose_images(labels: np.ndarray, seed: int = 0, n: int = 3) -> np.ndarray:
@@ -103,3 +103,54 @@ def run_plane(run_dir, checkpoint: str = "final", indices=None, split: str = "tr
     return {"result": result, "images": [x[i] for i in range(3)], "corners": [c[0] for c in corners], "indices": idx, "labels": labels[idx],
             "predicted": predicted, "seconds": seconds, "checkpoint_file": run_dir / "checkpoints" / f"{checkpoint}.pt",
             "model": ckpt["config"]["model"], "scale": scale, "domain": domain, "split": split}
+
+
+def stored_plane(store, plane_id) -> dict:
+    """A plane of a plane store (:mod:`pipeline.plane_store`) with what a figure needs.
+
+    Returns
+    -------
+    dict
+        ``result`` (its :class:`~pipeline.planes.PlaneResult`, as stored), ``corners`` (the
+        domain's corners ``(C, H, W)``, rebuilt from the store's plane set and the run's data),
+        ``labels`` (inset captions), ``run``, ``checkpoint``, ``kind``.
+
+    Raises
+    ------
+    pipeline.store.StoreError
+        Not a plane store, or a damaged one; ``ValueError`` if ``plane_id`` is missing;
+        ``KeyError`` if no complete shard holds it.
+    """
+    import yaml
+
+    from .config import from_dict
+    from .data import DataConfig, load
+    from .plane_sets import PlaneSetConfig, bundle_planes
+    from .plane_store import open_plane_store
+
+    if plane_id is None:
+        raise ValueError("--plane: which plane of the store (its id, the base image's index; "
+                         "open_plane_store(store).plane_ids() lists them)")
+    reader = open_plane_store(store)
+    result = reader.plane(plane_id)
+    attrs = reader.attrs
+    cfg_file = Path(attrs["run"]) / "config.yaml"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{cfg_file}: the store's run folder (attribute run) has no training config, so "
+                                "the plane's images cannot be rebuilt")
+    data = load(from_dict(DataConfig, (yaml.safe_load(cfg_file.read_text()) or {}).get("data")))
+    planes = bundle_planes(data, from_dict(PlaneSetConfig, attrs["paths"]))
+    i = int(np.searchsorted(planes.plane_id, plane_id))
+    if i >= planes.n_planes or planes.plane_id[i] != plane_id:
+        raise ValueError(f"plane {plane_id} is not in the store's plane set (rebuilt from its config): the data changed?")
+    corners = [planes.x0[i], planes.x1[i], planes.x2[i]]
+    kind = planes.config.kind
+    if kind == "translate":
+        r = planes.config.radius  # a, b: the image's shifts by r px right and down, minus the image
+        labels = [f"#{plane_id} - a - b (a, b: shifts by {r:g} px)", "x + a - b", "x - a + b"]
+    else:
+        scale = planes.config.scale
+        labels = [f"#{j}" + (f" ({scale:g} of the way)" if scale < 1 and n else "")
+                  for n, j in enumerate(planes.corner_index[i])]
+    return {"result": result, "corners": corners, "labels": labels, "run": attrs["run"],
+            "checkpoint": attrs.get("checkpoint", "final"), "kind": kind}

@@ -120,3 +120,18 @@ def test_segment_and_plane_stores_are_never_mixed(written, tmp_path):
     with pytest.raises(ValueError, match="n_shards \\(5\\) is larger than the number of planes \\(4\\)"):
         discover_run(run, DiscoverConfig(paths=PathConfig(n_paths=6, anchors=2), n_shards=5, planes=PLANES),
                      progress=False, store=tmp_path / "other.zarr")
+
+
+def test_jobs_plane_draws_a_stored_plane(written, tmp_path, capsys):
+    from jobs.plane import main
+
+    run, _, planes, direct = written
+    store, pid = plane_store_path(run, CFG), int(planes.plane_id[2])
+    out = tmp_path / "p.png"
+    assert main(["--store", str(store), "--plane", str(pid), "--out", str(out), "--color", "logit"]) == 0
+    assert out.stat().st_size > 10_000
+    assert f"{int(direct.n_regions[2]):,} linear regions on plane {pid}" in capsys.readouterr().out
+    assert main(["--store", str(store), "--plane", "5"]) == 2
+    assert "plane 5 is in no complete shard" in capsys.readouterr().err
+    assert main(["--store", str(store_path(run, CFG)), "--plane", str(pid)]) == 2
+    assert "not of planes" in capsys.readouterr().err
