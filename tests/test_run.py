@@ -10,6 +10,7 @@ import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -199,8 +200,11 @@ def test_the_demo_runs_end_to_end(tmp_path):
     for model in ("VGG8", "ResNet18"):
         topics = {f["topic"] for f in found if f["group"].startswith(model)}
         assert {"training", "correlation", "noise", "noise_medians", "augment", "training_vs_init",
-                "test_error"} <= topics, (model, topics)
+                "test_error", "planes"} <= topics, (model, topics)
     assert "findings:" in out.stdout and "report:" in out.stdout
+    compare = pd.read_csv(tmp_path / "sweeps" / "demo" / "analysis" / "tables" / "plane_vs_line.csv")
+    assert len(compare) == 40 and (compare["n_images"] == 8).all()  # 20 networks x 2 checkpoints, 8 images each
+    assert len(list((report / "figures").glob("density2d-*.png"))) == 2
     again = subprocess.run([sys.executable, "-m", "jobs", "run", "configs/demo.yaml", "--base", str(tmp_path)],
                            cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 job(s)" in again.stdout
