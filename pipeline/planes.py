@@ -243,17 +243,51 @@ class _PlaneMode(SubdivideMode):
         self.tables: dict = {}
         self.dropped_pieces = np.zeros(n_planes, dtype=np.int64)
         self.dropped_area = np.zeros(n_planes)
+        self._rows_key, self._rows = None, None  # _distinct_rows' cache
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         call = pwl.recognise(func, args, kwargs)
         if call is None:
+            x = args[0] if args else None
+            if (pwl.is_conv(func) and isinstance(x, torch.Tensor) and x.ndim > 1
+                    and x.shape[0] == self.chain.size()):
+                return self._shared(func, args, kwargs)
             return pwl.call_blocked(func, args, kwargs, self.row_block)
         z = call.input
         self._check_exposed(func, z)
         z, tol = self._cut(call, z)
         state, piece = self._record(call, z, tol)
         return self._apply_state(call, z, state, piece)
+
+    def _shared(self, func, args, kwargs):
+        """A convolution on the tile's vertices, run once per distinct vertex.
+
+        Neighbouring pieces hold their shared vertices each (2-3 rows per point): rows of one
+        plane with the same ``(u, v)`` bits are run once and the output copied back to each
+        (the point's values agree up to rounding between the pieces: a unit on the line between
+        them is ~0, within ``tol``, on one side and exactly 0 on the other). Dense layers are
+        left alone: on the MLPs of bench/planes.py finding the distinct rows cost more than it
+        saved."""
+        x = args[0]
+        first, inverse = self._distinct_rows()
+        if first.numel() > 0.9 * x.shape[0]:
+            return pwl.call_blocked(func, args, kwargs, self.row_block)
+        out = pwl.call_blocked(func, (x[first], *args[1:]), kwargs, self.row_block)
+        return out[inverse]
+
+    def _distinct_rows(self):
+        """``(first, inverse)``: one row of each distinct (plane, u, v) of the tile, and for every
+        row the position of its own; cached until the tile's vertices change."""
+        tile = self.chain
+        if self._rows_key is not tile.uv:
+            piece = torch.repeat_interleave(torch.arange(tile.count.numel()), tile.count)
+            key = torch.cat([tile.plane[piece].view(-1, 1), tile.uv.contiguous().view(torch.int64)], 1)
+            _, inverse = torch.unique(key, dim=0, return_inverse=True)
+            first = torch.empty(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.long)
+            first.scatter_(0, inverse, torch.arange(inverse.numel()))
+            self._rows_key, self._rows = tile.uv, (first, inverse)
+        return self._rows
 
     @staticmethod
     def _apply_state(call, z, state, piece):
@@ -325,17 +359,28 @@ class _PlaneMode(SubdivideMode):
         act = [tile.plane, tile.count, tile.uv, tile.h1, tile.h2, vals]
         done = []
         n_done_rows = 0
+        # The units (windows) that still change state on some active piece. A cut piece's halves
+        # hold convex combinations of its vertices, so a unit that changes state on no piece of
+        # a round changes state on none of their halves: later rounds look at these alone.
+        cols = None
         while act[1].numel():
             cnt = act[1]
             pa = cnt.numel()
             piece = torch.repeat_interleave(torch.arange(pa), cnt)
             za = act[5][z_slot]
             if call.kind == "maxpool":
-                need, sv, stol = self._pool_lines(self._windows(call, za), piece, pa, cnt, tol)
+                feats = self._windows(call, za)
+                if cols is not None:
+                    feats = feats[:, cols]
+                need, sv, stol, live = self._pool_lines(feats, piece, pa, cnt, tol if cols is None else tol[cols])
             else:
-                need, sv, stol = self._unit_lines(self._levels(call, za), piece, pa, tol)
+                feats = self._levels(call, za)
+                if cols is not None:
+                    feats = feats[:, cols]
+                need, sv, stol, live = self._unit_lines(feats, piece, pa, tol if cols is None else tol[cols])
             if not bool(need.any()):
                 break
+            cols = live if cols is None else cols[live]
             kept, act = self._clip(act, piece, cnt, need, sv, stol)
             if kept is not None:
                 done.append(kept)
@@ -360,7 +405,8 @@ class _PlaneMode(SubdivideMode):
         return vals
 
     def _unit_lines(self, lev, piece, pa, tol):
-        """ReLU / clamp: which pieces need a cut, and one offending unit's values at each vertex."""
+        """ReLU / clamp: which pieces need a cut, one offending unit's values at each vertex,
+        its tolerance, and the columns of ``lev`` offending on some piece."""
         lev = lev.double()
         mx, mn = _segment(lev, piece, pa, "amax"), _segment(lev, piece, pa, "amin")
         needu = (mx > tol) & (mn < -tol)
@@ -369,22 +415,25 @@ class _PlaneMode(SubdivideMode):
         prio = torch.randperm(needu.shape[1], generator=self.gen, dtype=torch.int32) + 1
         unit = torch.where(needu, prio, 0).argmax(1)  # (Pa,)
         s = lev.gather(1, unit[piece].view(-1, 1)).flatten()
-        return need, s, tol[unit]
+        return need, s, tol[unit], needu.any(0).nonzero().flatten()
 
     def _pool_lines(self, win, piece, pa, cnt, tol):
         """Max-pool: pieces on which no candidate of some window is the max everywhere, and for
-        each a line ``z_a - z_b`` (argmaxes at two of its vertices) that strictly separates them."""
+        each a line ``z_a - z_b`` (argmaxes at two of its vertices) that strictly separates them;
+        with its tolerance, and the windows (columns of ``win``) in that case on some piece."""
         win = win.double()
         finite = torch.isfinite(win)
         top, arg = win.amax(2), win.argmax(2)  # (V, W)
         gap = torch.where(finite, top.unsqueeze(2) - win, math.inf)  # (V, W, kk) >= 0
         worst = _segment(gap, piece, pa, "amax")  # (Pa, W, kk)
-        bad_p, bad_w = (worst.amin(2) > tol).nonzero(as_tuple=True)
+        bad = worst.amin(2) > tol  # (Pa, W)
+        live = bad.any(0).nonzero().flatten()
+        bad_p, bad_w = bad.nonzero(as_tuple=True)
         need = torch.zeros(pa, dtype=torch.bool)
         s = torch.zeros(win.shape[0], dtype=torch.float64)
         stol = torch.zeros(pa, dtype=torch.float64)
         if bad_p.numel() == 0:
-            return need, s, stol
+            return need, s, stol, live
         # candidate pairs: vertex i's argmax a, vertex j's argmax b; z_a - z_b is gap_b(i) >= 0
         # at i and -gap_a(j) <= 0 at j: a strict cut iff both exceed tol
         off = _offsets(cnt)
@@ -398,7 +447,7 @@ class _PlaneMode(SubdivideMode):
         best, flat = score.flatten(1).max(1)
         real = best > tol[bad_w]
         if not bool(real.any()):
-            return need, s, stol
+            return need, s, stol, live
         bad_p, bad_w, flat = bad_p[real], bad_w[real], flat[real]
         i, j = flat // m, flat % m
         # the line z_a - z_b with a, b the argmaxes at vertices i, j: > tol at i, < -tol at j
@@ -419,7 +468,7 @@ class _PlaneMode(SubdivideMode):
         wv = wpiece[piece]
         s = win[v, wv, apiece[piece]] - win[v, wv, bpiece[piece]]
         s = torch.where(need[piece], s, 0.0)
-        return need, s, stol
+        return need, s, stol, live
 
     def _clip(self, act, piece, cnt, need, s, stol):
         """Cut every piece with ``need`` by the line ``s = 0`` (Sutherland-Hodgman). Returns the
@@ -464,7 +513,14 @@ class _PlaneMode(SubdivideMode):
             vok = torch.repeat_interleave(ok, count)
             a, b, w, uv_new = a[vok], b[vok], w[vok], uv_new[vok]
             count, parent = count[ok], parent[ok]
-        new_vals = [torch.lerp(v[a], v[b], w.to(v.dtype).view(-1, *([1] * (v.ndim - 1)))) for v in vals]
+        # most rows are kept vertices (w = 0: lerp would return v[a] exactly): interpolate the new ones only
+        moved = (b != a).nonzero().flatten()
+        am, bm, wm = a[moved], b[moved], w[moved]
+        new_vals = []
+        for v in vals:
+            out = v[a]
+            out[moved] = torch.lerp(v[am], v[bm], wm.to(v.dtype).view(-1, *([1] * (v.ndim - 1))))
+            new_vals.append(out)
         return kept, [plane[parent], count, uv_new, h1[parent], h2[parent], new_vals]
 
 

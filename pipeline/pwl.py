@@ -174,6 +174,18 @@ _LINEAR = _names(F, "linear") | _names(torch._C._nn, "linear")
 LINEAR_BLOCK = 256
 
 
+_CONV = _names(F, "conv1d", "conv2d", "conv3d") | _names(torch, "conv1d", "conv2d", "conv3d")
+
+
+def is_conv(func) -> bool:
+    """Whether ``func`` is a convolution: row-wise (row ``i`` of the output depends on row ``i``
+    of the input alone) and costly per row."""
+    try:
+        return func in _CONV
+    except TypeError:  # unhashable
+        return False
+
+
 def call_blocked(func, args, kwargs, block: int):
     """``func(*args, **kwargs)``, in blocks of ``block`` rows if it is a heavy row-wise layer
     (at least ``LINEAR_BLOCK`` rows for a dense layer)."""
