@@ -21,7 +21,7 @@ import yaml
 from .atomic import fsync_dir, write_atomic  # re-exported: the atomic writes live in pipeline/atomic.py
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "identity_dict", "load_config", "save_config", "config_hash",
-           "write_atomic", "fsync_dir", "local_field"]
+           "write_atomic", "fsync_dir", "local_field", "short_id"]
 
 
 class ConfigError(ValueError):
@@ -105,3 +105,12 @@ def config_hash(cfg, length: int = 12) -> str:
     experiment, same name, wherever its files live)."""
     blob = json.dumps(identity_dict(cfg), sort_keys=True)
     return hashlib.md5(blob.encode()).hexdigest()[:length]
+
+
+def short_id(cfg, cls, who: str = "short_id") -> str:
+    """8 hex digits naming ``cfg``, a ``cls`` or a mapping of its fields (:func:`config_hash`)."""
+    if isinstance(cfg, dict):
+        cfg = from_dict(cls, cfg)
+    if not isinstance(cfg, cls):
+        raise TypeError(f"{who} takes a {cls.__name__} or a mapping of its fields, got {type(cfg).__name__}")
+    return config_hash(cfg, 8)

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["KINDS", "PathConfig", "PathSet", "choose_bases", "translate", "circle_path", "pixel_stats",
-           "build_paths", "bundle_paths", "path_set_id"]
+           "build_paths", "bundle_paths", "path_set_id", "check_split"]
 
 KINDS = ("circle", "shift", "noise")
 CLOSED = ("circle", "noise")  # "shift" is the only open kind
@@ -106,13 +106,9 @@ def path_set_id(cfg) -> str:
     in the discovery config (a mapping is read as one). It names the store file
     (``<checkpoint>-<id>.zarr``), is saved in the store as ``path_set`` and is the analysis'
     ``path_set`` label, so a table row names the store it came from."""
-    from .config import config_hash, from_dict
+    from .config import short_id
 
-    if isinstance(cfg, dict):
-        cfg = from_dict(PathConfig, cfg)
-    if not isinstance(cfg, PathConfig):
-        raise TypeError(f"path_set_id takes a PathConfig or a mapping of its fields, got {type(cfg).__name__}")
-    return config_hash(cfg, 8)
+    return short_id(cfg, PathConfig, "path_set_id")
 
 
 @dataclass(frozen=True, eq=False)
@@ -338,6 +334,19 @@ def pixel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, 
     return mean, (sq / n).sqrt()
 
 
+def check_split(images, labels) -> np.ndarray:
+    """``labels`` as an array, after checking ``images`` is a float ``(N, C, H, W)`` tensor and
+    ``labels`` has shape ``(N,)``: the split :func:`build_paths` and
+    :func:`pipeline.plane_sets.build_planes` are handed."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
+        raise TypeError(f"images must be a floating-point torch.Tensor (N, C, H, W), got "
+                        f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
+    labels = np.asarray(labels)
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}")
+    return labels
+
+
 def build_paths(images: torch.Tensor, labels: np.ndarray, cfg: PathConfig,
                 pixel_mean: torch.Tensor | None = None, pixel_std: torch.Tensor | None = None) -> PathSet:
     """Segments of ``cfg.n_paths`` paths through the images of one split.
@@ -362,12 +371,7 @@ def build_paths(images: torch.Tensor, labels: np.ndarray, cfg: PathConfig,
     -------
     PathSet
     """
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
-        raise TypeError(f"images must be a floating-point torch.Tensor (N, C, H, W), got "
-                        f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
-    labels = np.asarray(labels)
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}")
+    labels = check_split(images, labels)
     shape = tuple(images.shape[1:])
     side = min(shape[1:])
     m = cfg.anchors

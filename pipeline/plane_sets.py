@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .paths import SPLITS, PathConfig, choose_bases, translate
+from .paths import SPLITS, PathConfig, check_split, choose_bases, translate
 
 __all__ = ["PLANE_KINDS", "PlaneSetConfig", "PlaneSet", "build_planes", "bundle_planes", "plane_set_id"]
 
@@ -103,13 +103,9 @@ def plane_set_id(cfg) -> str:
     """The one id of a plane set (8 hex digits), as :func:`pipeline.paths.path_set_id` for
     paths: it names the plane store (``<checkpoint>-planes-<id>.zarr``) and is its ``path_set``
     attribute."""
-    from .config import config_hash, from_dict
+    from .config import short_id
 
-    if isinstance(cfg, dict):
-        cfg = from_dict(PlaneSetConfig, cfg)
-    if not isinstance(cfg, PlaneSetConfig):
-        raise TypeError(f"plane_set_id takes a PlaneSetConfig or a mapping of its fields, got {type(cfg).__name__}")
-    return config_hash(cfg, 8)
+    return short_id(cfg, PlaneSetConfig, "plane_set_id")
 
 
 @dataclass(frozen=True, eq=False)
@@ -160,12 +156,7 @@ def _others(labels: np.ndarray, base: int, seed: int) -> tuple[int, int]:
 def build_planes(images: torch.Tensor, labels: np.ndarray, cfg: PlaneSetConfig) -> PlaneSet:
     """The planes of ``cfg`` through the images of one split (normalised, as the network sees
     them; ``labels`` clean for the training split)."""
-    if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
-        raise TypeError(f"images must be a floating-point torch.Tensor (N, C, H, W), got "
-                        f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")
-    labels = np.asarray(labels)
-    if labels.shape != (images.shape[0],):
-        raise ValueError(f"labels must have shape ({images.shape[0]},) to match the images, got {labels.shape}")
+    labels = check_split(images, labels)
     base = choose_bases(labels, PathConfig(n_paths=cfg.n_planes, split=cfg.split, seed=cfg.seed,
                                            class_balanced=cfg.class_balanced))
     x = images[torch.from_numpy(base)].detach().to(torch.float64)

@@ -79,11 +79,7 @@ class PlaneShardWriter(ShardFolder):
 
     def write(self, res) -> None:
         """Append the next chunk of planes (a :class:`pipeline.planes.PlaneResult`)."""
-        lo, hi = int(res.plane_index[0]), int(res.plane_index[-1]) + 1
-        if lo != self.written or hi - lo != res.n_planes:
-            raise ValueError(f"shard chunks must arrive in order: expected plane {self.written}, got {lo}..{hi - 1}")
-        if hi > self.n:
-            raise ValueError(f"chunk ends at plane {hi - 1} but the shard has {self.n}")
+        lo, hi = self._chunk(res.plane_index, res.n_planes)
         for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
             self.pl[name][lo:hi] = getattr(res, name)
         self.pl["region_offset"][lo + 1:hi + 1] = res.plane_offset[1:] + self.regions

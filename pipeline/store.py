@@ -237,6 +237,17 @@ class ShardFolder:
         self.arrays[key] = arr
         return arr
 
+    def _chunk(self, index, count: int) -> tuple[int, int]:
+        """``(lo, hi)`` of a chunk whose items are ``index`` (positions in the shard), after
+        checking it is the next ``count`` items and ends within the shard."""
+        lo, hi = int(index[0]), int(index[-1]) + 1
+        one = self.item[:-1]
+        if lo != self.written or hi - lo != count:
+            raise ValueError(f"shard chunks must arrive in order: expected {one} {self.written}, got {lo}..{hi - 1}")
+        if hi > self.n:
+            raise ValueError(f"chunk ends at {one} {hi - 1} but the shard has {self.n}")
+        return lo, hi
+
     def complete(self) -> bool:
         """Whether every item was written (checked by :meth:`commit`): the layout keeps
         ``n`` (items of the shard) and ``written`` (items written so far)."""
@@ -355,11 +366,7 @@ class ShardWriter(ShardFolder):
 
     def write(self, res) -> None:
         """Append the next chunk of segments (a :class:`pipeline.result.RegionResult`)."""
-        lo, hi = int(res.segment_index[0]), int(res.segment_index[-1]) + 1
-        if lo != self.written or hi - lo != res.n_segments:
-            raise ValueError(f"shard chunks must arrive in order: expected segment {self.written}, got {lo}..{hi - 1}")
-        if hi > self.n:
-            raise ValueError(f"chunk ends at segment {hi - 1} but the shard has {self.n}")
+        lo, hi = self._chunk(res.segment_index, res.n_segments)
         for name in ("length", "density", "continuity_gap", *SEGMENT_VECTORS):
             self.seg[name][lo:hi] = getattr(res, name)
         tol = res.certificate_tol
