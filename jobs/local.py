@@ -155,14 +155,15 @@ def _shard_regions(store: Path, shard: int) -> int:
         return 0
 
 
-def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
+def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysis: dict | None = None) -> int:
     """Run what ``plan`` (:func:`jobs.plan.plan`) lists as missing on a :class:`LocalPool`.
 
     Trainings start longest first (by epoch budget); each run's discovery shards start as soon
     as its training ends, so the pool stays busy; the aggregation runs last, in this process.
     A failed job does not stop the others: its dependants are skipped, everything that
     finished stays on disk, and the error at the end lists each failure with its log, so the
-    same command resumes. Returns the number of jobs run.
+    same command resumes. ``analysis``: the sweep's analysis config (a mapping) for the
+    aggregation. Returns the number of jobs run.
     """
     import concurrent.futures as cf
 
@@ -231,7 +232,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None) -> int:
                         f"command again to resume):\n{lines}")
     if plan["aggregate"]["todo"] or count:
         print("aggregating ...", flush=True)
-        AggregateJob(str(root))()
+        AggregateJob(str(root), analysis)()
         count += 1
     print(f"ran {count} job(s) on this machine ({regions:,} regions found by this run's discovery jobs); "
           f"logs in {logs}")

@@ -16,7 +16,7 @@ from pipeline.config import to_dict
 
 from .ledger import record
 from .plan import plan, summary
-from .sweepconfig import Resources, SweepConfig, claim_root
+from .sweepconfig import Resources, SweepConfig, analysis_config, claim_root
 from .tasks import AggregateJob, DiscoverJob, TrainJob
 
 __all__ = ["submit", "check_resources", "executor_for", "wait_all"]
@@ -78,7 +78,7 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
     if kind == "local":
         from .local import run_local
 
-        n = run_local(sweep, root, p, workers=workers)
+        n = run_local(sweep, root, p, workers=workers, analysis=analysis_config(sweep, base))
         return {"submitted": n, "plan": p, "jobs": []}
     logs = root / "logs" / "%j"
     wait = kind != "slurm" if wait is None else wait
@@ -124,7 +124,7 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
         deps = [j.job_id for j in disc_jobs] or [j.job_id for j in train_jobs.values()]
         if deps and kind == "slurm":
             ex.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(map(str, deps))})
-        job = ex.submit(AggregateJob(str(root)))
+        job = ex.submit(AggregateJob(str(root), analysis_config(sweep, base)))
         record(root, "aggregate", job)
         all_jobs.append(job)
         submitted += 1

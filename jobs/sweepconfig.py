@@ -27,7 +27,7 @@ from pipeline.discover import DiscoverConfig
 from pipeline.train import TrainConfig
 
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
-           "claim_root"]
+           "analysis_config", "claim_root"]
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -50,6 +50,7 @@ class SweepConfig:
     variants: dict = field(default_factory=lambda: {"vanilla": {}})  # name -> dotted-key overrides of the recipe
     grid: dict = field(default_factory=lambda: {"seed": [0]})  # dotted key -> values (cartesian product)
     discover: str = "configs/discover/digits.yaml"
+    analysis: str | None = None  # an analysis config YAML (analysis.config.AnalysisConfig); None: its defaults
     checkpoints: tuple = ("init", "final")
     n_shards: int = 2
     executor: str = "local"
@@ -92,10 +93,13 @@ def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
                               "to overrides; 'setting' in the analysis is the training recipe): rename it")
     cfg = load_config(path, SweepConfig)
     base = Path(base or Path.cwd()).resolve()
-    for key in ("train", "discover"):
+    for key in ("train", "discover", "analysis"):
+        if key == "analysis" and cfg.analysis is None:
+            continue
         if not (base / getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: {key}: {base / getattr(cfg, key)} does not exist (relative paths are "
                               f"resolved against {base}: run from the checkout, or use absolute paths)")
+    analysis_config(cfg, base)  # a bad analysis config fails now, not after the sweep has run
     return cfg, base
 
 
@@ -144,8 +148,19 @@ def discover_config(sweep: SweepConfig, base: Path, checkpoint: str) -> Discover
     return replace(cfg, checkpoint=checkpoint, n_shards=sweep.n_shards)
 
 
-# what makes a sweep folder "this sweep": everything but where and how its jobs run
-_IDENTITY_EXCLUDED = ("executor", "train_resources", "discover_resources", "aggregate_resources", "root")
+def analysis_config(sweep: SweepConfig, base: Path) -> dict:
+    """The sweep's analysis config as a mapping (checked; ``{}`` for the defaults)."""
+    from analysis.config import AnalysisConfig
+    from pipeline.config import load_config
+
+    if sweep.analysis is None:
+        return {}
+    return to_dict(load_config(base / sweep.analysis, AnalysisConfig))
+
+
+# what makes a sweep folder "this sweep": everything but where and how its jobs run, and how
+# its results are summarised (the analysis config changes no run and no store)
+_IDENTITY_EXCLUDED = ("executor", "train_resources", "discover_resources", "aggregate_resources", "root", "analysis")
 
 
 def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:

@@ -56,22 +56,24 @@ class DiscoverJob(submitit.helpers.Checkpointable):
 
 
 class AggregateJob(submitit.helpers.Checkpointable):
-    """Aggregate every complete store of the sweep (incremental: reruns are cheap)."""
+    """Aggregate every complete store of the sweep (incremental: reruns are cheap), with the
+    sweep's analysis config (a mapping of :class:`analysis.config.AnalysisConfig`)."""
 
-    def __init__(self, root: str):
-        self.root = str(root)
+    def __init__(self, root: str, config: dict | None = None):
+        self.root, self.config = str(root), dict(config or {})
 
     def __call__(self):
+        from analysis.config import AnalysisConfig
         from analysis.report import aggregate
 
         use_allocated_cpus()
-        written = aggregate(self.root)  # into <root>/analysis
+        written = aggregate(self.root, config=from_dict(AnalysisConfig, self.config))  # into <root>/analysis
         # the marker goes last
         write_atomic(Path(self.root) / "analysis" / "DONE", json.dumps(written, default=str, indent=1))
         return written
 
     def checkpoint(self, *args, **kwargs):
-        return submitit.helpers.DelayedSubmission(AggregateJob(self.root))
+        return submitit.helpers.DelayedSubmission(AggregateJob(self.root, self.config))
 
 
 def use_allocated_cpus():

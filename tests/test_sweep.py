@@ -93,3 +93,26 @@ def test_local_executor_runs_the_stages_in_turn(tmp_path):
     assert p["aggregate"]["done"] and len(p["discover"]["done"]) == 2
     assert (tmp_path / "out" / "analysis" / "paths.parquet").exists()
     assert submit(sweep, base)["submitted"] == 0
+
+
+def test_the_sweeps_analysis_config_reaches_the_aggregation(tmp_path):
+    import yaml
+
+    path = tiny_sweep(tmp_path, variants={"vanilla": {}}, n_shards=1,
+                      analysis={"planes": 0, "path_plots": 0, "formats": ["png"]})
+    sweep, base = load_sweep(path)
+    submit(sweep, base)
+    out = tmp_path / "out" / "analysis"
+    saved = yaml.safe_load((out / "analysis_config.yaml").read_text())
+    assert saved["planes"] == 0 and saved["path_plots"] == 0 and saved["formats"] == ["png"]
+    figures = list((out / "figures").iterdir())
+    assert figures and not [f for f in figures if f.suffix == ".pdf" or f.name.startswith(("path-", "plane-"))]
+    # the report's options may change without a new sweep folder; a missing file is named
+    (tmp_path / "analysis.yaml").write_text(yaml.safe_dump({"planes": 0, "path_plots": 1}))
+    assert submit(*load_sweep(path))["submitted"] == 0
+    (tmp_path / "analysis.yaml").unlink()
+    with pytest.raises(ConfigError, match="analysis: .*analysis.yaml does not exist"):
+        load_sweep(path)
+    (tmp_path / "analysis.yaml").write_text(yaml.safe_dump({"plane_scale": 2.0}))
+    with pytest.raises(ConfigError, match="plane_scale in \\(0, 1\\]"):
+        submit(*load_sweep(path))
