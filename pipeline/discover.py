@@ -127,7 +127,7 @@ def plane_engine_attrs(cfg: DiscoverConfig) -> dict:
     """The plane store attributes naming how its regions were found (identity keys)."""
     from .planes import MIN_AREA, default_rel_tol
 
-    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    dtype = _torch_dtype(cfg)
     return {"geometry": "plane", "dtype": cfg.dtype, "domain": cfg.planes.domain,
             "plane_engine": {"rel_tol": default_rel_tol(dtype), "min_area": MIN_AREA, "certify": True}}
 
@@ -187,27 +187,17 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
     missing unless :func:`pipeline.store.shard_status` lists it complete: a damaged one is
     written again and replaces it. ``deep`` judges shards by their checksums too.
     """
-    from .store import open_or_create, shard_status
+    from .store import shard_status
 
     store = Path(store)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    dtype = _torch_dtype(cfg)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    param = next(iter(model.parameters()), None)
-    with torch.no_grad():
-        k = int(model(x0[:1].to(param.dtype if param is not None else torch.float32)).shape[1])
+    k = _n_outputs(model, x0)
     path_config = path_config if path_config is not None else attrs["paths"]
     attrs = {**attrs, **engine_attrs(cfg), "path_set": path_set_id(path_config), "n_shards": cfg.n_shards,
              "n_paths": int(np.unique(path_id).size), "K": k, "keep_affine": cfg.store.keep_affine,
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
-    open_or_create(store, attrs)
-    status = shard_status(store, deep=deep)
-    todo = [s for s in (range(cfg.n_shards) if shards is None else shards) if s not in status["complete"]]
-    log.info("store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]), cfg.n_shards,
-             len(todo))
-    for shard in (s for s in status["damaged"] if s in todo):
-        log.warning("store %s: shard %d is damaged (its files differ from its manifest): writing it again", store,
-                    shard)
-    for shard in todo:
+    for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
         _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
                      device, progress, deep)
     return shard_status(store)  # what was not rewritten was judged above
@@ -218,28 +208,46 @@ def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *
     """Create (or check) the plane store ``store`` and write its missing shards among
     ``shards``: shard ``i`` holds the ``i``-th contiguous block of ``planes`` (a
     :class:`pipeline.plane_sets.PlaneSet`, ``cfg.planes`` built). As :func:`write_shards`."""
-    from .store import open_or_create, shard_status
+    from .store import shard_status
 
     store = Path(store)
     if cfg.n_shards > planes.n_planes:
         raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of planes ({planes.n_planes}): "
                          "raise planes.n_planes, or use fewer shards")
-    param = next(iter(model.parameters()), None)
-    with torch.no_grad():
-        k = int(model(planes.x0[:1].to(param.dtype if param is not None else torch.float32)).shape[1])
+    k = _n_outputs(model, planes.x0)
     attrs = {**attrs, **plane_engine_attrs(cfg), "path_set": plane_set_id(cfg.planes), "n_shards": cfg.n_shards,
              "n_planes": planes.n_planes, "K": k, "keep_affine": cfg.store.keep_affine,
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
-    for key in ("method", "eps", "certify"):  # the 1-D engine's options: not how planes are found
-        attrs.pop(key, None)
-    open_or_create(store, attrs)
-    status = shard_status(store, deep=deep)
-    todo = [s for s in (range(cfg.n_shards) if shards is None else shards) if s not in status["complete"]]
-    log.info("plane store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]),
-             cfg.n_shards, len(todo))
-    for shard in todo:
+    for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
         _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep)
     return shard_status(store)
+
+
+def _torch_dtype(cfg: DiscoverConfig) -> torch.dtype:
+    return {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+
+
+def _n_outputs(model, x) -> int:
+    """``K``: the network's outputs, from one input of ``x`` in the model's own precision."""
+    param = next(iter(model.parameters()), None)
+    with torch.no_grad():
+        return int(model(x[:1].to(param.dtype if param is not None else torch.float32)).shape[1])
+
+
+def _shards_to_write(store: Path, attrs: dict, n_shards: int, shards, deep: bool) -> list[int]:
+    """Create (or check) ``store`` with ``attrs``; the shards among ``shards`` (default: all)
+    that it does not list complete (missing, interrupted or damaged), logged."""
+    from .store import open_or_create, shard_status
+
+    open_or_create(store, attrs)
+    status = shard_status(store, deep=deep)
+    todo = [s for s in (range(n_shards) if shards is None else shards) if s not in status["complete"]]
+    log.info("store %s: %d of %d shards complete, %d to write now", store, len(status["complete"]), n_shards,
+             len(todo))
+    for shard in (s for s in status["damaged"] if s in todo):
+        log.warning("store %s: shard %d is damaged (its files differ from its manifest): writing it again", store,
+                    shard)
+    return todo
 
 
 def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
@@ -250,7 +258,7 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
     corners = 4 if cfg.planes.domain == "parallelogram" else 3
     writer = PlaneShardWriter(store, shard, planes.plane_id[pos], planes.label[pos], planes.corner_index[pos], k,
                               corners, cfg.store)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[cfg.dtype]
+    dtype = _torch_dtype(cfg)
     start, regions = time.perf_counter(), 0
     idx = torch.as_tensor(pos)
     try:
