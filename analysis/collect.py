@@ -37,7 +37,7 @@ from pipeline.store import (StoreError, is_store, paths_table, shard_partials, s
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
 __all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
-           "collect", "dask_client", "compute_tasks"]
+           "collect", "dask_client", "compute_tasks", "stores_info", "stores_report"]
 
 log = logging.getLogger("analysis.collect")
 
@@ -288,16 +288,7 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         raise AnalysisError(f"no discovery stores found under {root.resolve()}: looked for "
                             "<run>/regions/*.zarr in every folder below it (run `python -m jobs discover` "
                             "on the sweep's runs first, or pass the sweep's root folder)")
-    info = {}
-    for store in stores:
-        key = store.relative_to(root).as_posix()
-        try:
-            status = shard_status(store)
-            attrs = store_attrs(store)
-        except (StoreError, OSError, ValueError) as err:
-            raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
-        info[key] = {"path": store, "status": status, "attrs": attrs,
-                     "labels": run_labels(store.parent.parent, attrs)}
+    info = stores_info(root, stores)
     incomplete = {k: v for k, v in info.items() if v["status"]["missing"]}
     if incomplete and on_incomplete == "fail":
         lines = "\n".join(_incomplete_line(k, v["status"]) for k, v in incomplete.items())
@@ -346,8 +337,33 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     table = table[TABLE_COLUMNS].sort_values(SORT_COLUMNS, kind="mergesort").reset_index(drop=True)
     _check_duplicates(table)
 
-    counts = table["store"].value_counts()
-    report = pd.DataFrame([{
+    return table, stores_report(info, incomplete, use, table["store"].value_counts(), reuse)
+
+
+def stores_info(root: Path, stores, labels=run_labels) -> dict:
+    """``{key: {"path", "status", "attrs", "labels"}}`` of each store (key: its path relative
+    to ``root``), ``labels(run_dir, attrs)`` labelling its network.
+
+    Raises
+    ------
+    AnalysisError
+        A store whose status or attributes cannot be read.
+    """
+    info = {}
+    for store in stores:
+        try:
+            status, attrs = shard_status(store), store_attrs(store)
+        except (StoreError, OSError, ValueError) as err:
+            raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
+        info[store.relative_to(root).as_posix()] = {"path": store, "status": status, "attrs": attrs,
+                                                    "labels": labels(store.parent.parent, attrs)}
+    return info
+
+
+def stores_report(info: dict, incomplete, use, counts, reuse=()) -> pd.DataFrame:
+    """One row per store of :func:`stores_info`: status, what was done with it (read, cached or
+    skipped), its shards and ``n_paths``, its rows in the table (``counts``: store -> rows)."""
+    return pd.DataFrame([{
         "store": k, "run_id": v["labels"]["run_id"], "checkpoint": v["labels"]["checkpoint"],
         "status": "incomplete" if k in incomplete else "complete",
         "action": "skipped" if k not in use else ("cached" if k in reuse else "read"),
@@ -357,7 +373,6 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         "leftovers": len(v["status"]["leftovers"]),
         "n_paths": int(counts.get(k, 0)),
     } for k, v in info.items()])
-    return table, report
 
 
 def _incomplete_line(key: str, status: dict) -> str:

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.plane_store import PLANE_COLUMNS, plane_table
-from pipeline.store import StoreError, shard_status, store_attrs, store_geometry
+from pipeline.store import StoreError, store_attrs, store_geometry
 
-from .collect import LABEL_COLUMNS, METRIC_COLUMNS, compute_tasks, find_stores, run_labels
+from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, compute_tasks, find_stores, run_labels, stores_info,
+                      stores_report)
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, group_label
 from .tables import spearman
@@ -46,8 +47,8 @@ def find_plane_stores(root) -> list[Path]:
     return [s for s in find_stores(root) if store_geometry(store_attrs(s)) == "plane"]
 
 
-def _plane_labels(store: Path, attrs: dict) -> dict:
-    labels = run_labels(store.parent.parent, attrs)
+def _plane_labels(run_dir: Path, attrs: dict) -> dict:
+    labels = run_labels(run_dir, attrs)
     planes = attrs.get("paths") or {}
     labels["paths"] = f"planes-{planes.get('kind', '?')}/{planes.get('split', '?')}"
     return labels
@@ -74,14 +75,7 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
     root = Path(sweep_root)
     scheduler = config.scheduler if scheduler is None else scheduler
     on_incomplete = on_incomplete or config.on_incomplete
-    info = {}
-    for store in find_plane_stores(root):
-        key = store.relative_to(root).as_posix()
-        try:
-            status, attrs = shard_status(store), store_attrs(store)
-        except (StoreError, OSError, ValueError) as err:
-            raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
-        info[key] = {"path": store, "status": status, "attrs": attrs, "labels": _plane_labels(store, attrs)}
+    info = stores_info(root, find_plane_stores(root), _plane_labels)
     incomplete = [k for k, v in info.items() if v["status"]["missing"]]
     if incomplete and on_incomplete == "fail":
         lines = "\n".join(f"  {k}: shards {info[k]['status']['missing']} of {info[k]['status']['n_shards']} missing"
@@ -107,15 +101,7 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
     table = (pd.concat(frames, ignore_index=True)[PLANE_TABLE_COLUMNS] if frames
              else pd.DataFrame(columns=PLANE_TABLE_COLUMNS))
     table = table.sort_values(["run_id", "checkpoint", "path_set", "plane_id"], kind="mergesort").reset_index(drop=True)
-    counts = table["store"].value_counts()
-    report = pd.DataFrame([{
-        "store": k, "run_id": v["labels"]["run_id"], "checkpoint": v["labels"]["checkpoint"],
-        "status": "incomplete" if k in incomplete else "complete",
-        "action": "skipped" if k not in use else "read", "n_shards": v["status"]["n_shards"],
-        "complete_shards": len(v["status"]["complete"]), "missing_shards": str(v["status"]["missing"]),
-        "leftovers": len(v["status"]["leftovers"]), "n_paths": int(counts.get(k, 0)),
-    } for k, v in info.items()])
-    return table, report
+    return table, stores_report(info, incomplete, use, table["store"].value_counts())
 
 
 def plane_vs_line(paths: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
