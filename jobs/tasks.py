@@ -4,6 +4,10 @@ Each is :class:`submitit.helpers.Checkpointable`: on a timeout or a preemption s
 ``checkpoint``, which requeues a fresh instance; the stage's own state on disk (a run's
 ``checkpoints/LAST``, a store's complete shards, the aggregation cache) makes the requeued
 job resume where the first one stopped.
+
+Each job ignores the preemption signal once its work is done (:func:`ignore_preemption`): a
+signal that lands while Python exits would otherwise kill a finished job, which SLURM then
+records as FAILED.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pipeline.config import from_dict, write_atomic
 from pipeline.discover import DiscoverConfig, discover_run, shard_done
 from pipeline.train import TrainConfig
 
-__all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus"]
+__all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus", "ignore_preemption"]
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -31,6 +35,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         use_allocated_cpus()
         train(from_dict(TrainConfig, self.config), self.run_dir, progress=False)
+        ignore_preemption()
         return self.run_dir
 
     def checkpoint(self, *args, **kwargs):
@@ -49,6 +54,7 @@ class DiscoverJob(submitit.helpers.Checkpointable):
         use_allocated_cpus()
         status = discover_run(self.run_dir, from_dict(DiscoverConfig, self.config), shards=[self.shard],
                               progress=False)
+        ignore_preemption()
         return {"run": self.run_dir, "shard": self.shard, "complete": shard_done(status, self.shard)}
 
     def checkpoint(self, *args, **kwargs):
@@ -70,6 +76,7 @@ class AggregateJob(submitit.helpers.Checkpointable):
         written = aggregate(self.root, config=from_dict(AnalysisConfig, self.config))  # into <root>/analysis
         # the marker goes last
         write_atomic(Path(self.root) / "analysis" / "DONE", json.dumps(written, default=str, indent=1))
+        ignore_preemption()
         return written
 
     def checkpoint(self, *args, **kwargs):
@@ -86,3 +93,25 @@ def use_allocated_cpus():
     n = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
     if n:
         torch.set_num_threads(max(1, int(n)))
+
+
+def ignore_preemption():
+    """Ignore submitit's preemption and timeout signal (USR2 unless ``SUBMITIT_PREEMPT_SIGNAL`` says
+    otherwise) from here on: call it when the job's work is done and on disk.
+
+    SLURM sends the signal ``signal_delay_s`` before the time limit, whether or not the job is
+    about to end. If it lands while Python exits (finalisation puts every Python-level handler back to the default, and USR2's default is to
+    terminate), it kills a job that has finished, and SLURM records FAILED (seen in CI: "Exiting
+    after successful completion", then FAILED). An ignored signal stays ignored through exit.
+    There is nothing left to checkpoint, and SLURM's SIGKILL at the limit still ends a job that
+    hangs.
+
+    Only in a process submitit started for the job (it sets ``SUBMITIT_EXECUTOR``): a job run in
+    the caller's process (the debug executor, the local pool's aggregation) leaves its signals
+    alone."""
+    import os
+    import signal
+
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)

@@ -30,9 +30,9 @@ class ConfigError(ValueError):
 
 def from_dict(cls, data: dict | None, where: str = ""):
     """Build dataclass ``cls`` from a mapping, recursively; unknown keys raise :class:`ConfigError`."""
+    if data is not None and not isinstance(data, typing.Mapping):
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: expected a mapping, got {type(data).__name__}")
     data = dict(data or {})
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     unknown = [k for k in data if k not in fields]
@@ -56,7 +56,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+        raise ConfigError(f"{where.rstrip('.') or cls.__name__}: {err}") from err
 
 
 def to_dict(cfg) -> dict:

@@ -126,6 +126,11 @@ def test_config_errors(tmp_path):
         from_dict(TrainConfig, {"stop": "never"})
     with pytest.raises(ConfigError, match="augment recipe needs data.augment"):
         from_dict(TrainConfig, {"recipe": "augment"})
+    # a nested section is named without a trailing dot, and a section that is not a mapping says so
+    with pytest.raises(ConfigError, match=r"^model: unknown model 'mlp'"):
+        from_dict(TrainConfig, {"model": {"name": "mlp"}})
+    with pytest.raises(ConfigError, match=r"^model: expected a mapping, got list"):
+        from_dict(TrainConfig, {"model": ["vgg8", 4]})
     bad = tmp_path / "bad.yaml"
     bad.write_text("lr: [0.1\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
