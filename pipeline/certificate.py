@@ -39,7 +39,7 @@ from torch.overrides import TorchFunctionMode
 from . import pwl
 from .linearize import forward_blocked
 
-__all__ = ["certify_regions", "CERTIFY_SAMPLES", "SCREEN_SAFETY"]
+__all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY"]
 
 CERTIFY_SAMPLES = 16  # regions per segment evaluated in float64 by "all" and by "sample"
 # On VGG8 the largest screened float32 error was 1.6-1.8 times the rounding measured on the
@@ -218,22 +218,44 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
     if dtype == torch.float32:  # float32 mode: the screen is the check
         np.maximum.at(gap, rseg - lo, err32)
         return gap, tol
+    scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
+    np.maximum.at(scale, rseg - lo, np.abs(fv_inner).max(axis=1, initial=0.0))
+    gap, tol, _ = screen(rseg - lo, n, err32, y32, scale,
+                         lambda idx: at.forward(model, dtype, idx, row_block), sample)
+    return gap, tol
+
+
+def screen(group: np.ndarray, n: int, err32: np.ndarray, y32: np.ndarray, scale: np.ndarray, exact,
+           sample: np.ndarray | None = None):
+    """The float32 screen's verdict (steps 2 and 3 of the module docstring), for any grouping of
+    regions (segments, planes).
+
+    ``group (R,)`` each region's group in ``0..n-1``; ``err32 (R,)`` and ``y32 (R, K)`` the float32
+    forward's disagreement with the region's map and its outputs; ``scale (n,)`` the group's
+    largest ``|f|``; ``exact(idx)`` evaluates regions ``idx`` in the working precision and returns
+    their ``(err, y)``; ``sample`` the regions evaluated in any case (default :func:`sampled`).
+
+    Returns ``(gap, tol, err)``: per group the largest working-precision disagreement and the
+    screen's tolerance (0 where every region was evaluated exactly); per region the
+    working-precision disagreement where it was evaluated, 0 where the screen vouched for it."""
+    gap, err = np.zeros(n), np.zeros(group.size)
+    if sample is None:
+        sample = sampled(group)
     check = sample | ~np.isfinite(err32)
     idx = np.flatnonzero(check)
-    err64, y64 = at.forward(model, dtype, idx, row_block)
-    s = rseg[idx] - lo
-    np.maximum.at(gap, s, err64)
+    err64, y64 = exact(idx)
+    err[idx] = err64
+    np.maximum.at(gap, group[idx], err64)
     rounding = np.zeros(n)  # the float32 forward's own error, measured on the sample
     with np.errstate(invalid="ignore"):
         diff = np.abs(y32[idx] - y64).max(axis=1, initial=0.0)
-    np.maximum.at(rounding, s, np.where(np.isfinite(diff), diff, 0.0))
-    scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
-    np.maximum.at(scale, rseg - lo, np.abs(fv_inner).max(axis=1, initial=0.0))
+    np.maximum.at(rounding, group[idx], np.where(np.isfinite(diff), diff, 0.0))
     tol = SCREEN_SAFETY * np.maximum(rounding, np.finfo(np.float32).eps / 2 * scale)
-    doubt = ~check & ~(err32 <= tol[rseg - lo])  # every region the screen cannot vouch for
+    doubt = ~check & ~(err32 <= tol[group])  # every region the screen cannot vouch for
     if doubt.any():
-        err, _ = at.forward(model, dtype, np.flatnonzero(doubt), row_block)
-        np.maximum.at(gap, rseg[doubt] - lo, err)
-    counted = np.bincount(rseg[check | doubt] - lo, minlength=n)
-    tol[counted == np.bincount(rseg - lo, minlength=n)] = 0.0  # segments checked wholly in float64
-    return gap, tol
+        idx = np.flatnonzero(doubt)
+        err[idx], _ = exact(idx)
+        np.maximum.at(gap, group[idx], err[idx])
+    counted = np.bincount(group[check | doubt], minlength=n)
+    tol[counted == np.bincount(group, minlength=n)] = 0.0  # groups checked wholly in the working precision
+    return gap, tol, err

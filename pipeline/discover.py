@@ -53,7 +53,7 @@ class DiscoverConfig:
     method: str = "subdivide"  # subdivide (exact, faster: docs/benchmarks.md) | walk (the paper's, eps)
     eps: float = 1e-6  # the paper's sensitivity, in t units
     dtype: str = "float64"  # the paper's precision
-    certify: str = "all"  # subdivide's certificate: all (every region; float32 screen) | strict | sample
+    certify: str = "all"  # the certificate, 1-D and planes: all (every region; float32 screen) | strict | sample
     batch_size: int = local_field(64)  # segments in flight
     chunk_segments: int = local_field(64)  # segments per write: bounds memory, whatever the region count
     n_shards: int = 1
@@ -129,7 +129,7 @@ def plane_engine_attrs(cfg: DiscoverConfig) -> dict:
 
     dtype = _torch_dtype(cfg)
     return {"geometry": "plane", "dtype": cfg.dtype, "domain": cfg.planes.domain,
-            "plane_engine": {"rel_tol": default_rel_tol(dtype), "min_area": MIN_AREA, "certify": True}}
+            "plane_engine": {"rel_tol": default_rel_tol(dtype), "min_area": MIN_AREA, "certify": cfg.certify}}
 
 
 def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = True, store=None,
@@ -264,7 +264,7 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
     try:
         for chunk in discover_plane_iter(model, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
                                          device="cpu", domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
-                                         progress=progress, chunk_planes=cfg.chunk_planes):
+                                         progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify):
             writer.write(chunk)
             regions += chunk.total_regions
     except BaseException:

@@ -8,7 +8,7 @@ Layout (the store's ``geometry`` attribute is ``"plane"``)::
       shard-00000/                  attrs: complete=true and manifest (written last), n_planes, n_regions
         planes/    plane_id, label, corner_index (P,3), region_offset (P+1), n_regions, n_pieces,
                    input_area, density, density_input, deviation (P,K), f_corners (P,C,K),
-                   continuity_gap, hull_gap, dropped_pieces, dropped_area
+                   continuity_gap, certificate_tol, hull_gap, dropped_pieces, dropped_area
         regions/   area, region_gap, centroid (R,2), vertex_offset (R+1), intercept (R,K), grad (R,2,K)
         vertices/  uv (V,2)
 
@@ -30,12 +30,14 @@ from .store import (SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_a
 __all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
 
 PLANE_INTS = ("plane_id", "label", "n_regions", "n_pieces", "dropped_pieces")
-PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "hull_gap", "dropped_area")
+PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "certificate_tol", "hull_gap",
+                "dropped_area")
 # what plane_table reads (checked deeply: small)
 TABLE_ARRAYS = (*PLANE_INTS, *PLANE_FLOATS, "deviation", "corner_index")
 # one row per plane: ids, the counts and the measures (deviation: the plane's mean |f - g|, L2 over logits)
 PLANE_COLUMNS = ("plane_id", "label", "corner_1", "corner_2", "n_regions", "density", "density_input", "input_area",
-                 "deviation", "continuity_gap", "hull_gap", "n_pieces", "dropped_pieces", "dropped_area")
+                 "deviation", "continuity_gap", "certificate_tol", "hull_gap", "n_pieces", "dropped_pieces",
+                 "dropped_area")
 
 
 class PlaneShardWriter(ShardFolder):
@@ -199,7 +201,8 @@ class PlaneStoreReader:
             plane_offset=np.array([0, hi - lo], dtype=np.int64), input_area=get("planes/input_area"),
             density=get("planes/density"), density_input=get("planes/density_input"),
             f_corners=get("planes/f_corners"), deviation=get("planes/deviation"),
-            continuity_gap=get("planes/continuity_gap"), hull_gap=get("planes/hull_gap"),
+            continuity_gap=get("planes/continuity_gap"), certificate_tol=get("planes/certificate_tol"),
+            hull_gap=get("planes/hull_gap"),
             n_pieces=get("planes/n_pieces"), dropped_pieces=get("planes/dropped_pieces"),
             dropped_area=get("planes/dropped_area"), area=get("regions/area", slice(lo, hi)),
             centroid=get("regions/centroid", slice(lo, hi)), vertex_offset=voff - voff[0],

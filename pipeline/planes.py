@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from . import pwl
+from .certificate import sampled, screen
 from .linearize import forward_blocked
 from .prepared import as_prepared
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
@@ -59,6 +60,7 @@ DOMAINS = {
     "triangle": (((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)), 0.5),
     "parallelogram": (((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0)), 1.0),
 }
+CERTIFY = ("all", "strict", "sample", None)  # the centroid certificate (see discover_plane)
 MIN_AREA = 1e-14  # default: pieces below this fraction of the domain's area are dropped (and counted)
 CERTIFY_ROWS = 2048  # centroids per forward of the certificate
 _MIX1, _MIX2 = 0x100000001B3, 0x5851F42D4C957F2D  # odd multipliers that chain the per-op hashes
@@ -75,11 +77,16 @@ class PlaneResult:
     ``x0, x1, x2`` (and ``x1 + x2 - x0`` for the parallelogram: ``C`` = 3 or 4), ``deviation (P, K)`` the 2-D absolute deviation
     (``∫ |f - g|`` over the domain in ``(u, v)`` units, ``g`` the affine map through
     ``f(x0), f(x1), f(x2)``), ``continuity_gap (P,)`` the largest ``region_gap``,
+    ``certificate_tol (P,)`` the float32 screen's tolerance (every region whose centroid was not
+    evaluated in the working precision agrees with the network there to within it; 0 where all
+    were),
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
     shows here), ``n_pieces (P,)`` pieces before the merge, ``dropped_pieces (P,)`` and
     ``dropped_area (P,)`` the slivers below ``min_area``.
     Per region: ``area (R,)`` in ``(u, v)`` units, ``centroid (R, 2)``, ``vertex_offset
-    (R+1,)`` into ``uv (V, 2)`` (each polygon convex, counter-clockwise), ``region_gap (R,)``
+    (R+1,)`` into ``uv (V, 2)`` (each polygon convex, counter-clockwise), ``region_gap (R,)`` (the
+    fit's residual at the vertices, and where the centroid was evaluated in the working precision
+    the disagreement there)
     and, unless ``keep_affine=False``, ``intercept (R, K)`` and ``grad (R, 2, K)`` with
     ``f(x(u, v)) = intercept + u grad[:, 0] + v grad[:, 1]`` on the region.
     """
@@ -93,6 +100,7 @@ class PlaneResult:
     f_corners: np.ndarray
     deviation: np.ndarray
     continuity_gap: np.ndarray
+    certificate_tol: np.ndarray
     hull_gap: np.ndarray
     n_pieces: np.ndarray
     dropped_pieces: np.ndarray
@@ -620,8 +628,12 @@ def default_rel_tol(dtype) -> float:
 def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                         max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
-                        certify: bool = True, row_block: int | None = None, seed: int = 0) -> Iterator[PlaneResult]:
+                        certify: str | None = "all", row_block: int | None = None,
+                        seed: int = 0) -> Iterator[PlaneResult]:
     """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes."""
+    certify = {True: "all", False: None}.get(certify, certify) if isinstance(certify, bool) else certify
+    if certify not in CERTIFY:
+        raise ValueError(f"certify must be one of {CERTIFY}, got {certify!r}")
     if domain not in DOMAINS:
         raise ValueError(f"domain must be one of {tuple(DOMAINS)}, got {domain!r}")
     if dtype not in (torch.float32, torch.float64):
@@ -718,8 +730,11 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
         is split; default from the largest activation, about 64 MB per live float64 tensor),
         ``rel_tol`` (a vertex lies on a line when ``|s| <= rel_tol x`` the unit's largest
         ``|z|`` on the tile; 64 eps), ``min_area`` (pieces smaller than this fraction of the
-        domain are dropped and counted; 1e-14), ``certify`` (evaluate the network at each
-        region's centroid; True), ``row_block``, ``seed`` (the choice of cut order).
+        domain are dropped and counted; 1e-14), ``certify`` (the network at each region's
+        centroid against its map: ``"all"``, the default, screens every centroid with a float32
+        copy of the network and evaluates in float64 16 regions per plane and every region the
+        screen cannot vouch for; ``"strict"`` evaluates every centroid in float64; ``"sample"``
+        only the 16; ``None`` none; True and False mean "all" and None), ``row_block``, ``seed`` (the choice of cut order).
 
     Raises
     ------
@@ -827,6 +842,47 @@ def plane_deviation(area_uv, region_plane, vertex_offset, uv, intercept, grad, f
     return out
 
 
+def _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block):
+    """The network at every region's centroid against the region's map (see
+    :mod:`pipeline.certificate`): ``"all"`` screens with a float32 copy of the network and
+    evaluates in float64 a sample of each plane's regions and every region the screen cannot
+    vouch for, ``"strict"`` evaluates every centroid in the working precision, ``"sample"``
+    only the sample. Returns per region the working-precision disagreement (0 where not
+    evaluated) and per plane the screen's tolerance (0 where every region was evaluated)."""
+    dtype = prepared.dtype
+    bcast = (-1,) + (1,) * (x0.ndim - 1)
+    cu, cv = torch.from_numpy(cen[:, 0]).view(bcast), torch.from_numpy(cen[:, 1]).view(bcast)
+    idx_plane = torch.from_numpy(rplane)
+    # the points in float64, rounded once to the forward's precision
+    x0d, d1d, d2d = x0.double(), d1.double(), d2.double()
+
+    def at(model, dt, which, rows):
+        ys = np.zeros((which.size, pred.shape[1]))
+        with torch.no_grad():
+            for r0 in range(0, which.size, CERTIFY_ROWS):
+                sl = which[r0:r0 + CERTIFY_ROWS]
+                p = idx_plane[sl]
+                xs = (x0d[p] + cu[sl] * d1d[p] + cv[sl] * d2d[p]).to(dt)
+                ys[r0:r0 + sl.size] = forward_blocked(model, xs, rows).double().reshape(sl.size, -1).numpy()
+        with np.errstate(invalid="ignore"):
+            err = np.abs(ys - pred[which]).max(axis=1, initial=0.0)
+        err[~np.isfinite(ys).all(axis=1)] = np.inf
+        return err, ys
+
+    exact = lambda which: at(prepared.work, dtype, which, max(row_block, 256))  # noqa: E731
+    every = np.arange(rplane.size)
+    if certify == "strict" or (certify == "all" and dtype == torch.float32):  # float32: the screen is the check
+        return exact(every)[0], np.zeros(n_planes)
+    if certify == "sample":
+        err = np.zeros(rplane.size)
+        which = np.flatnonzero(sampled(rplane))
+        err[which] = exact(which)[0]
+        return err, np.zeros(n_planes)
+    err32, y32 = at(prepared.screen, torch.float32, every, pwl.default_row_block(prepared.device, torch.float32))
+    _, tol, err = screen(rplane, n_planes, err32, y32, scale, exact)
+    return err, tol
+
+
 def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, pplane, pcount, puv, pf, h1, h2, mode,
               keep_affine, certify, row_block) -> PlaneResult:
     n_planes = plane_index.size
@@ -881,19 +937,14 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
     uv = puv[np.minimum(src, max(puv.shape[0] - 1, 0))] if voff[-1] else np.zeros((0, 2))
     for r, hull in hulls.items():
         uv[voff[r]:voff[r + 1]] = hull
-    if certify and n_reg:
-        dt = prepared.dtype
-        cu = torch.from_numpy(cen[:, 0]).to(dt).view(-1, *([1] * (x0.ndim - 1)))
-        cv = torch.from_numpy(cen[:, 1]).to(dt).view(-1, *([1] * (x0.ndim - 1)))
-        idx = torch.from_numpy(rplane)
-        fc = np.empty_like(intercept)
-        with torch.no_grad():
-            for r0 in range(0, n_reg, CERTIFY_ROWS):
-                sl = slice(r0, r0 + CERTIFY_ROWS)
-                xs = x0[idx[sl]] + cu[sl] * d1[idx[sl]] + cv[sl] * d2[idx[sl]]
-                fc[sl] = forward_blocked(prepared.work, xs, max(row_block, 256)).double().reshape(xs.shape[0], -1).numpy()
-        pred = intercept + cen[:, :1] * g0 + cen[:, 1:] * g1
-        gap = np.maximum(gap, np.abs(pred - fc).max(1))
+    pred = intercept + cen[:, :1] * g0 + cen[:, 1:] * g1
+    scale = np.abs(f_corners).reshape(n_planes, -1).max(axis=1, initial=0.0)
+    if pf.size:
+        np.maximum.at(scale, np.repeat(pplane, pcount), np.abs(pf).max(axis=1))
+    ctol = np.zeros(n_planes)
+    if certify is not None and n_reg:
+        err, ctol = _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block)
+        gap = np.maximum(gap, err)
     roff = np.zeros(n_planes + 1, dtype=np.int64)
     n_regions = np.bincount(rplane, minlength=n_planes)
     np.cumsum(n_regions, out=roff[1:])
@@ -904,7 +955,7 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
         plane_index=np.asarray(plane_index, dtype=np.int64), n_regions=n_regions, plane_offset=roff,
         input_area=np.asarray(input_area, dtype=np.float64), density=n_regions / dom_area,
         density_input=n_regions / (dom_area * np.asarray(input_area)), f_corners=f_corners, deviation=dev,
-        continuity_gap=cgap, hull_gap=hull_gap, n_pieces=np.bincount(pplane, minlength=n_planes),
+        continuity_gap=cgap, certificate_tol=ctol, hull_gap=hull_gap, n_pieces=np.bincount(pplane, minlength=n_planes),
         dropped_pieces=mode.dropped_pieces.copy(), dropped_area=mode.dropped_area.copy(), area=area, centroid=cen,
         vertex_offset=voff, uv=uv, region_gap=gap, intercept=intercept if keep_affine else None,
         grad=grad if keep_affine else None, domain=domain)
