@@ -100,8 +100,8 @@ def ignore_preemption():
     otherwise) from here on: call it when the job's work is done and on disk.
 
     SLURM sends the signal ``signal_delay_s`` before the time limit, whether or not the job is
-    about to end. If it lands while Python exits (finalisation puts every Python-level handler back to the default, and USR2's default is to
-    terminate), it kills a job that has finished, and SLURM records FAILED (seen in CI: "Exiting
+    about to end. If it lands while Python exits (finalisation puts every Python-level handler
+    back to the default, and USR2's default is to terminate), it kills a job that has finished, and SLURM records FAILED (seen in CI: "Exiting
     after successful completion", then FAILED). An ignored signal stays ignored through exit.
     There is nothing left to checkpoint, and SLURM's SIGKILL at the limit still ends a job that
     hangs.

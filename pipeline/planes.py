@@ -631,7 +631,8 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                         certify: str | None = "all", row_block: int | None = None,
                         seed: int = 0) -> Iterator[PlaneResult]:
     """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes."""
-    certify = {True: "all", False: None}.get(certify, certify) if isinstance(certify, bool) else certify
+    if isinstance(certify, bool):
+        certify = "all" if certify else None
     if certify not in CERTIFY:
         raise ValueError(f"certify must be one of {CERTIFY}, got {certify!r}")
     if domain not in DOMAINS:
@@ -734,7 +735,8 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
         centroid against its map: ``"all"``, the default, screens every centroid with a float32
         copy of the network and evaluates in float64 16 regions per plane and every region the
         screen cannot vouch for; ``"strict"`` evaluates every centroid in float64; ``"sample"``
-        only the 16; ``None`` none; True and False mean "all" and None), ``row_block``, ``seed`` (the choice of cut order).
+        only the 16; ``None`` none; True and False mean "all" and None), ``row_block``,
+        ``seed`` (the choice of cut order).
 
     Raises
     ------
@@ -847,7 +849,8 @@ def _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, 
     :mod:`pipeline.certificate`): ``"all"`` screens with a float32 copy of the network and
     evaluates in float64 a sample of each plane's regions and every region the screen cannot
     vouch for, ``"strict"`` evaluates every centroid in the working precision, ``"sample"``
-    only the sample. Returns per region the working-precision disagreement (0 where not
+    only the sample. ``scale()`` is each plane's largest ``|f|`` (computed for the screen only).
+    Returns per region the working-precision disagreement (0 where not
     evaluated) and per plane the screen's tolerance (0 where every region was evaluated)."""
     dtype = prepared.dtype
     bcast = (-1,) + (1,) * (x0.ndim - 1)
@@ -879,7 +882,7 @@ def _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, 
         err[which] = exact(which)[0]
         return err, np.zeros(n_planes)
     err32, y32 = at(prepared.screen, torch.float32, every, pwl.default_row_block(prepared.device, torch.float32))
-    _, tol, err = screen(rplane, n_planes, err32, y32, scale, exact)
+    _, tol, err = screen(rplane, n_planes, err32, y32, scale(), exact)
     return err, tol
 
 
@@ -938,9 +941,13 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
     for r, hull in hulls.items():
         uv[voff[r]:voff[r + 1]] = hull
     pred = intercept + cen[:, :1] * g0 + cen[:, 1:] * g1
-    scale = np.abs(f_corners).reshape(n_planes, -1).max(axis=1, initial=0.0)
-    if pf.size:
-        np.maximum.at(scale, np.repeat(pplane, pcount), np.abs(pf).max(axis=1))
+
+    def scale():  # per plane the largest |f| at the corners and vertices (the screen's floor)
+        out = np.abs(f_corners).reshape(n_planes, -1).max(axis=1, initial=0.0)
+        if pf.size:
+            np.maximum.at(out, np.repeat(pplane, pcount), np.abs(pf).max(axis=1))
+        return out
+
     ctol = np.zeros(n_planes)
     if certify is not None and n_reg:
         err, ctol = _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block)
