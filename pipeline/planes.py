@@ -48,12 +48,13 @@ import numpy as np
 import torch
 
 from . import pwl
-from .certificate import sampled, screen
+from .certificate import CertificateError, CertificateWarning, check_option, enforce, gap_tolerance, sampled, screen
 from .linearize import forward_blocked
 from .prepared import as_prepared
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
-__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol"]
+__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol",
+           "CertificateError", "CertificateWarning"]
 
 # the domain's corners in (u, v), counter-clockwise, and its area
 DOMAINS = {
@@ -79,7 +80,8 @@ class PlaneResult:
     ``f(x0), f(x1), f(x2)``), ``continuity_gap (P,)`` the largest ``region_gap``,
     ``certificate_tol (P,)`` the float32 screen's tolerance (every region whose centroid was not
     evaluated in the working precision agrees with the network there to within it; 0 where all
-    were),
+    were), ``gap_tol (P,)`` the certificate's pass/fail tolerance
+    (:func:`pipeline.certificate.gap_tolerance`) and ``certified (P,)`` ``continuity_gap <= gap_tol``,
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
     shows here), ``n_pieces (P,)`` pieces before the merge, ``dropped_pieces (P,)`` and
     ``dropped_area (P,)`` the slivers below ``min_area``.
@@ -113,6 +115,12 @@ class PlaneResult:
     intercept: np.ndarray | None
     grad: np.ndarray | None
     domain: str = "triangle"
+    gap_tol: np.ndarray | None = None
+
+    @property
+    def certified(self) -> np.ndarray | None:
+        """``(P,)`` bool: the certificate passed, ``continuity_gap <= gap_tol`` (None without ``gap_tol``)."""
+        return None if self.gap_tol is None else self.continuity_gap <= self.gap_tol
 
     @property
     def domain_area(self) -> float:
@@ -629,8 +637,26 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                         max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
                         certify: str | None = "all", row_block: int | None = None,
-                        seed: int = 0) -> Iterator[PlaneResult]:
-    """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes."""
+                        seed: int = 0, on_certificate: str = "raise") -> Iterator[PlaneResult]:
+    """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes; a chunk
+    whose certificate fails raises :class:`CertificateError` before it is yielded (see
+    ``on_certificate`` in :func:`discover_plane`)."""
+    check_option(on_certificate)
+    chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
+                           progress=progress, chunk_planes=chunk_planes, max_vertices=max_vertices, rel_tol=rel_tol,
+                           min_area=min_area, certify=certify, row_block=row_block, seed=seed)
+    prepared = next(chunks)
+    for chunk in chunks:
+        enforce(chunk.continuity_gap, chunk.gap_tol, chunk.plane_index, "plane", prepared, on_certificate)
+        yield chunk
+
+
+def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
+                  keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
+                  max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
+                  certify: str | None = "all", row_block: int | None = None, seed: int = 0):
+    """:func:`discover_plane_iter` without the certificate's verdict: yields the
+    :class:`pipeline.prepared.PreparedModel` first, then the chunks."""
     if isinstance(certify, bool):
         certify = "all" if certify else None
     if certify not in CERTIFY:
@@ -656,6 +682,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
         with torch.no_grad():
             biggest = _largest_activation(prepared, x0)
         max_vertices = int(min(16384, max(256, 2 ** 23 // max(1, biggest))))
+    yield prepared
     corners, dom_area = DOMAINS[domain]
     cuv = torch.tensor(corners, dtype=torch.float64)
     n_planes = x0.shape[0]
@@ -707,7 +734,8 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
 
 
 def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
-                   keep_affine: bool = True, progress: bool = False, **options) -> PlaneResult:
+                   keep_affine: bool = True, progress: bool = False, on_certificate: str = "raise",
+                   **options) -> PlaneResult:
     """Every linear region of ``model`` on the planes ``x0[p] + u (x1[p] - x0[p]) + v (x2[p] - x0[p])``.
 
     Parameters
@@ -737,16 +765,30 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
         screen cannot vouch for; ``"strict"`` evaluates every centroid in float64; ``"sample"``
         only the 16; ``None`` none; True and False mean "all" and None), ``row_block``,
         ``seed`` (the choice of cut order).
+    on_certificate : {"raise", "warn"}
+        What a failing certificate does: a plane fails when its ``continuity_gap`` exceeds its
+        ``gap_tol`` (:func:`pipeline.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
+        float64, 1e-2 in float32). "raise" (default): :class:`CertificateError` naming the
+        planes, gaps and tolerances; "warn": a :class:`CertificateWarning` with the same text,
+        and the result with ``certified`` False on the failing planes.
 
     Raises
     ------
     UnsupportedOpError
         As in 1-D: the network uses an op that is not piecewise linear or not followed.
+    CertificateError
+        Some plane's certificate failed (``on_certificate="raise"``): an op read as affine
+        that is not, or a missed kink.
     ValueError, TypeError
         Bad shapes or options, a model in training mode or not traceable.
     """
-    return PlaneResult.concat(list(discover_plane_iter(model, x0, x1, x2, dtype=dtype, device=device, domain=domain,
-                                                       keep_affine=keep_affine, progress=progress, **options)))
+    check_option(on_certificate)
+    chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
+                           progress=progress, **options)
+    prepared = next(chunks)
+    res = PlaneResult.concat(list(chunks))
+    enforce(res.continuity_gap, res.gap_tol, res.plane_index, "plane", prepared, on_certificate)
+    return res
 
 
 # --------------------------------------------------------------------------- assembly
@@ -963,6 +1005,11 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
             np.maximum.at(out, np.repeat(pplane, pcount), np.abs(pf).max(axis=1))
         return out
 
+    # the certificate's pass/fail tolerance: relative to the outputs' size on the plane (the
+    # largest |f| at corners and vertices, or the largest area-weighted |grad| over a logit)
+    variation = np.zeros((n_planes, intercept.shape[1]))
+    np.add.at(variation, rplane, area[:, None] * np.abs(grad).sum(1))
+    gap_tol = gap_tolerance(prepared.dtype, np.maximum(scale(), variation.max(axis=1, initial=0.0) / dom_area))
     ctol = np.zeros(n_planes)
     if certify is not None and n_reg:
         err, ctol = _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block)
@@ -980,4 +1027,4 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
         continuity_gap=cgap, certificate_tol=ctol, hull_gap=hull_gap, n_pieces=np.bincount(pplane, minlength=n_planes),
         dropped_pieces=mode.dropped_pieces.copy(), dropped_area=mode.dropped_area.copy(), area=area, centroid=cen,
         vertex_offset=voff, uv=uv, region_gap=gap, intercept=intercept if keep_affine else None,
-        grad=grad if keep_affine else None, domain=domain)
+        grad=grad if keep_affine else None, domain=domain, gap_tol=gap_tol)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.regions import RegionResult, discover, discover_iter
+from pipeline.regions import CertificateError, CertificateWarning, RegionResult, discover, discover_iter
 from tests.conftest import segments
 from tests.nets import MLP, MaxCNN, ResLeaky
 
@@ -234,5 +234,9 @@ class Squared(nn.Module):
 def test_certificate_catches_an_op_the_engine_cannot_see(method, certify):
     torch.manual_seed(0)
     x0, x1 = segments((3,), 3, seed=8)
-    res = discover(Squared().eval(), x0, x1, method=method, certify=certify)
+    with pytest.raises(CertificateError, match="segment 0"):  # loud by default
+        discover(Squared().eval(), x0, x1, method=method, certify=certify)
+    with pytest.warns(CertificateWarning):
+        res = discover(Squared().eval(), x0, x1, method=method, certify=certify, on_certificate="warn")
     assert res.continuity_gap.min() > 1e-3  # far above rounding: the maps are not the network
+    assert not res.certified.any()
