@@ -1,4 +1,6 @@
-"""Subdivide's certificate: the network at region midpoints, independently of the subdivision.
+"""The certificate: the network at region midpoints, independently of how the regions were
+found (subdivide's and, since issue 19, the walk's), and its verdict: ``gap_tol``,
+:class:`CertificateError` (see ``GAP_RTOL`` below).
 
 Each region's map (the chord between its vertices' outputs) is compared with the network
 evaluated at the region's midpoint; the largest disagreement per segment is the certificate
@@ -26,7 +28,8 @@ values are interpolated between the segment's two ends, computed once in float64
 whose first layer is the largest (3072 -> 1024) that is most of the screen's cost. The float64
 sample runs the whole network from the input, so an op before the first kink that is not
 affine (which bends every region) is still caught.
-``certify="strict"`` evaluates every midpoint with a whole float64 forward.
+``certify="strict"`` evaluates every midpoint with a whole float64 forward. The walk, whose
+model torch.fx may not trace, screens with a whole float32 forward (``traced=False``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ ON_CERTIFICATE = ("raise", "warn")  # what a failing certificate does (discover*
 # with depth and BatchNorm gain, so its tolerance keeps a margin of 35 over mobilenet_v2;
 # float64's keeps 3e5, and what it lets through is below 1e-7 of the outputs, invisible in
 # the measures. A kink missed by a region of width w bends its map by about
-# |slope change| x w / 4: 0.05-0.16 of the scale on the planted tests.
+# |slope change| x w / 4: on the planted tests 50 (float32) to 1e7 (float64) times gap_tol.
 GAP_RTOL = {torch.float64: 1e-7, torch.float32: 1e-2}
 # The walk merges a region thinner than eps into the one it lands in, with the latter's map:
 # at the merged sliver's start that map is off by up to eps x |slope change| (the sliver's

@@ -4,7 +4,8 @@ Layout (``shared/DESIGN.md``)::
 
     <store>.zarr/              attrs: schema, model spec, checkpoint sha256, dataset, split, paths,
                                eps, dtype, method, versions, n_shards, K, run, discover_config
-      shard-00000/             attrs: complete=true and manifest (written last), n_segments, n_regions
+      shard-00000/             attrs: complete=true and manifest (written last), n_segments, n_regions,
+                               n_uncertified (rows whose certificate failed)
         segments/  path_id, segment_index, length, region_offset (S+1), density, deviation (S,K),
                    total_variation (S,K), continuity_gap, certificate_tol, gap_tol, f0 (S,K), f1 (S,K)
         regions/   t_start, t_end (float64, always), intercept, slope (R,K; optional, f64/f32)

@@ -10,8 +10,11 @@ segments per step.
 Regions thinner than ``eps`` that start at a breakpoint are merged into the region the walk
 lands in: the step from a breakpoint ``t_b`` evaluates at ``t_b + eps`` and the region recorded
 is ``[t_b, exit]`` with the map found there. The continuity certificate grows by about
-``eps`` times the slope change across such a sliver, so it stays visible. The last region
-stops at ``t = 1``; a remainder thinner than ``eps`` is probed at its midpoint.
+``eps`` times the slope change across such a sliver, so it stays visible (``gap_tol`` allows
+it: :mod:`pipeline.certificate`). The last region stops at ``t = 1``; a remainder thinner than
+``eps`` is probed at its midpoint. Every region's map is also checked against the network at
+its midpoint, as subdivide's: a kink the linearisation cannot see leaves a map that agrees with
+``f`` at the region's ends (the chord) and nowhere else.
 
 A step that lands short of the kink it aimed at is not a new region. An exit is computed
 from a point deep inside the region, and in float32 it is only known to a few ``1e-6`` in
