@@ -94,8 +94,9 @@ def status(sweep: SweepConfig, base: Path) -> str:
     if p["uncertified"]:
         out.append(f"failing certificates ({len(p['uncertified'])} store(s), written with on_certificate: warn; "
                    "the aggregation leaves their paths out):")
-        out += [f"  {r.run_dir.name} checkpoint {dcfg.checkpoint}: {n} {'planes' if 'planes-' in store.name else 'segments'}"
-                f" in {store}" for r, dcfg, store, n in p["uncertified"]]
+        out += [f"  {r.run_dir.name} checkpoint {dcfg.checkpoint}: {n} "
+                f"{'planes' if 'planes-' in store.name else 'segments'} in {store}"
+                for r, dcfg, store, n in p["uncertified"]]
     submitted = records(root)
     if submitted:
         states = sacct_states([r["job_id"] for r in submitted])
