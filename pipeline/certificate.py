@@ -66,7 +66,11 @@ class _Kink(Exception):
 class _StopAtKink(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if pwl.recognise(func, args, kwargs) is not None:
+        try:
+            kink = pwl.recognise(func, args, kwargs) is not None
+        except pwl.UnsupportedOpError:  # refused on the input by the preflight; a constant here
+            kink = True
+        if kink:
             raise _Kink
         return func(*args, **kwargs)
 
@@ -90,7 +94,7 @@ def _interpret(plan, env: dict, start: int, stop_at_kink: bool = False):
             continue
         args = map_arg(node.args, lambda n: env[n])
         kwargs = map_arg(node.kwargs, lambda n: env[n])
-        if stop_at_kink:
+        if stop_at_kink and plan.batched[node]:  # constants (parameters) are not kinks
             try:
                 with _StopAtKink():
                     val = plan.call(node, args, kwargs)
@@ -133,7 +137,9 @@ class _AffinePrefix:
 
     def env(self, plan, seg: torch.Tensor, t: torch.Tensor, dtype) -> dict:
         """The live values at points ``t`` of segments ``seg`` (positions in this chunk)."""
-        out = {plan.nodes[i]: v for i, v in self.fixed.items()}
+        # constants computed before the first kink (a weight made from parameters) in this dtype
+        out = {plan.nodes[i]: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+               for i, v in self.fixed.items()}
         for i, v in self.live.items():
             w = t.to(v.dtype).view(-1, *([1] * (v.ndim - 1)))
             out[plan.nodes[i]] = torch.lerp(v[seg], v[seg + self.n], w).to(dtype)
@@ -203,16 +209,15 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
         np.maximum.at(gap, rseg[idx] - lo, err)
         return gap, tol
     # "all": every region through the cheap path (a float32 copy in float64, the model itself in float32)
-    screen_plan = prepared.screen_plan
     x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)
-    prefix = _AffinePrefix(prepared.plan, x_ends, n)  # in the working precision
+    prefix = _AffinePrefix(prepared.plan_for(x_ends), x_ends, n)  # in the working precision
     every = np.arange(rseg.size)
     rows32 = pwl.default_row_block(device, torch.float32)
     # interpolating the live values costs about what building the input row does: it pays
     # when they are no larger than the input (the MLP: 1,024 against 3,072 values and a 3072 x
     # 1024 layer skipped; VGG8's first conv output is twice its input)
-    if prefix.ok and prefix.live_numel() <= x0[0].numel():
-        err32, y32 = at.resumed(screen_plan, prefix, torch.float32, every, rows32, lo)
+    if prefix.ok and prefix.live_numel() <= x0[0].numel() and prepared.traceable:
+        err32, y32 = at.resumed(prepared.screen_plan, prefix, torch.float32, every, rows32, lo)
     else:
         err32, y32 = at.forward(prepared.screen, torch.float32, every, rows32)
     if dtype == torch.float32:  # float32 mode: the screen is the check

@@ -129,7 +129,7 @@ class _Slots:
 
 def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, dtype, device,
          keep_affine: bool, chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous",
-         row_block: int = 0, progress=None) -> Iterator[RegionResult]:
+         row_block: int = 0, progress=None, assumed=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
     n_seg = x0.shape[0]
     d_all = x1 - x0
@@ -154,7 +154,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
         f, fdot, tau, pattern = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block,
-                                          pattern=hasher)
+                                          pattern=hasher, assumed=assumed)
         if buffer is None:
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
         t_cur = slots.t_cur
