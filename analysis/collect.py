@@ -37,7 +37,7 @@ from pipeline.store import (StoreError, is_store, paths_table, shard_partials, s
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
 __all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
-           "collect", "dask_client", "compute_tasks", "stores_info", "stores_report"]
+           "collect", "dask_client", "compute_tasks", "stores_info", "stores_report", "uncertified_note"]
 
 log = logging.getLogger("analysis.collect")
 
@@ -47,8 +47,11 @@ LABEL_COLUMNS = ["run_id", "dataset", "model", "width", "setting", "noise", "see
 MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
 METRIC_COLUMNS = ["train_error", "train_loss", "test_error", "test_loss", "epochs"]
 MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.paths_table
-TABLE_COLUMNS = LABEL_COLUMNS + MEASURE_COLUMNS + METRIC_COLUMNS + ["store", "store_complete"]
-CACHE_SCHEMA = 2  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
+# the table holds certified paths only (a path with a failing segment is left out, counted per
+# store in stores.csv as uncertified_paths): its n_uncertified would be 0 everywhere
+TABLE_COLUMNS = (LABEL_COLUMNS + [c for c in MEASURE_COLUMNS if c != "n_uncertified"] + METRIC_COLUMNS
+                 + ["store", "store_complete"])
+CACHE_SCHEMA = 3  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
 SORT_COLUMNS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "paths", "path_set",
                 "run_id", "path_id"]
 
@@ -269,7 +272,8 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
         One row per store found: ``store`` (relative to ``sweep_root``), ``run_id``,
         ``checkpoint``, ``status`` (complete | incomplete), ``action`` (read | cached |
         skipped), ``n_shards``, ``complete_shards``, ``missing_shards``, ``leftovers``,
-        ``n_paths`` (rows in ``table``).
+        ``n_paths`` (rows in ``table``), ``uncertified_paths`` (paths left out of ``table``: a
+        segment's certificate failed; such stores are written with ``on_certificate: warn``).
 
     Raises
     ------
@@ -331,13 +335,21 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     if cache_dir:
         _save_cache(Path(cache_dir), fingerprints, measures)
 
+    # a path with a segment whose certificate failed has wrong measures: left out of every table
+    bad = measures["n_uncertified"] > 0
+    left_out = measures.loc[bad, "store"].value_counts()
+    for k, n in left_out.items():
+        log.warning("%s: %d path(s) left out of the tables: a segment's certificate failed (stored with "
+                    "on_certificate: warn; see its segments' continuity_gap and gap_tol)", k, n)
+    measures = measures[~bad]
+
     labels = pd.DataFrame([{"store": k, **info[k]["labels"], "store_complete": k not in incomplete} for k in use])
     table = measures.merge(labels, on="store", how="left", validate="many_to_one") if len(use) else \
         pd.DataFrame(columns=TABLE_COLUMNS)
     table = table[TABLE_COLUMNS].sort_values(SORT_COLUMNS, kind="mergesort").reset_index(drop=True)
     _check_duplicates(table)
 
-    return table, stores_report(info, incomplete, use, table["store"].value_counts(), reuse)
+    return table, stores_report(info, incomplete, use, table["store"].value_counts(), reuse, left_out)
 
 
 def stores_info(root: Path, stores, labels=run_labels) -> dict:
@@ -360,9 +372,11 @@ def stores_info(root: Path, stores, labels=run_labels) -> dict:
     return info
 
 
-def stores_report(info: dict, incomplete, use, counts, reuse=()) -> pd.DataFrame:
+def stores_report(info: dict, incomplete, use, counts, reuse=(), left_out=None) -> pd.DataFrame:
     """One row per store of :func:`stores_info`: status, what was done with it (read, cached or
-    skipped), its shards and ``n_paths``, its rows in the table (``counts``: store -> rows)."""
+    skipped), its shards and ``n_paths``, its rows in the table (``counts``: store -> rows),
+    ``uncertified_paths`` (``left_out``: store -> rows left out, their certificate failed)."""
+    left_out = {} if left_out is None else left_out
     return pd.DataFrame([{
         "store": k, "run_id": v["labels"]["run_id"], "checkpoint": v["labels"]["checkpoint"],
         "status": "incomplete" if k in incomplete else "complete",
@@ -372,7 +386,22 @@ def stores_report(info: dict, incomplete, use, counts, reuse=()) -> pd.DataFrame
         "missing_shards": str(v["status"]["missing"]),
         "leftovers": len(v["status"]["leftovers"]),
         "n_paths": int(counts.get(k, 0)),
+        "uncertified_paths": int(left_out.get(k, 0)),
     } for k, v in info.items()])
+
+
+def uncertified_note(stores: pd.DataFrame) -> str | None:
+    """The sentence naming each network with paths (or planes) left out of the tables because
+    their certificate failed (``stores.csv``'s ``uncertified_paths``); None if there are none."""
+    if "uncertified_paths" not in stores.columns:
+        return None
+    bad = stores[stores["uncertified_paths"].fillna(0) > 0]
+    if not len(bad):
+        return None
+    items = [f"{r.run_id} ({r.checkpoint}): {int(r.uncertified_paths)} {'planes' if 'planes-' in r.store else 'paths'}"
+             for r in bad.itertuples()]
+    return ("Left out of every table and figure, their certificate failed (the region maps disagree with the "
+            "network; stored with on_certificate: warn): " + "; ".join(items))
 
 
 def _incomplete_line(key: str, status: dict) -> str:

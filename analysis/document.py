@@ -131,6 +131,15 @@ def _planes(analysis_dir: Path) -> dict:
     return {"captions": {p["file"]: p["caption"] for p in meta.get("planes", [])}, "notes": meta.get("notes", [])}
 
 
+def _uncertified(analysis_dir: Path) -> list[str]:
+    """The note naming the networks whose failing certificates left paths out (stores.csv)."""
+    from .collect import uncertified_note
+
+    f = analysis_dir / "stores.csv"
+    note = uncertified_note(pd.read_csv(f)) if f.exists() else None
+    return [note] if note else []
+
+
 def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisConfig = AnalysisConfig(),
                  notes=()) -> dict:
     """Write ``index.html``, ``report.md``, ``findings.json`` and ``figures/`` into ``out_dir``
@@ -163,7 +172,7 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
         for f in files:
             shutil.copyfile(f, out / "figures" / f.name)
     meta = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "summary": _summary(table, config), "constant": const, "notes": list(notes),
+            "summary": _summary(table, config), "constant": const, "notes": list(notes) + _uncertified(analysis_dir),
             "planes": _planes(analysis_dir)}
     written = {"html": out / "index.html", "markdown": out / "report.md", "findings": out / "findings.json"}
     write_atomic(written["html"], _html(meta, found, shown, figs))

@@ -100,8 +100,14 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
                 store=k, store_complete=k not in incomplete, **info[k]["labels"]))
     table = (pd.concat(frames, ignore_index=True)[PLANE_TABLE_COLUMNS] if frames
              else pd.DataFrame(columns=PLANE_TABLE_COLUMNS))
+    # a plane whose certificate failed (stored with on_certificate: warn) is left out, counted
+    bad = (table["continuity_gap"] > table["gap_tol"]).to_numpy() if len(table) else np.zeros(0, dtype=bool)
+    left_out = table.loc[bad, "store"].value_counts()
+    for k, n in left_out.items():
+        log.warning("%s: %d plane(s) left out of the tables: their certificate failed", k, n)
+    table = table[~bad]
     table = table.sort_values(["run_id", "checkpoint", "path_set", "plane_id"], kind="mergesort").reset_index(drop=True)
-    return table, stores_report(info, incomplete, use, table["store"].value_counts())
+    return table, stores_report(info, incomplete, use, table["store"].value_counts(), left_out=left_out)
 
 
 def plane_vs_line(paths: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:

@@ -29,7 +29,7 @@ import pandas as pd
 from pipeline.config import save_config, write_atomic
 
 from . import tables
-from .collect import collect
+from .collect import collect, uncertified_note
 from .config import AnalysisConfig
 from .planes import collect_planes, plane_vs_line
 
@@ -120,6 +120,9 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
                      f"{', '.join(partial['store'])}")
     if len(skipped):
         notes.append(f"Incomplete stores left out: {', '.join(skipped['store'])}")
+    note = uncertified_note(stores)
+    if note:
+        notes.append(note)
     pairs = tables.paired_differences(table, config)
     frames = {"spearman": tables.spearman_table(table), "paired": tables.paired_table(pairs),
               "noise_medians": tables.noise_medians(table, config)}

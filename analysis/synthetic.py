@@ -31,6 +31,7 @@ class SyntheticRun:
     noise: float = 0.0
     width: int = 8
     checkpoints: tuple = ("init", "final")
+    hidden_relu: bool = False  # a ReLU the engine cannot see: every certificate of this network fails
 
 
 # 2 settings x 2 seeds, two noise levels (one with a single seed: a missing seed), init and
@@ -79,7 +80,24 @@ def _network(run: SyntheticRun, cfg: dict, checkpoint: str):
         with torch.no_grad():
             for p in net.parameters():
                 p.add_(amp * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return net.eval()
+    return (_HiddenReLU(net) if run.hidden_relu else net).eval()
+
+
+def _HiddenReLU(net):
+    """``net`` followed by a ReLU computed where the engine's TorchFunctionMode cannot see it."""
+    import torch
+
+    class HiddenReLU(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            y = self.net(x)
+            with torch._C.DisableTorchFunction():
+                return torch.relu(y)
+
+    return HiddenReLU().eval()
 
 
 def _metrics(run: SyntheticRun, cfg: dict):
@@ -98,17 +116,18 @@ def _metrics(run: SyntheticRun, cfg: dict):
     return pd.DataFrame(rows)
 
 
-def _write_store(store: Path, net, paths, n_shards: int, attrs: dict, write_shards=None):
+def _write_store(store: Path, net, paths, n_shards: int, attrs: dict, write_shards=None, on_certificate="raise"):
     from pipeline.discover import DiscoverConfig, write_shards as write
 
     x0, x1, path_id, segment_index, config = paths
     # walk is pinned: the golden tables were made with it
-    cfg = DiscoverConfig(method="walk", n_shards=n_shards, batch_size=16, chunk_segments=64, device="cpu")
+    cfg = DiscoverConfig(method="walk", n_shards=n_shards, batch_size=16, chunk_segments=64, device="cpu",
+                         on_certificate=on_certificate)
     write(store, net, x0, x1, path_id, segment_index, cfg, attrs, path_config=config, shards=write_shards)
 
 
 def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_shards: int = 2,
-               dataset: str = "synthetic") -> list[Path]:
+               dataset: str = "synthetic", on_certificate: str = "raise") -> list[Path]:
     """Write a sweep of ``runs`` under ``root/runs/<run-id>/``; returns the run folders.
 
     Parameters
@@ -122,6 +141,8 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
         Shards per store.
     dataset : str
         The dataset name recorded in each config.
+    on_certificate : {"raise", "warn"}
+        The discovery's choice (a run with ``hidden_relu`` fails every certificate).
 
     Returns
     -------
@@ -144,7 +165,7 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
             cfg = {"recipe": run.setting, "seed": run.seed,
                    "model": {"name": "mlp", "k": run.width, "widths": [run.width, run.width], "pool": "avg"},
                    "data": {"name": dataset, "label_noise": run.noise, "noise_seed": 0,
-                            "augment": run.setting == "augment"}}
+                            "augment": run.setting == "augment"}, **({"hidden_relu": True} if run.hidden_relu else {})}
             run_dir = root / "runs" / _hash(cfg)
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=True))
@@ -154,7 +175,8 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
                 sha = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in net.parameters())).hexdigest()
                 attrs = {"checkpoint_sha256": sha, "checkpoint": ckpt, "run": str(run_dir), "model": cfg["model"],
                          "dataset": cfg["data"], "split": "train", "paths": paths[4]}
-                _write_store(run_dir / "regions" / f"{ckpt}-{path_hash}.zarr", net, paths, n_shards, attrs)
+                _write_store(run_dir / "regions" / f"{ckpt}-{path_hash}.zarr", net, paths, n_shards, attrs,
+                             on_certificate=on_certificate)
             out.append(run_dir)
     finally:
         torch.set_num_threads(threads)

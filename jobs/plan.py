@@ -33,14 +33,16 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         ``runs``; ``train``, ``discover`` and ``aggregate``, each ``{"done", "incomplete",
         "todo"}`` (discovery items are ``(run, discover config, shard)``; a damaged shard is
         incomplete); ``damaged``: ``(run, discover config, shard, error)`` of each damaged
-        shard (the cheap check of :func:`pipeline.store.shard_status`).
+        shard (the cheap check of :func:`pipeline.store.shard_status`); ``uncertified``:
+        ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
+        failed (written with ``on_certificate: warn``; from the shards' attributes).
     """
-    from pipeline.store import shard_status
+    from pipeline.store import shard_info, shard_status
 
     runs = expand(sweep, base)
     train = {"done": [], "incomplete": [], "todo": []}
     discover = {"done": [], "incomplete": [], "todo": []}
-    damaged = []
+    damaged, uncertified = [], []
     for r in runs:
         ck = r.run_dir / "checkpoints"
         key = "done" if (ck / "final.pt").exists() else "incomplete" if (ck / "LAST").exists() else "todo"
@@ -57,6 +59,9 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
                 st = shard_status(store)
                 complete &= set(st["complete"])
                 damaged += [(r, dcfg, i, st["errors"][i]) for i in st["damaged"]]
+                failed = sum(int(shard_info(store, i).get("n_uncertified") or 0) for i in st["complete"])
+                if failed:
+                    uncertified.append((r, dcfg, store, failed))
             for shard in range(sweep.n_shards):
                 item = (r, dcfg, shard)
                 discover["done" if shard in complete else "incomplete" if started else "todo"].append(item)
@@ -65,7 +70,8 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
                  "incomplete": [], "todo": []}
     if not aggregate["done"]:
         aggregate["todo"] = [1]
-    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "damaged": damaged}
+    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "damaged": damaged,
+            "uncertified": uncertified}
 
 
 def summary(p: dict) -> str:
@@ -85,6 +91,11 @@ def status(sweep: SweepConfig, base: Path) -> str:
     if p["damaged"]:
         out.append(f"damaged shards ({len(p['damaged'])}, counted as incomplete: `sweep resume` writes them again):")
         out += [f"  {err}" for *_, err in p["damaged"]]  # each names its store and shard
+    if p["uncertified"]:
+        out.append(f"failing certificates ({len(p['uncertified'])} store(s), written with on_certificate: warn; "
+                   "the aggregation leaves their paths out):")
+        out += [f"  {r.run_dir.name} checkpoint {dcfg.checkpoint}: {n} {'planes' if 'planes-' in store.name else 'segments'}"
+                f" in {store}" for r, dcfg, store, n in p["uncertified"]]
     submitted = records(root)
     if submitted:
         states = sacct_states([r["job_id"] for r in submitted])

@@ -39,12 +39,106 @@ from torch.overrides import TorchFunctionMode
 from . import pwl
 from .linearize import forward_blocked
 
-__all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY"]
+__all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
+           "CertificateWarning", "ON_CERTIFICATE", "GAP_RTOL", "WALK_SLIVER", "gap_tolerance", "enforce"]
 
 CERTIFY_SAMPLES = 16  # regions per segment evaluated in float64 by "all" and by "sample"
 # On VGG8 the largest screened float32 error was 1.6-1.8 times the rounding measured on the
 # 16 sampled regions of its segment (docs/benchmarks.md); 8 leaves a margin of about 4.
 SCREEN_SAFETY = 8.0
+
+
+# ---------------------------------------------------------------- pass or fail
+
+ON_CERTIFICATE = ("raise", "warn")  # what a failing certificate does (discover*, discover_plane*)
+
+# The certificate passes when continuity_gap <= gap_tol = GAP_RTOL[dtype] x scale (+ the walk's
+# sliver term), ``scale`` the outputs' size on the segment / plane: the largest |f| at its ends,
+# corners and vertices, or the largest total variation of a logit (sum over regions of
+# |slope| x width; for planes of (|grad_u| + |grad_v|) x area / domain area), whichever is
+# larger (total variation, not the largest |slope|: a sliver's chord slope in float32 is
+# rounding divided by its width).
+# Measured (gap / scale of correct results, the largest over each set; docs/benchmarks.md "The
+# certificate's tolerance"): tests/nets.py zoo, 8 segments each, both methods: float64
+# 1.2e-15, float32 6.9e-7; the project's VGG8 (8, 16) and ResNet18 k=4 on 8x8 inputs:
+# 1.0e-6 (walk, float64: its slivers, below) else 8.5e-16, float32 2.3e-6; torchvision's
+# resnet18, alexnet, densenet121, mobilenet_v2, vgg11_bn (tests/test_zoo.py segments): float64
+# 3.5e-13 (mobilenet_v2), float32 2.8e-4 (mobilenet_v2; densenet121 1.9e-5); planes (zoo, VGG8,
+# ResNet18 k=4, certify all and strict): float64 1.5e-15, float32 3.8e-6. Float32 errors grow
+# with depth and BatchNorm gain, so its tolerance keeps a margin of 35 over mobilenet_v2;
+# float64's keeps 3e5, and what it lets through is below 1e-7 of the outputs, invisible in
+# the measures. A kink missed by a region of width w bends its map by about
+# |slope change| x w / 4: 0.05-0.16 of the scale on the planted tests.
+GAP_RTOL = {torch.float64: 1e-7, torch.float32: 1e-2}
+# The walk merges a region thinner than eps into the one it lands in, with the latter's map:
+# at the merged sliver's start that map is off by up to eps x |slope change| (the sliver's
+# slope against the landing region's, neither larger than about the largest |slope| on the
+# segment, so the change is at most twice that). WALK_SLIVER = 4 leaves a factor 2; measured,
+# the walk's largest float64 gap was 0.52 x eps x max|slope| (ResNet18 k=4, eps = 1e-6).
+WALK_SLIVER = 4.0
+
+
+class CertificateError(RuntimeError):
+    """A result's certificate failed: the region maps disagree with the network by more than
+    ``gap_tol`` somewhere (see :func:`enforce`). ``index``, ``gap`` and ``tol`` hold the failing
+    segments' (or planes') positions in the caller's input, their gaps and tolerances."""
+
+    def __init__(self, message: str, index=(), gap=(), tol=()):
+        super().__init__(message)
+        self.index, self.gap, self.tol = np.asarray(index), np.asarray(gap), np.asarray(tol)
+
+
+class CertificateWarning(UserWarning):
+    """The same as :class:`CertificateError`, issued instead with ``on_certificate="warn"``."""
+
+
+def gap_tolerance(dtype, scale, sliver=0.0) -> np.ndarray:
+    """``gap_tol``: ``GAP_RTOL[dtype] * scale + sliver`` (see the constants above), per
+    segment or plane; ``sliver`` is the walk's ``WALK_SLIVER * eps * max|slope|``."""
+    return GAP_RTOL[dtype] * np.asarray(scale, dtype=np.float64) + sliver
+
+
+def check_option(on_certificate):
+    if on_certificate not in ON_CERTIFICATE:
+        raise ValueError(f"on_certificate must be one of {ON_CERTIFICATE}, got {on_certificate!r}")
+
+
+def enforce(gap, tol, index, what: str, prepared, on_certificate: str, context: str = ""):
+    """Raise :class:`CertificateError` (``on_certificate="raise"``) or warn
+    (:class:`CertificateWarning`, ``"warn"``) when any ``gap > tol`` or a gap is not finite.
+
+    ``index`` names the segments / planes in the caller's numbering; ``what`` is "segment" or
+    "plane"; ``prepared`` the :class:`pipeline.prepared.PreparedModel` (its
+    ``assumed_affine_report()``, where it has one, names ops the user declared affine)."""
+    gap, tol = np.asarray(gap, dtype=np.float64), np.asarray(tol, dtype=np.float64)
+    bad = ~(gap <= tol)
+    if not bad.any():
+        return
+    idx = np.flatnonzero(bad)
+    names = [f"{what} {index[i]}" for i in idx]
+    msg = failure_message(names, gap[idx], tol[idx], gap.size, what + "s", prepared)
+    if on_certificate == "warn":
+        import warnings
+
+        warnings.warn(msg, CertificateWarning, stacklevel=3)
+    else:
+        raise CertificateError(msg, np.asarray(index)[idx], gap[idx], tol[idx])
+
+
+def failure_message(names, gap, tol, n_total: int, of: str, prepared, where: str = "") -> str:
+    """The text of a failing certificate: ``names`` of the failing rows (the first five are
+    shown) with their ``gap`` and ``tol``, out of ``n_total`` ``of``; ``where`` says where
+    (a store, a shard); what it means and what to do; the ops the user declared affine."""
+    shown = ", ".join(f"{n} (gap {g:.3g} > tolerance {t:.3g})" for n, g, t in zip(names[:5], gap, tol))
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    report = getattr(prepared, "assumed_affine_report", lambda: "")()
+    msg = (f"certificate failed on {len(names)} of {n_total} {of}{where}: {shown}{more}. The region maps "
+           "disagree with the network there, so those regions and measures are wrong: the engine treated some op "
+           "as affine that is not (an op it cannot see, e.g. one computed under torch._C.DisableTorchFunction or "
+           "in a C++ extension), or missed a kink. Check the model's forward for such ops, or compare "
+           "method='walk' with method='subdivide'; on_certificate='warn' keeps the result for exploration "
+           "(the failing rows have certified == False).")
+    return f"{msg} {report}" if report else msg
 
 
 def sampled(rseg: np.ndarray) -> np.ndarray:
@@ -192,8 +286,10 @@ class _Midpoints:
 
 
 def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, slope, f0, f1, fv_inner,
-                    rows_per_pass, row_block):
-    """The certificate of segments ``lo..hi`` (see the module docstring).
+                    rows_per_pass, row_block, traced: bool = True):
+    """The certificate of segments ``lo..hi`` (see the module docstring). With ``traced=False``
+    (the walk, whose model torch.fx may not trace) the float32 screen is a plain forward of
+    the whole network from the input.
 
     Returns ``(gap, tol)``, both ``(hi - lo,)``: the largest disagreement found in the working
     precision, and the float32 screen's tolerance (0 where every region was evaluated in the
@@ -209,14 +305,16 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
         np.maximum.at(gap, rseg[idx] - lo, err)
         return gap, tol
     # "all": every region through the cheap path (a float32 copy in float64, the model itself in float32)
-    x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)
-    prefix = _AffinePrefix(prepared.plan_for(x_ends), x_ends, n)  # in the working precision
     every = np.arange(rseg.size)
     rows32 = pwl.default_row_block(device, torch.float32)
+    prefix = None
+    if traced:
+        x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)
+        prefix = _AffinePrefix(prepared.plan_for(x_ends), x_ends, n)  # in the working precision
     # interpolating the live values costs about what building the input row does: it pays
     # when they are no larger than the input (the MLP: 1,024 against 3,072 values and a 3072 x
     # 1024 layer skipped; VGG8's first conv output is twice its input)
-    if prefix.ok and prefix.live_numel() <= x0[0].numel() and prepared.traceable:
+    if prefix is not None and prefix.ok and prefix.live_numel() <= x0[0].numel() and prepared.traceable:
         err32, y32 = at.resumed(prepared.screen_plan, prefix, torch.float32, every, rows32, lo)
     else:
         err32, y32 = at.forward(prepared.screen, torch.float32, every, rows32)

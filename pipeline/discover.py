@@ -61,6 +61,12 @@ class DiscoverConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     planes: PlaneSetConfig | None = None  # also the exact 2-D regions of these planes, in a second store
     chunk_planes: int = local_field(4)  # planes per write
+    # raise: a failing certificate stops the shard (nothing of it is published); warn: the shard
+    # is written and its failing rows are flagged (their gap_tol is stored with them, and the
+    # aggregation leaves their paths out). Local: it changes no stored number, only whether a
+    # shard with failing rows is published, so switching to warn to look at a failure resumes
+    # the same store.
+    on_certificate: str = local_field("raise")
 
     def __post_init__(self):
         from .regions import CERTIFY, METHODS
@@ -79,6 +85,10 @@ class DiscoverConfig:
             raise TypeError(f"planes must be a PlaneSetConfig or None, got {type(self.planes).__name__}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0; got {self.eps}")
+        from .certificate import ON_CERTIFICATE
+
+        if self.on_certificate not in ON_CERTIFICATE:
+            raise ValueError(f"on_certificate must be one of {', '.join(ON_CERTIFICATE)}; got {self.on_certificate!r}")
 
 
 def sha256(path: Path) -> str:
@@ -199,7 +209,7 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
     for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
         _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
-                     device, progress, deep)
+                     device, progress, deep, attrs)
     return shard_status(store)  # what was not rewritten was judged above
 
 
@@ -219,7 +229,7 @@ def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *
              "n_planes": planes.n_planes, "K": k, "keep_affine": cfg.store.keep_affine,
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
     for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
-        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep)
+        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs)
     return shard_status(store)
 
 
@@ -250,7 +260,33 @@ def _shards_to_write(store: Path, attrs: dict, n_shards: int, shards, deep: bool
     return todo
 
 
-def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
+def _where(store, shard, attrs) -> str:
+    """Where a shard's certificate failed, for its message: the network and the store."""
+    net = f"run {attrs['run']}, checkpoint {attrs['checkpoint']}" if "run" in attrs else "network"
+    return f" of shard {shard} of {store} ({net})"
+
+
+def _certificate_failed(err, store, shard, attrs, names, of, prepared):
+    """A :class:`pipeline.certificate.CertificateError` from the engine, renamed for the stage:
+    the rows by their ids (``names[i]`` for position ``i`` in the shard), the store and shard,
+    the network (``of``: "segments" or "planes"); the shard is not published, and the
+    completed shards stay."""
+    from .certificate import CertificateError, failure_message
+
+    rows = [names[int(i)] for i in err.index]
+    msg = failure_message(rows, err.gap, err.tol, len(names), of, prepared, _where(store, shard, attrs))
+    return CertificateError(f"{msg} Shard {shard} was not written (the complete shards are kept); rerun with "
+                            "on_certificate: warn in the discovery config to store it with the failing rows "
+                            "flagged (the aggregation leaves their paths out).", err.index, err.gap, err.tol)
+
+
+def _warn_uncertified(chunk_failed: int, store, shard, attrs, what: str):
+    if chunk_failed:
+        log.warning("certificate failed on %d %s%s (on_certificate: warn: stored, flagged)", chunk_failed, what,
+                    _where(store, shard, attrs))
+
+
+def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs):
     from .plane_store import PlaneShardWriter
     from .planes import discover_plane_iter
 
@@ -261,12 +297,23 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
     dtype = _torch_dtype(cfg)
     start, regions = time.perf_counter(), 0
     idx = torch.as_tensor(pos)
+    from .certificate import CertificateError
+    from .prepared import prepare
+    from .store import uncertified
+
+    ready = prepare(model, dtype, "cpu")
     try:
-        for chunk in discover_plane_iter(model, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
+        for chunk in discover_plane_iter(ready, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
                                          device="cpu", domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
-                                         progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify):
+                                         progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify,
+                                         on_certificate=cfg.on_certificate):
             writer.write(chunk)
             regions += chunk.total_regions
+            _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, "planes")
+    except CertificateError as err:
+        writer.abort()
+        raise _certificate_failed(err, store, shard, attrs, [f"plane {p}" for p in planes.plane_id[pos]], "planes",
+                                  ready) from err
     except BaseException:
         writer.abort()
         raise
@@ -275,7 +322,7 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep):
              time.perf_counter() - start, "" if published else " (another job had completed it: kept theirs)")
 
 
-def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep):
+def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep, attrs):
     from .regions import discover_iter
     from .store import ShardWriter
 
@@ -288,15 +335,29 @@ def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dt
 
         bar = tqdm(total=len(pos), unit="seg", desc=f"shard {shard}/{cfg.n_shards}")
     start, regions = time.perf_counter(), 0
+    from .certificate import CertificateError
+    from .prepared import prepare
+    from .store import uncertified
+
+    ready = prepare(model, dtype, device)
     try:
-        for chunk in discover_iter(model, x0[pos], x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
+        for chunk in discover_iter(ready, x0[pos], x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
                                    device=device, keep_affine=cfg.store.keep_affine, method=cfg.method,
-                                   chunk_segments=cfg.chunk_segments, certify=cfg.certify):
+                                   chunk_segments=cfg.chunk_segments, certify=cfg.certify,
+                                   on_certificate=cfg.on_certificate):
             writer.write(chunk)
             regions += chunk.n_regions
+            _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, "segments")
             if bar is not None:
                 bar.update(chunk.n_segments)
                 bar.set_postfix(regions=regions, per_s=f"{regions / (time.perf_counter() - start):,.0f}")
+    except CertificateError as err:
+        writer.abort()  # the shard is not published; the complete ones are untouched
+        if bar is not None:
+            bar.close()
+            bar = None
+        names = [f"path {p} segment {s}" for p, s in zip(path_id[pos], segment_index[pos])]
+        raise _certificate_failed(err, store, shard, attrs, names, "segments", ready) from err
     except BaseException:
         writer.abort()  # a failed or interrupted shard leaves nothing behind (a SIGKILL leaves a *.tmp-*)
         raise

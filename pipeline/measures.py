@@ -24,7 +24,7 @@ __all__ = [
 
 # the per-path table, in order (StoreReader.paths and the analysis' Dask tasks)
 PATH_COLUMNS = ("path_id", "density", "length", "density_per_length", "deviation", "total_variation",
-                "continuity_gap", "n_segments")
+                "continuity_gap", "n_segments", "n_uncertified")
 
 
 def segment_ids(region_offset: np.ndarray) -> np.ndarray:
@@ -99,13 +99,14 @@ def continuity_gap(t_start, t_end, intercept, slope, region_offset, f0, f1):
     return gap
 
 
-def path_partials(path_id, density, length, deviation, total_variation_, continuity_gap_=None) -> dict:
+def path_partials(path_id, density, length, deviation, total_variation_, continuity_gap_=None, gap_tol=None) -> dict:
     """Per-path partial sums of some of a path set's segments (one shard, say).
 
     Arrays run over segments; ``deviation`` and ``total_variation_`` are per logit, ``(S, K)``.
     Returns, over the sorted unique path ids: ``path_id``, sums of ``density``, ``length``,
     ``deviation`` and ``total_variation`` (per logit), the largest ``continuity_gap`` and the
-    segment count ``n_segments``. Partials of disjoint segment sets combine with
+    segment count ``n_segments``, and ``n_uncertified`` the segments whose certificate failed
+    (``continuity_gap > gap_tol``; none where ``gap_tol`` is not given or NaN). Partials of disjoint segment sets combine with
     :func:`combine_path_partials` (a path may span shards).
     """
     path_id = np.asarray(path_id)
@@ -118,11 +119,17 @@ def path_partials(path_id, density, length, deviation, total_variation_, continu
         return out
 
     gap = np.full(ids.size, -np.inf)
+    failed = np.zeros(ids.size, dtype=np.int64)
     if continuity_gap_ is not None:
-        np.maximum.at(gap, inverse, np.asarray(continuity_gap_, dtype=np.float64))
+        g = np.asarray(continuity_gap_, dtype=np.float64)
+        np.maximum.at(gap, inverse, g)
+        if gap_tol is not None:
+            tol = np.asarray(gap_tol, dtype=np.float64)
+            np.add.at(failed, inverse, (~(g <= tol) & ~np.isnan(tol)).astype(np.int64))
     return {"path_id": ids.astype(np.int64), "density": per_path(density), "length": per_path(length),
             "deviation": per_path(deviation), "total_variation": per_path(total_variation_),
-            "continuity_gap": gap, "n_segments": np.bincount(inverse, minlength=ids.size).astype(np.int64)}
+            "continuity_gap": gap, "n_segments": np.bincount(inverse, minlength=ids.size).astype(np.int64),
+            "n_uncertified": failed}
 
 
 def combine_path_partials(parts) -> dict:
@@ -130,13 +137,15 @@ def combine_path_partials(parts) -> dict:
 
     Density (the number of regions) and length add up; absolute deviation and total
     variation add up per logit over the path's segments, then take the L2 norm over logits;
-    the certificate is the largest ``continuity_gap`` of the path's segments.
+    the certificate is the largest ``continuity_gap`` of the path's segments, ``n_uncertified``
+    how many of them failed it.
     """
     parts = list(parts)
     if not parts:
         return {"path_id": np.zeros(0, np.int64), "density": np.zeros(0, np.int64), "length": np.zeros(0),
                 "density_per_length": np.zeros(0), "deviation": np.zeros(0), "total_variation": np.zeros(0),
-                "continuity_gap": np.zeros(0), "n_segments": np.zeros(0, np.int64)}
+                "continuity_gap": np.zeros(0), "n_segments": np.zeros(0, np.int64),
+                "n_uncertified": np.zeros(0, np.int64)}
     cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     ids, inverse = np.unique(cat["path_id"], return_inverse=True)
 
@@ -157,6 +166,8 @@ def combine_path_partials(parts) -> dict:
         "total_variation": np.linalg.norm(total(cat["total_variation"]), axis=1),
         "continuity_gap": gap,
         "n_segments": total(cat["n_segments"]).astype(np.int64),
+        "n_uncertified": total(cat["n_uncertified"]).astype(np.int64) if "n_uncertified" in cat
+        else np.zeros(ids.size, np.int64),
     }
 
 
@@ -164,5 +175,5 @@ def path_measures(path_id, density, deviation, total_variation_, length):
     """Per-path measures from per-segment ones (arrays over segments, grouped by ``path_id``):
     :func:`combine_path_partials` of one :func:`path_partials`, without the certificate."""
     out = combine_path_partials([path_partials(path_id, density, length, deviation, total_variation_)])
-    del out["continuity_gap"]
+    del out["continuity_gap"], out["n_uncertified"]
     return out

@@ -8,7 +8,7 @@ Layout (the store's ``geometry`` attribute is ``"plane"``)::
       shard-00000/                  attrs: complete=true and manifest (written last), n_planes, n_regions
         planes/    plane_id, label, corner_index (P,3), region_offset (P+1), n_regions, n_pieces,
                    input_area, density, density_input, deviation (P,K), f_corners (P,C,K),
-                   continuity_gap, certificate_tol, hull_gap, dropped_pieces, dropped_area
+                   continuity_gap, certificate_tol, gap_tol, hull_gap, dropped_pieces, dropped_area
         regions/   area, region_gap, centroid (R,2), vertex_offset (R+1), intercept (R,K), grad (R,2,K)
         vertices/  uv (V,2)
 
@@ -24,20 +24,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .store import (SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array,
-                    shard_status, store_attrs, store_geometry, verify_shard)
+from .store import (LATER_ARRAYS, SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array, shard_state,
+                    shard_status, store_attrs, store_geometry, uncertified, verify_shard)
 
 __all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
 
 PLANE_INTS = ("plane_id", "label", "n_regions", "n_pieces", "dropped_pieces")
-PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "certificate_tol", "hull_gap",
-                "dropped_area")
+PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "certificate_tol", "gap_tol",
+                "hull_gap", "dropped_area")
 # what plane_table reads (checked deeply: small)
 TABLE_ARRAYS = (*PLANE_INTS, *PLANE_FLOATS, "deviation", "corner_index")
 # one row per plane: ids, the counts and the measures (deviation: the plane's mean |f - g|, L2 over logits)
 PLANE_COLUMNS = ("plane_id", "label", "corner_1", "corner_2", "n_regions", "density", "density_input", "input_area",
-                 "deviation", "continuity_gap", "certificate_tol", "hull_gap", "n_pieces", "dropped_pieces",
-                 "dropped_area")
+                 "deviation", "continuity_gap", "certificate_tol", "gap_tol", "hull_gap", "n_pieces",
+                 "dropped_pieces", "dropped_area")
 
 
 class PlaneShardWriter(ShardFolder):
@@ -83,7 +83,9 @@ class PlaneShardWriter(ShardFolder):
         """Append the next chunk of planes (a :class:`pipeline.planes.PlaneResult`)."""
         lo, hi = self._chunk(res.plane_index, res.n_planes)
         for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
-            self.pl[name][lo:hi] = getattr(res, name)
+            val = getattr(res, name)
+            self.pl[name][lo:hi] = np.full(res.n_planes, np.nan) if val is None else val  # gap_tol
+        self.uncertified += uncertified(res.continuity_gap, res.gap_tol)
         self.pl["region_offset"][lo + 1:hi + 1] = res.plane_offset[1:] + self.regions
         for name in ("area", "region_gap", "centroid"):
             self.reg[name].append(getattr(res, name))
@@ -122,8 +124,12 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     attrs = store_attrs(store)
     _check_plane_store(store, attrs)
     keys = [f"planes/{name}" for name in TABLE_ARRAYS]
+    have = shard_state(store, shard)["manifest"] or {}
+    keys = [k for k in keys if k not in LATER_ARRAYS or k in have.get("arrays", {})]
     manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
-    cols = {name: read_array(store, shard, manifest, key) for name, key in zip(TABLE_ARRAYS, keys)}
+    cols = {key.split("/")[1]: read_array(store, shard, manifest, key) for key in keys}
+    if "gap_tol" not in cols:  # written before the tolerance was recorded: no verdict
+        cols["gap_tol"] = np.full(cols["plane_id"].size, np.nan)
     domain_area = 1.0 if attrs.get("domain") == "parallelogram" else 0.5
     corners = cols.pop("corner_index")
     out = {name: cols[name] for name in (*PLANE_INTS, *PLANE_FLOATS)}
@@ -202,6 +208,7 @@ class PlaneStoreReader:
             density=get("planes/density"), density_input=get("planes/density_input"),
             f_corners=get("planes/f_corners"), deviation=get("planes/deviation"),
             continuity_gap=get("planes/continuity_gap"), certificate_tol=get("planes/certificate_tol"),
+            gap_tol=get("planes/gap_tol") if "planes/gap_tol" in arrays else np.full(1, np.nan),
             hull_gap=get("planes/hull_gap"),
             n_pieces=get("planes/n_pieces"), dropped_pieces=get("planes/dropped_pieces"),
             dropped_area=get("planes/dropped_area"), area=get("regions/area", slice(lo, hi)),

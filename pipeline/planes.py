@@ -48,12 +48,13 @@ import numpy as np
 import torch
 
 from . import allowlist, pwl
-from .certificate import sampled, screen
+from .certificate import CertificateError, CertificateWarning, check_option, enforce, gap_tolerance, sampled, screen
 from .linearize import forward_blocked
 from .prepared import as_prepared, preflight
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
-__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol"]
+__all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol",
+           "CertificateError", "CertificateWarning"]
 
 # the domain's corners in (u, v), counter-clockwise, and its area
 DOMAINS = {
@@ -79,7 +80,8 @@ class PlaneResult:
     ``f(x0), f(x1), f(x2)``), ``continuity_gap (P,)`` the largest ``region_gap``,
     ``certificate_tol (P,)`` the float32 screen's tolerance (every region whose centroid was not
     evaluated in the working precision agrees with the network there to within it; 0 where all
-    were),
+    were), ``gap_tol (P,)`` the certificate's pass/fail tolerance
+    (:func:`pipeline.certificate.gap_tolerance`) and ``certified (P,)`` ``continuity_gap <= gap_tol``,
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
     shows here), ``n_pieces (P,)`` pieces before the merge, ``dropped_pieces (P,)`` and
     ``dropped_area (P,)`` the slivers below ``min_area``.
@@ -113,6 +115,12 @@ class PlaneResult:
     intercept: np.ndarray | None
     grad: np.ndarray | None
     domain: str = "triangle"
+    gap_tol: np.ndarray | None = None
+
+    @property
+    def certified(self) -> np.ndarray | None:
+        """``(P,)`` bool: the certificate passed, ``continuity_gap <= gap_tol`` (None without ``gap_tol``)."""
+        return None if self.gap_tol is None else self.continuity_gap <= self.gap_tol
 
     @property
     def domain_area(self) -> float:
@@ -643,8 +651,27 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                         max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
                         certify: str | None = "all", row_block: int | None = None,
-                        seed: int = 0) -> Iterator[PlaneResult]:
-    """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes."""
+                        seed: int = 0, on_certificate: str = "raise", assume_affine=()) -> Iterator[PlaneResult]:
+    """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes; a chunk
+    whose certificate fails raises :class:`CertificateError` before it is yielded (see
+    ``on_certificate`` in :func:`discover_plane`)."""
+    check_option(on_certificate)
+    chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
+                           progress=progress, chunk_planes=chunk_planes, max_vertices=max_vertices, rel_tol=rel_tol,
+                           min_area=min_area, certify=certify, row_block=row_block, seed=seed,
+                           assume_affine=assume_affine)
+    prepared = next(chunks)
+    for chunk in chunks:
+        enforce(chunk.continuity_gap, chunk.gap_tol, chunk.plane_index, "plane", prepared, on_certificate)
+        yield chunk
+
+
+def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
+                  keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
+                  max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
+                  certify: str | None = "all", row_block: int | None = None, seed: int = 0, assume_affine=()):
+    """:func:`discover_plane_iter` without the certificate's verdict: yields the
+    :class:`pipeline.prepared.PreparedModel` first, then the chunks."""
     if isinstance(certify, bool):
         certify = "all" if certify else None
     if certify not in CERTIFY:
@@ -657,7 +684,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
         raise ValueError("chunk_planes must be >= 1 and max_vertices >= 16")
     if not (0.0 <= min_area < 1e-3):
         raise ValueError(f"min_area is a fraction of the domain's area, in [0, 1e-3); got {min_area}")
-    prepared = as_prepared(model, dtype, device)
+    prepared = as_prepared(model, dtype, device, assume_affine)
     if prepared.device.type != "cpu":
         raise ValueError("discover_plane runs on the CPU only for now (device='cpu')")
     x0, x1, x2 = (x.to(dtype) for x in _check_planes(x0, x1, x2))
@@ -672,6 +699,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
         with torch.no_grad():
             biggest = _largest_activation(prepared, x0)
         max_vertices = int(min(16384, max(256, 2 ** 23 // max(1, biggest))))
+    yield prepared
     corners, dom_area = DOMAINS[domain]
     cuv = torch.tensor(corners, dtype=torch.float64)
     n_planes = x0.shape[0]
@@ -724,7 +752,8 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
 
 
 def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
-                   keep_affine: bool = True, progress: bool = False, **options) -> PlaneResult:
+                   keep_affine: bool = True, progress: bool = False, on_certificate: str = "raise",
+                   **options) -> PlaneResult:
     """Every linear region of ``model`` on the planes ``x0[p] + u (x1[p] - x0[p]) + v (x2[p] - x0[p])``.
 
     Parameters
@@ -754,16 +783,30 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
         screen cannot vouch for; ``"strict"`` evaluates every centroid in float64; ``"sample"``
         only the 16; ``None`` none; True and False mean "all" and None), ``row_block``,
         ``seed`` (the choice of cut order).
+    on_certificate : {"raise", "warn"}
+        What a failing certificate does: a plane fails when its ``continuity_gap`` exceeds its
+        ``gap_tol`` (:func:`pipeline.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
+        float64, 1e-2 in float32). "raise" (default): :class:`CertificateError` naming the
+        planes, gaps and tolerances; "warn": a :class:`CertificateWarning` with the same text,
+        and the result with ``certified`` False on the failing planes.
 
     Raises
     ------
     UnsupportedOpError
         As in 1-D: the network uses an op that is not piecewise linear or not followed.
+    CertificateError
+        Some plane's certificate failed (``on_certificate="raise"``): an op read as affine
+        that is not, or a missed kink.
     ValueError, TypeError
         Bad shapes or options, a model in training mode or not traceable.
     """
-    return PlaneResult.concat(list(discover_plane_iter(model, x0, x1, x2, dtype=dtype, device=device, domain=domain,
-                                                       keep_affine=keep_affine, progress=progress, **options)))
+    check_option(on_certificate)
+    chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
+                           progress=progress, **options)
+    prepared = next(chunks)
+    res = PlaneResult.concat(list(chunks))
+    enforce(res.continuity_gap, res.gap_tol, res.plane_index, "plane", prepared, on_certificate)
+    return res
 
 
 # --------------------------------------------------------------------------- assembly
@@ -928,11 +971,26 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
     ub, vb = np.add.reduceat(u, starts) / nv, np.add.reduceat(v, starts) / nv
     fb = np.add.reduceat(f, starts, axis=0) / nv[:, None]
     du, dv, df = u - ub[vr], v - vb[vr], f - fb[vr]
-    suu, svv, suv = (np.add.reduceat(q, starts) for q in (du * du, dv * dv, du * dv))
-    suf, svf = np.add.reduceat(du[:, None] * df, starts, axis=0), np.add.reduceat(dv[:, None] * df, starts, axis=0)
-    det = (suu * svv - suv * suv)[:, None]
-    g0 = (svv[:, None] * suf - suv[:, None] * svf) / det
-    g1 = (suu[:, None] * svf - suv[:, None] * suf) / det
+    # the fit by modified Gram-Schmidt on [du dv | df] (the longer of du, dv first), not the
+    # normal equations: on a sliver (area 7e-12, on ResNet18 planes) their determinant cancels
+    # to a few digits (conditioning squared) and the map missed its own vertices by 6e-7 of f
+    red = lambda q: np.add.reduceat(q, starts, axis=0)  # noqa: E731
+    swap = red(dv * dv) > red(du * du)
+    a, b = np.where(swap[vr], dv, du), np.where(swap[vr], du, dv)
+    r11 = np.sqrt(red(a * a))
+    q1 = a / r11[vr]
+    r12 = red(q1 * b)
+    b2 = b - r12[vr] * q1
+    c = red(q1 * b2)  # once more against q1: b2 is small where the region is thin
+    b2 -= c[vr] * q1
+    r12 += c
+    r22 = np.sqrt(red(b2 * b2))
+    q2 = b2 / r22[vr]
+    c1 = red(q1[:, None] * df)
+    c2 = red(q2[:, None] * (df - c1[vr] * q1[:, None]))
+    gb = c2 / r22[:, None]
+    ga = (c1 - r12[:, None] * gb) / r11[:, None]
+    g0, g1 = np.where(swap[:, None], gb, ga), np.where(swap[:, None], ga, gb)
     intercept = fb - ub[:, None] * g0 - vb[:, None] * g1
     grad = np.stack([g0, g1], 1)
     resid = np.abs(df - du[:, None] * g0[vr] - dv[:, None] * g1[vr]).max(1)
@@ -965,6 +1023,11 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
             np.maximum.at(out, np.repeat(pplane, pcount), np.abs(pf).max(axis=1))
         return out
 
+    # the certificate's pass/fail tolerance: relative to the outputs' size on the plane (the
+    # largest |f| at corners and vertices, or the largest area-weighted |grad| over a logit)
+    variation = np.zeros((n_planes, intercept.shape[1]))
+    np.add.at(variation, rplane, area[:, None] * np.abs(grad).sum(1))
+    gap_tol = gap_tolerance(prepared.dtype, np.maximum(scale(), variation.max(axis=1, initial=0.0) / dom_area))
     ctol = np.zeros(n_planes)
     if certify is not None and n_reg:
         err, ctol = _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block)
@@ -982,4 +1045,4 @@ def _assemble(prepared, domain, plane_index, x0, d1, d2, input_area, f_corners, 
         continuity_gap=cgap, certificate_tol=ctol, hull_gap=hull_gap, n_pieces=np.bincount(pplane, minlength=n_planes),
         dropped_pieces=mode.dropped_pieces.copy(), dropped_area=mode.dropped_area.copy(), area=area, centroid=cen,
         vertex_offset=voff, uv=uv, region_gap=gap, intercept=intercept if keep_affine else None,
-        grad=grad if keep_affine else None, domain=domain)
+        grad=grad if keep_affine else None, domain=domain, gap_tol=gap_tol)

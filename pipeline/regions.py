@@ -21,16 +21,18 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .certificate import CertificateError, CertificateWarning, check_option, enforce
 from .prepared import PreparedModel, as_prepared, preflight, prepare
 from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
 from .walk import walk
 
-__all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResult", "UnsupportedOpError", "METHODS"]
+__all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResult", "UnsupportedOpError", "METHODS",
+           "CertificateError", "CertificateWarning"]
 
 METHODS = ("walk", "subdivide")
-CERTIFY = ("all", "strict", "sample")  # subdivide's midpoint certificate (see discover)
+CERTIFY = ("all", "strict", "sample")  # the midpoint certificate (see discover)
 DEFAULT_METHOD = "subdivide"  # the faster of the two, measured side by side: docs/benchmarks.md
 
 
@@ -67,12 +69,33 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
                   max_vertices: int = 256, row_block: int | None = None,
-                  certify: str = "all", assume_affine=()) -> Iterator[RegionResult]:
+                  certify: str = "all", on_certificate: str = "raise", assume_affine=()) -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
-    segment_index[-1]`` (consecutive, in input order). See :func:`discover` for the parameters.
+    segment_index[-1]`` (consecutive, in input order). See :func:`discover` for the parameters;
+    a chunk whose certificate fails raises :class:`CertificateError` before it is yielded
+    (``on_certificate="warn"``: it is yielded after a :class:`CertificateWarning`).
     """
+    check_option(on_certificate)
+    prepared = None
+    for chunk in _chunks(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
+                         keep_affine=keep_affine, progress=progress, method=method, chunk_segments=chunk_segments,
+                         jvp=jvp, scheduling=scheduling, max_vertices=max_vertices, row_block=row_block,
+                         certify=certify, assume_affine=assume_affine):
+        if isinstance(chunk, PreparedModel):
+            prepared = chunk
+            continue
+        enforce(chunk.continuity_gap, chunk.gap_tol, chunk.segment_index, "segment", prepared, on_certificate)
+        yield chunk
+
+
+def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
+            keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD, chunk_segments: int = 256,
+            jvp: str = "stacked", scheduling: str = "continuous", max_vertices: int = 256, row_block: int | None = None,
+            certify: str = "all", assume_affine=()):
+    """:func:`discover_iter` without the certificate's verdict: yields the
+    :class:`PreparedModel` first, then the chunks."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if dtype not in (torch.float32, torch.float64):
@@ -89,9 +112,10 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
     prepared = as_prepared(model, dtype, device, assume_affine)
     x0, x1 = _check_inputs(x0, x1)
+    yield prepared
     # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
     x0, x1 = x0.to(dtype), x1.to(dtype)
-    work, device = prepared.work, prepared.device
+    device = prepared.device
     preflight(prepared, x0[:1], x1[:1])  # every op found, affine or refused by name, before any work
     if row_block is None:
         row_block = default_row_block(device, dtype, method)
@@ -102,9 +126,9 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         bar = tqdm(total=x0.shape[0], unit="seg", desc=f"regions ({method})")
     try:
         if method == "walk":
-            chunks = walk(work, x0, x1, eps=eps, batch_size=batch_size, dtype=dtype, device=device,
-                          keep_affine=keep_affine, chunk_segments=chunk_segments, jvp=jvp,
-                          scheduling=scheduling, row_block=row_block, progress=bar, assumed=prepared.assumed)
+            chunks = walk(prepared, x0, x1, eps=eps, batch_size=batch_size, keep_affine=keep_affine,
+                          chunk_segments=chunk_segments, jvp=jvp, scheduling=scheduling, row_block=row_block,
+                          certify=certify, progress=bar)
         else:
             chunks = subdivide(prepared, x0, x1, batch_size=batch_size, keep_affine=keep_affine, chunk_segments=chunk_segments,
                                max_vertices=max_vertices, row_block=row_block, certify=certify, progress=bar)
@@ -121,7 +145,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
 
 def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
              keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
-             **options) -> RegionResult:
+             on_certificate: str = "raise", **options) -> RegionResult:
     """Find every linear region of ``model`` along the segments ``x0[s] -> x1[s]``.
 
     Parameters
@@ -158,7 +182,7 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         page-faulted in fresh), ``row_block`` (rows
         per call of conv/linear layers; default on CPU in float64 16 for subdivide and 64 for
         walk, 256 in float32, all on GPU: CPU kernels slow down when the batch outgrows the
-        cache), ``certify`` (subdivide: the network at region midpoints against the maps.
+        cache), ``certify`` (both methods: the network at region midpoints against the maps.
         "all", the default, checks every region: in float64 it screens every midpoint in
         float32 and evaluates in float64 16 regions per segment and every region whose screen
         is inconclusive, reporting the screen's tolerance as ``certificate_tol``; "strict"
@@ -167,6 +191,14 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         ``(torch.where,)``, that the engine should treat as affine where it would refuse them:
         the escape hatch for an op you know to be affine on your network; the certificate
         still checks every region, and names the op if it fails).
+    on_certificate : {"raise", "warn"}
+        What a failing certificate does. Every segment's ``continuity_gap`` (the largest
+        disagreement between its maps and the network, see ``certify``) is compared with its
+        ``gap_tol`` (:func:`pipeline.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
+        float64, 1e-2 in float32, plus ``4 eps`` times the largest slope for the walk's merged
+        slivers). "raise" (default): :class:`CertificateError` naming the segments, gaps and
+        tolerances. "warn": a :class:`CertificateWarning` with the same text, and the result
+        is returned with ``certified`` False on the failing segments.
 
     Returns
     -------
@@ -181,9 +213,16 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         tensor bounds...), or that it does not know to be affine (comparisons, ``where`` on an
         input-derived condition, masks, integer casts, any op not on the allowlist of
         :mod:`pipeline.allowlist`). The message names the op.
+    CertificateError
+        Some segment's certificate failed (``on_certificate="raise"``): the network has an op
+        the engine read as affine that is not, or a kink was missed.
     ValueError, TypeError
         Model in training mode, mismatched or non-finite inputs, bad options.
     """
-    parts = list(discover_iter(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
-                               keep_affine=keep_affine, progress=progress, method=method, **options))
-    return RegionResult.concat(parts)
+    check_option(on_certificate)
+    parts = list(_chunks(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
+                         keep_affine=keep_affine, progress=progress, method=method, **options))
+    res = RegionResult.concat(parts[1:])
+    # one verdict over the whole result (discover_iter gives one per chunk)
+    enforce(res.continuity_gap, res.gap_tol, res.segment_index, "segment", parts[0], on_certificate)
+    return res

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from . import measures
+from .certificate import WALK_SLIVER, gap_tolerance
 
 __all__ = ["RegionResult", "assemble"]
 
@@ -22,6 +23,9 @@ class RegionResult:
     ``certificate_tol (S,)``: 0 where every region was checked in the working precision; with
     subdivide's float32 screen (``certify="all"`` in float64) the tolerance within which the
     regions it alone checked agree with the network (``continuity_gap`` covers the rest).
+    ``gap_tol (S,)`` the certificate's pass/fail tolerance (:func:`pipeline.certificate.gap_tolerance`:
+    relative to the outputs' scale and the working dtype, plus the walk's merged slivers) and
+    ``certified (S,)`` ``continuity_gap <= gap_tol`` (``discover`` raises unless every segment is).
     Per region: ``t_start, t_end (R,)`` and, unless ``keep_affine=False``, ``intercept,
     slope (R, K)`` with ``f(x0 + t d) = intercept + slope * t`` on the region.
     """
@@ -40,6 +44,12 @@ class RegionResult:
     intercept: np.ndarray | None
     slope: np.ndarray | None
     certificate_tol: np.ndarray | None = None
+    gap_tol: np.ndarray | None = None
+
+    @property
+    def certified(self) -> np.ndarray | None:
+        """``(S,)`` bool: the certificate passed, ``continuity_gap <= gap_tol`` (None without ``gap_tol``)."""
+        return None if self.gap_tol is None else self.continuity_gap <= self.gap_tol
 
     @property
     def n_segments(self) -> int:
@@ -93,12 +103,14 @@ class RegionResult:
 
 
 def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0, f1, length,
-             keep_affine: bool, extra_gap=None, certificate_tol=None) -> RegionResult:
+             keep_affine: bool, extra_gap=None, certificate_tol=None, dtype=None, sliver_eps: float = 0.0) -> RegionResult:
     """Build a :class:`RegionResult` from region rows sorted by segment then ``t``.
 
     ``seg_of_region`` holds positions ``0..S-1`` into ``segment_index``; ``extra_gap`` (S,)
     is a further certificate to fold into ``continuity_gap`` (subdivide's midpoint check);
-    ``certificate_tol`` (S,) the float32 screen's tolerance where it vouched for regions.
+    ``certificate_tol`` (S,) the float32 screen's tolerance where it vouched for regions;
+    ``dtype`` the working precision and ``sliver_eps`` the walk's ``eps`` set ``gap_tol``
+    (:func:`pipeline.certificate.gap_tolerance`; none without ``dtype``).
     """
     s = len(segment_index)
     flat = (np.asarray(length) == 0)[seg_of_region]  # x1 == x0: f is constant along the segment
@@ -110,6 +122,21 @@ def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0,
     np.cumsum(counts, out=offset[1:])
     args = (t_start, t_end, intercept, slope, offset)
     gap = measures.continuity_gap(*args, f0, f1)
+    tv = measures.total_variation(t_start, t_end, slope, offset)
+    gap_tol = None
+    if dtype is not None:
+        scale = np.maximum(np.abs(f0).max(axis=1, initial=0.0), np.abs(f1).max(axis=1, initial=0.0))
+        if t_start.size:  # the maps at every breakpoint
+            ends = np.maximum(np.abs(intercept + slope * t_start[:, None]).max(axis=1, initial=0.0),
+                              np.abs(intercept + slope * t_end[:, None]).max(axis=1, initial=0.0))
+            np.maximum.at(scale, seg_of_region, ends)
+        scale = np.maximum(scale, tv.max(axis=1, initial=0.0))
+        sliver = 0.0
+        if sliver_eps:
+            steep = np.zeros(s)
+            np.maximum.at(steep, seg_of_region, np.abs(slope).max(axis=1, initial=0.0))
+            sliver = WALK_SLIVER * sliver_eps * steep
+        gap_tol = gap_tolerance(dtype, scale, sliver)
     return RegionResult(
         segment_index=np.asarray(segment_index, dtype=np.int64),
         density=counts.astype(np.int64),
@@ -117,9 +144,10 @@ def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0,
         f0=f0,
         f1=f1,
         deviation=measures.absolute_deviation(*args, f0, f1, length),
-        total_variation=measures.total_variation(t_start, t_end, slope, offset),
+        total_variation=tv,
         continuity_gap=gap if extra_gap is None else np.maximum(gap, extra_gap),
         certificate_tol=np.zeros(s) if certificate_tol is None else np.asarray(certificate_tol, dtype=np.float64),
+        gap_tol=gap_tol,
         length=np.asarray(length, dtype=np.float64),
         t_start=t_start,
         t_end=t_end,

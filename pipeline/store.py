@@ -6,7 +6,7 @@ Layout (``shared/DESIGN.md``)::
                                eps, dtype, method, versions, n_shards, K, run, discover_config
       shard-00000/             attrs: complete=true and manifest (written last), n_segments, n_regions
         segments/  path_id, segment_index, length, region_offset (S+1), density, deviation (S,K),
-                   total_variation (S,K), continuity_gap, certificate_tol, f0 (S,K), f1 (S,K)
+                   total_variation (S,K), continuity_gap, certificate_tol, gap_tol, f0 (S,K), f1 (S,K)
         regions/   t_start, t_end (float64, always), intercept, slope (R,K; optional, f64/f32)
 
 This module is the only one that knows this layout: everything else reads through
@@ -68,11 +68,14 @@ __all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "DamagedShardError", "
 log = logging.getLogger("pipeline.store")
 
 SCHEMA_VERSION = 2  # 2: the engine's options and the path set id are identity attributes
-SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap", "certificate_tol")
+SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap", "certificate_tol", "gap_tol")
+# arrays added since schema 2, read as NaN from shards written before them (gap_tol: the
+# certificate's pass/fail tolerance; NaN = no verdict recorded, counted as passed)
+LATER_ARRAYS = ("segments/gap_tol", "planes/gap_tol")
 SEGMENT_VECTORS = ("deviation", "total_variation", "f0", "f1")
 REGION_ARRAYS = ("t_start", "t_end", "intercept", "slope")
 # the per-segment arrays shard_partials reads (checked deeply: they are small)
-PARTIAL_ARRAYS = ("path_id", "density", "length", "deviation", "total_variation", "continuity_gap")
+PARTIAL_ARRAYS = ("path_id", "density", "length", "deviation", "total_variation", "continuity_gap", "gap_tol")
 # attributes that must not change between the jobs writing one store
 IDENTITY_KEYS = ("schema", "checkpoint_sha256", "model", "dataset", "split", "paths", "path_set", "method", "eps",
                  "dtype", "certify", "n_shards", "keep_affine", "affine_dtype", "domain", "plane_engine")
@@ -224,6 +227,7 @@ class ShardFolder:
         self.tmp = self.store / f"{shard_name(shard)}.tmp-{unique_suffix()}"
         self.cfg = cfg
         self.regions = 0
+        self.uncertified = 0  # items whose certificate failed (written with on_certificate="warn")
         self.arrays: dict = {}  # key ("segments/density") -> zarr array: what the manifest lists
         self.group = zarr.open_group(str(self.tmp), mode="w")
         self.group.attrs.update({"complete": False, "shard": shard, **extra})
@@ -272,7 +276,8 @@ class ShardFolder:
         if not self.complete():
             raise ValueError(f"shard incomplete: {self.written} of {self.n} {self.item} written")
         manifest = _make_manifest(self.tmp, self.arrays)
-        self.group.attrs.update({"complete": True, "n_regions": self.regions, "manifest": manifest})
+        self.group.attrs.update({"complete": True, "n_regions": self.regions, "n_uncertified": self.uncertified,
+                                 "manifest": manifest})
         fsync_tree(self.tmp)  # on a shared filesystem, all of it is on disk before the name is
         return self._publish(deep)
 
@@ -371,6 +376,8 @@ class ShardWriter(ShardFolder):
             self.seg[name][lo:hi] = getattr(res, name)
         tol = res.certificate_tol
         self.seg["certificate_tol"][lo:hi] = np.zeros(res.n_segments) if tol is None else tol
+        self.seg["gap_tol"][lo:hi] = np.full(res.n_segments, np.nan) if res.gap_tol is None else res.gap_tol
+        self.uncertified += uncertified(res.continuity_gap, res.gap_tol)
         self.seg["region_offset"][lo + 1:hi + 1] = res.region_offset[1:] + self.regions
         self.reg["t_start"].append(res.t_start)
         self.reg["t_end"].append(res.t_end)
@@ -381,6 +388,19 @@ class ShardWriter(ShardFolder):
             self.reg["slope"].append(res.slope.astype(self.cfg.affine_dtype))
         self.regions += res.n_regions
         self.written = hi
+
+
+def _has(manifest: dict, key: str) -> bool:
+    return key in (manifest or {}).get("arrays", {})
+
+
+def uncertified(gap, gap_tol) -> int:
+    """How many rows failed their certificate (``gap > gap_tol`` or a non-finite gap; a NaN
+    ``gap_tol``, no verdict recorded, passes)."""
+    if gap_tol is None:
+        return 0
+    gap, tol = np.asarray(gap, dtype=np.float64), np.asarray(gap_tol, dtype=np.float64)
+    return int(np.sum(~(gap <= tol) & ~np.isnan(tol)))
 
 
 def _make_manifest(folder: Path, arrays: dict) -> dict:
@@ -723,8 +743,10 @@ class StoreReader:
         return read_array(self.path, shard, self._meta[shard]["manifest"], key, sel)
 
     def segment_array(self, name: str) -> np.ndarray:
-        """A per-segment array over all complete shards, in shard order."""
-        parts = [self._read(i, f"segments/{name}") for i in self.shards]
+        """A per-segment array over all complete shards, in shard order (``gap_tol`` is NaN in
+        shards written before it was recorded)."""
+        parts = [self._read(i, f"segments/{name}") if _has(self._meta[i]["manifest"], f"segments/{name}")
+                 else np.full(self._meta[i]["n_segments"], np.nan) for i in self.shards]
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def segments(self) -> pd.DataFrame:
@@ -800,8 +822,9 @@ class StoreReader:
         except KeyError:
             raise KeyError(f"segment {segment_index} of path {path_id} is in no complete shard of {self.path}") from None
         out = {"shard": shard}
-        for name in ("length", "continuity_gap", "certificate_tol"):
-            out[name] = float(self._read(shard, f"segments/{name}", row))
+        for name in ("length", "continuity_gap", "certificate_tol", "gap_tol"):
+            present = _has(self._meta[shard]["manifest"], f"segments/{name}")
+            out[name] = float(self._read(shard, f"segments/{name}", row)) if present else float("nan")
         out["density"] = int(self._read(shard, "segments/density", row))
         for name in SEGMENT_VECTORS:
             out[name] = self._read(shard, f"segments/{name}", row)
@@ -825,10 +848,12 @@ def shard_partials(store, shard: int) -> dict:
     """
     store = Path(store)
     keys = [f"segments/{name}" for name in PARTIAL_ARRAYS]
+    meta = _shard_meta(store / shard_name(shard))  # a shard without gap_tol: written before it was recorded
+    keys = [k for k in keys if k not in LATER_ARRAYS or (isinstance(meta, dict) and _has(meta.get("manifest"), k))]
     manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
-    cols = {name: read_array(store, shard, manifest, key) for name, key in zip(PARTIAL_ARRAYS, keys)}
+    cols = {key.split("/")[1]: read_array(store, shard, manifest, key) for key in keys}
     return path_partials(cols["path_id"], cols["density"], cols["length"], cols["deviation"],
-                         cols["total_variation"], cols["continuity_gap"])
+                         cols["total_variation"], cols["continuity_gap"], cols.get("gap_tol"))
 
 
 def paths_table(parts) -> pd.DataFrame:

@@ -575,4 +575,4 @@ def _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, rows_per_pass, kee
     gap, screen_tol = certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, 0.5 * (t_start + t_end), intercept,
                                       slope, f0, f1, fv[inner], rows_per_pass, row_block)
     return assemble(np.arange(lo, hi), rseg - lo, t_start, t_end, intercept, slope, f0, f1, length[lo:hi],
-                    keep_affine, extra_gap=gap, certificate_tol=screen_tol)
+                    keep_affine, extra_gap=gap, certificate_tol=screen_tol, dtype=prepared.dtype)

@@ -34,12 +34,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from .certificate import certify_regions
 from .linearize import PatternHash, forward_blocked, linearize
 from .result import RegionResult, assemble
 
 __all__ = ["walk"]
 
 _STEPS_PER_FLUSH = 256
+_CERTIFY_ROWS = 1024  # midpoints per forward of the certificate (as subdivide's)
 
 
 class _RegionBuffer:
@@ -127,10 +129,12 @@ class _Slots:
             setattr(self, name, getattr(self, name)[mask])
 
 
-def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, dtype, device,
-         keep_affine: bool, chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous",
-         row_block: int = 0, progress=None, assumed=None) -> Iterator[RegionResult]:
-    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``)."""
+def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, keep_affine: bool,
+         chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous", row_block: int = 0,
+         certify: str = "all", progress=None) -> Iterator[RegionResult]:
+    """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
+    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
+    model, dtype, device = prepared.work, prepared.dtype, prepared.device
     n_seg = x0.shape[0]
     d_all = x1 - x0
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
@@ -154,7 +158,7 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
         f, fdot, tau, pattern = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block,
-                                          pattern=hasher, assumed=assumed)
+                                          pattern=hasher, assumed=prepared.assumed)
         if buffer is None:
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
         t_cur = slots.t_cur
@@ -192,13 +196,15 @@ def walk(model, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: i
             ready += 1
         while ready - emitted >= chunk_segments or emitted < ready == n_seg:
             hi = min(ready, emitted + chunk_segments)
-            yield _emit(model, buffer, x0, x1, emitted, hi, length, width, dtype, device, keep_affine, row_block)
+            yield _emit(prepared, buffer, x0, x1, d_all, emitted, hi, length, width, keep_affine, row_block, certify,
+                        eps)
             emitted = hi
         if ready == n_seg:
             return
 
 
-def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affine, row_block) -> RegionResult:
+def _emit(prepared, buffer, x0, x1, d_all, lo, hi, length, batch, keep_affine, row_block, certify, eps) -> RegionResult:
+    model, dtype, device = prepared.work, prepared.dtype, prepared.device
     rows = buffer.take(lo, hi)
     k, c = buffer.k, buffer.C
     # a row marked "same" continues the region of the row before it (same segment, same
@@ -214,7 +220,12 @@ def _emit(model, buffer, x0, x1, lo, hi, length, batch, dtype, device, keep_affi
     f0 = _endpoint_values(model, x0[lo:hi], batch, dtype, device, row_block)
     f1 = _endpoint_values(model, x1[lo:hi], batch, dtype, device, row_block)
     seg = rows[:, 0].astype(np.int64) - lo
-    return assemble(
-        np.arange(lo, hi), seg, rows[:, 1].copy(), t_end,
-        rows[:, c:c + k].copy(), rows[:, c + k:].copy(), f0, f1, length[lo:hi], keep_affine,
-    )
+    t_start, intercept, slope = rows[:, 1].copy(), rows[:, c:c + k].copy(), rows[:, c + k:].copy()
+    # the network at each region's midpoint against its map, as subdivide's certificate: the
+    # agreement at breakpoints and ends alone misses a kink the linearisation cannot see (a
+    # region whose map is the chord of a bent function agrees at both its ends)
+    gap, screen_tol = certify_regions(prepared, certify, x0, d_all, lo, hi, seg + lo, 0.5 * (t_start + t_end),
+                                      intercept, slope, f0, f1, intercept + slope * t_start[:, None],
+                                      _CERTIFY_ROWS, row_block, traced=False)
+    return assemble(np.arange(lo, hi), seg, t_start, t_end, intercept, slope, f0, f1, length[lo:hi], keep_affine,
+                    extra_gap=gap, certificate_tol=screen_tol, dtype=dtype, sliver_eps=eps)

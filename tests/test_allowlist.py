@@ -122,19 +122,18 @@ def test_constants_are_constants(engine):
 
 
 def test_escape_hatch_runs_and_the_certificate_still_checks():
-    """assume_affine lets a refused op through; a wrong declaration shows in the certificate,
-    which names the op."""
+    """assume_affine lets a refused op through; a wrong declaration fails the certificate, which
+    names the op, in every engine."""
+    from pipeline.regions import CertificateError, CertificateWarning
+
     net = Body(lambda z: torch.where(z > 0, z, 0.0))
-    for engine in ("subdivide", "plane"):
-        kw = {"assume_affine": (torch.where, torch.Tensor.gt)}
-        if engine != "plane":
-            ready = prepare(net.double().eval(), assume_affine=kw["assume_affine"])
-            assert ready.assumed_affine_report() == ""
-        try:
-            res = _run(net, engine, **kw)
-        except Exception as err:  # noqa: BLE001 - a loud certificate (CertificateError) is the other outcome
-            assert "torch.where" in str(err) or "Tensor.gt" in str(err), err
-            continue
+    declared = (torch.where, torch.Tensor.gt)
+    assert prepare(net.double().eval(), assume_affine=declared).assumed_affine_report() == ""
+    for engine in ENGINES:
+        with pytest.raises(CertificateError, match=r"Tensor\.gt|torch\.where"):
+            _run(net, engine, assume_affine=declared)
+        with pytest.warns(CertificateWarning):
+            res = _run(net, engine, assume_affine=declared, on_certificate="warn")
         assert res.continuity_gap.max() > 1e-3, engine
 
 

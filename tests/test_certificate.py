@@ -9,7 +9,7 @@ from torch import nn
 
 import pipeline.pwl as pwl
 import pipeline.certificate as certificate
-from pipeline.regions import UnsupportedOpError, discover
+from pipeline.regions import CertificateError, CertificateWarning, UnsupportedOpError, discover
 from tests.conftest import segments
 from tests.nets import MaxCNN
 
@@ -81,7 +81,12 @@ def test_one_missed_kink_is_caught_by_the_default(monkeypatch):
     assert state["dropped"] is not None
     assert sampled.density[0] == clean.density[0] - 1
     state["calls"], state["dropped"] = 0, None
-    res = discover(net, x0, x1)  # the default
+    with pytest.raises(CertificateError, match="segment 0"):
+        discover(net, x0, x1)  # the default
+    state["calls"], state["dropped"] = 0, None
+    with pytest.warns(CertificateWarning, match="segment 0"):
+        res = discover(net, x0, x1, on_certificate="warn")
+    assert not res.certified[0]
     assert res.density[0] == clean.density[0] - 1
     # the sample of 16 regions per segment happens to miss the bent region; the screen does not
     assert sampled.continuity_gap[0] < 1e-12
@@ -102,8 +107,12 @@ def test_misread_max_pool_is_caught_by_the_default(monkeypatch):
         return (piece[:0], tau[:0]) if calls["n"] == 1 else (piece, tau)
 
     monkeypatch.setattr(pwl, "maxpool_crossings", first_pool_blind)
-    res = discover(net, x0, x1)
-    assert res.continuity_gap.min() > 1e-6
+    with pytest.warns(CertificateWarning):
+        res = discover(net, x0, x1, on_certificate="warn")
+    assert res.continuity_gap.min() > 1e-6 and not res.certified.any()
+    calls["n"] = 0
+    with pytest.raises(CertificateError):
+        discover(net, x0, x1)
 
 
 class HiddenSquare(nn.Module):
@@ -125,8 +134,11 @@ def test_hidden_square_is_refused_by_name_and_caught_when_declared_affine():
     x0, x1 = segments((6,), 3, seed=8)
     with pytest.raises(UnsupportedOpError, match="mul.*two operands derived from the input"):
         discover(HiddenSquare().eval(), x0, x1)
-    res = discover(HiddenSquare().eval(), x0, x1, assume_affine=(torch.Tensor.mul,))
-    assert res.continuity_gap.min() > 1e-3
+    with pytest.raises(CertificateError, match="segment 0.*Tensor.mul"):
+        discover(HiddenSquare().eval(), x0, x1, assume_affine=(torch.Tensor.mul,))
+    with pytest.warns(CertificateWarning):
+        res = discover(HiddenSquare().eval(), x0, x1, on_certificate="warn", assume_affine=(torch.Tensor.mul,))
+    assert res.continuity_gap.min() > 1e-3 and not res.certified.any()
 
 
 def test_screen_sends_a_large_error_to_float64(monkeypatch):
@@ -202,6 +214,7 @@ def test_hidden_square_before_the_first_kink_is_caught(monkeypatch):
     monkeypatch.setattr(certificate._Midpoints, "resumed", lambda self, *a: resumed.append(1) or real(self, *a))
     torch.manual_seed(0)
     x0, x1 = segments((24,), 3, seed=10)
-    res = discover(SquareFirst().eval(), x0, x1, assume_affine=(torch.Tensor.mul,))
+    with pytest.warns(CertificateWarning):
+        res = discover(SquareFirst().eval(), x0, x1, on_certificate="warn", assume_affine=(torch.Tensor.mul,))
     assert resumed  # 6 live values at the first ReLU against 24 inputs: the screen starts there
     assert res.continuity_gap.min() > 1e-3

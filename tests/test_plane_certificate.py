@@ -8,7 +8,7 @@ import torch
 
 import pipeline.certificate as certificate
 import pipeline.planes as planes
-from pipeline.planes import discover_plane
+from pipeline.planes import CertificateError, CertificateWarning, discover_plane
 from tests.nets import MaxCNN, ResLeaky
 
 
@@ -74,8 +74,12 @@ def test_one_bad_map_is_caught_by_the_default_and_not_by_the_sample(monkeypatch)
     net, xs = _case(MaxCNN, n_planes=1)
     state = _bend_one_map(monkeypatch, 1e-4)
     sample = discover_plane(net, *xs, certify="sample")
-    res = discover_plane(net, *xs)
-    strict = discover_plane(net, *xs, certify="strict")
+    with pytest.raises(CertificateError, match="plane 0"):
+        discover_plane(net, *xs)
+    with pytest.warns(CertificateWarning, match="plane 0"):
+        res = discover_plane(net, *xs, on_certificate="warn")
+        strict = discover_plane(net, *xs, certify="strict", on_certificate="warn")
+    assert not res.certified[0] and not strict.certified[0]
     assert sample.continuity_gap[0] < 1e-12  # its 16 regions are not the bad one
     r = state["region"]
     for out in (res, strict):

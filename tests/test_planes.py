@@ -329,3 +329,20 @@ def test_errors():
         discover_plane(mlp, x[:0], x[:0], x[:0])
     with pytest.raises(RuntimeError):  # the network's own shape error
         discover_plane(mlp, torch.randn(1, 5), torch.randn(1, 5), torch.randn(1, 5))
+
+
+def test_sliver_maps_pass_through_their_vertices():
+    """A region's map is a least-squares fit over its vertices. Solved by the normal equations,
+    on the slivers of this ResNet18's plane (FixUp init, outputs about 3e-7) it missed its own
+    vertices by 8e-10 of the outputs (the 2x2 determinant cancels: conditioning squared);
+    by Gram-Schmidt, by rounding."""
+    from pipeline.models import build
+
+    torch.manual_seed(0)
+    net = build("resnet18", num_classes=10, in_channels=1, k=4, input_size=8).eval()
+    g = torch.Generator().manual_seed(3)
+    x0 = torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64)
+    x1, x2 = (x0 + 0.1 * torch.randn(1, 1, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    res = discover_plane(net, x0, x1, x2, certify=None)  # the fit's residual alone
+    assert res.n_regions[0] > 1000
+    assert res.continuity_gap[0] < 1e-12 * np.abs(res.f_corners).max()
