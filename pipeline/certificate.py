@@ -163,7 +163,11 @@ class _Kink(Exception):
 class _StopAtKink(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if pwl.recognise(func, args, kwargs) is not None:
+        try:
+            kink = pwl.recognise(func, args, kwargs) is not None
+        except pwl.UnsupportedOpError:  # refused on the input by the preflight; a constant here
+            kink = True
+        if kink:
             raise _Kink
         return func(*args, **kwargs)
 
@@ -187,7 +191,7 @@ def _interpret(plan, env: dict, start: int, stop_at_kink: bool = False):
             continue
         args = map_arg(node.args, lambda n: env[n])
         kwargs = map_arg(node.kwargs, lambda n: env[n])
-        if stop_at_kink:
+        if stop_at_kink and plan.batched[node]:  # constants (parameters) are not kinks
             try:
                 with _StopAtKink():
                     val = plan.call(node, args, kwargs)
@@ -230,7 +234,9 @@ class _AffinePrefix:
 
     def env(self, plan, seg: torch.Tensor, t: torch.Tensor, dtype) -> dict:
         """The live values at points ``t`` of segments ``seg`` (positions in this chunk)."""
-        out = {plan.nodes[i]: v for i, v in self.fixed.items()}
+        # constants computed before the first kink (a weight made from parameters) in this dtype
+        out = {plan.nodes[i]: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+               for i, v in self.fixed.items()}
         for i, v in self.live.items():
             w = t.to(v.dtype).view(-1, *([1] * (v.ndim - 1)))
             out[plan.nodes[i]] = torch.lerp(v[seg], v[seg + self.n], w).to(dtype)
@@ -307,11 +313,11 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
     prefix = None
     if traced:
         x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)
-        prefix = _AffinePrefix(prepared.plan, x_ends, n)  # in the working precision
+        prefix = _AffinePrefix(prepared.plan_for(x_ends), x_ends, n)  # in the working precision
     # interpolating the live values costs about what building the input row does: it pays
     # when they are no larger than the input (the MLP: 1,024 against 3,072 values and a 3072 x
     # 1024 layer skipped; VGG8's first conv output is twice its input)
-    if prefix is not None and prefix.ok and prefix.live_numel() <= x0[0].numel():
+    if prefix is not None and prefix.ok and prefix.live_numel() <= x0[0].numel() and prepared.traceable:
         err32, y32 = at.resumed(prepared.screen_plan, prefix, torch.float32, every, rows32, lo)
     else:
         err32, y32 = at.forward(prepared.screen, torch.float32, every, rows32)

@@ -18,20 +18,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PairAvgPool2d", "with_fast_layers"]
+__all__ = ["PairAvgPool2d", "pair_avg_pool2d", "with_fast_layers"]
+
+
+def pair_avg_pool2d(x: torch.Tensor) -> torch.Tensor:
+    """``F.avg_pool2d(x, 2)`` as two strided additions. A torch function mode sees it as one
+    call (an affine op on :mod:`pipeline.allowlist`): at one segment in flight, dispatching its
+    seven small ops through a mode would cost more than the library pooling it replaces."""
+    if torch.overrides.has_torch_function_unary(x):
+        return torch.overrides.handle_torch_function(pair_avg_pool2d, (x,), x)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    rows = x[..., 0:h:2, :w] + x[..., 1:h:2, :w]
+    return (rows[..., 0::2] + rows[..., 1::2]) * 0.25
 
 
 class PairAvgPool2d(nn.Module):
     """``nn.AvgPool2d(2)`` as two strided additions on the CPU."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # plain affine arithmetic: the engine's modes need not see these seven small ops (at
-        # one segment in flight, dispatching each through a mode would cost more than the
-        # library pooling it replaces)
-        with torch._C.DisableTorchFunction():
-            h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-            rows = x[..., 0:h:2, :w] + x[..., 1:h:2, :w]
-            return (rows[..., 0::2] + rows[..., 1::2]) * 0.25
+        return pair_avg_pool2d(x)
 
 
 def _is_pair_average(m: nn.Module) -> bool:

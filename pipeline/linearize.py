@@ -23,7 +23,7 @@ import torch
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
-from . import pwl
+from . import allowlist, pwl
 
 __all__ = ["LinearizeMode", "PatternHash", "linearize", "bare_pass", "forward_blocked"]
 
@@ -75,12 +75,12 @@ class _Stacked:
 
     def pool(self, call: pwl.PWLCall, track: bool):
         b = self.batch
-        win, shape = pwl.pool_windows(call.input, call.pool)
+        win, shape = call.windows(call.input)
         wz, wzdot = win[:b], win[b:] - win[:b]
         cur = pwl.lex_argmax(wz, wzdot, 2)
         tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
-        out = win.gather(2, torch.cat([cur, cur])).view(2 * b, *shape[1:])
-        return out, tau, cur
+        both = torch.cat([cur, cur])
+        return call.finish(win.gather(2, both), both, (2 * b, *shape[1:])), tau, cur
 
     # Kinks are tracked as the per-row minimum of r = (z + zdot) / z, monotone in the distance
     # tau = 1 / (1 - r) for r < 1; converted once per pass.
@@ -143,12 +143,12 @@ class _Dual:
 
     def pool(self, call, track: bool):
         z, zdot = self.split(call.input)
-        wz, shape = pwl.pool_windows(z, call.pool)
-        wzdot, _ = pwl.pool_windows(zdot, call.pool)
+        wz, shape = call.windows(z)
+        wzdot, _ = call.windows(zdot)
         wzdot = torch.nan_to_num(wzdot, nan=0.0, posinf=0.0, neginf=0.0)
         cur = pwl.lex_argmax(wz, wzdot, 2)
         tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
-        return fwAD.make_dual(wz.gather(2, cur).view(shape), wzdot.gather(2, cur).view(shape)), tau, cur
+        return call.finish(fwAD.make_dual(wz.gather(2, cur), wzdot.gather(2, cur)), cur, shape), tau, cur
 
     # Kinks are tracked as the per-row minimum of q = zdot / z; tau = -1 / q for q < 0.
     @staticmethod
@@ -170,7 +170,8 @@ def _relu_pattern(z, zdot, negative_slope: float):
     the ReLU applies, the pattern to hash, and the kinks (``z == 0``; None when there are none).
     For a plain ReLU the 0/1 factor is made straight in ``z``'s dtype (one kernel) and serves
     as the pattern too."""
-    if negative_slope == 0.0:
+    plain = pwl.is_plain_relu(negative_slope)
+    if plain:
         mask = torch.gt(z, 0, out=torch.empty_like(z))
     else:
         mask = z > 0
@@ -179,8 +180,9 @@ def _relu_pattern(z, zdot, negative_slope: float):
         mask.masked_fill_(zero & (zdot > 0), 1)
     else:
         zero = None
-    if negative_slope == 0.0:
+    if plain:
         return mask, mask, zero
+    # a PReLU's slopes are a tensor broadcast over the units
     return mask.to(z.dtype).mul_(1.0 - negative_slope).add_(negative_slope), mask, zero
 
 
@@ -210,9 +212,12 @@ class LinearizeMode(TorchFunctionMode):
     VGG8-sized layers (see :class:`PatternHash`; pass one to reuse its weights across passes).
     """
 
-    def __init__(self, backend, track: bool = True, pattern: "bool | PatternHash" = False):
+    def __init__(self, backend, track: bool = True, pattern: "bool | PatternHash" = False,
+                 assumed=None):
         super().__init__()
         self.backend = backend
+        self.taint = allowlist.Taint()  # the values of this pass derived from the input (mark the input)
+        self.assumed = assumed
         self.track = track
         self.ratio = None  # per-row minimum kink ratio, in the backend's scale
         self.hasher = (pattern if isinstance(pattern, PatternHash) else PatternHash()) if pattern else None
@@ -221,11 +226,12 @@ class LinearizeMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs)
+        call = pwl.recognise(func, args, kwargs, self.taint.has)
         if call is None:
-            return func(*args, **kwargs)
-        step = {"relu": self.backend.relu, "clamp": self.backend.clamp, "maxpool": self.backend.pool}[call.kind]
+            return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed)
+        step = {"relu": self.backend.relu, "clamp": self.backend.clamp, "max": self.backend.pool}[call.kind]
         out, tau, pat = step(call, self.track)
+        self.taint.mark(out)
         if tau is not None:
             self.ratio = tau if self.ratio is None else torch.minimum(self.ratio, tau)
         if self.hashes is not None:
@@ -289,7 +295,8 @@ class PatternHash:
 
 
 def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", track: bool = True,
-              out: torch.Tensor | None = None, row_block: int = 0, pattern: "bool | PatternHash" = False):
+              out: torch.Tensor | None = None, row_block: int = 0, pattern: "bool | PatternHash" = False,
+              assumed=None, check_output: bool = False):
     """Linearise ``model`` at points ``x`` along directions ``d`` (both ``(B, *input_shape)``),
     in groups of ``row_block // 2`` rows (one pass per group; 0: one pass for all).
 
@@ -300,39 +307,58 @@ def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", 
     int64 hashes each row's activation pattern (see :class:`LinearizeMode`): the walk uses it to recognise a step that did not get past
     the kink it aimed at (rounding, see :mod:`pipeline.walk`).
     ``out`` optionally provides a ``(2B, *input_shape)`` buffer for the stacked input.
+    ``assumed``: functions the user declared affine (see :mod:`pipeline.allowlist`).
+    ``check_output``: raise if the output does not carry the input as the engine sees it (an op
+    ran with torch's function dispatch disabled, so the engine never saw it).
     """
     b = x.shape[0]
     rows = max(1, row_block // 2) if row_block else b
     if b <= rows:
-        res = _linearize(model, x, d, jvp, track, out, pattern)
+        res = _linearize(model, x, d, jvp, track, out, pattern, assumed, check_output)
     else:
         parts = [_linearize(model, x[i:i + rows], d[i:i + rows], jvp, track,
-                            None if out is None else out[2 * i:2 * i + 2 * min(rows, b - i)], pattern)
+                            None if out is None else out[2 * i:2 * i + 2 * min(rows, b - i)], pattern, assumed)
                  for i in range(0, b, rows)]
         res = tuple(torch.cat(p) for p in zip(*parts))
     return res if pattern else res[:3]
 
 
-def _linearize(model, x, d, jvp, track, out, pattern=False):
+def _linearize(model, x, d, jvp, track, out, pattern=False, assumed=None, check_output=False):
     b = x.shape[0]
     if jvp == "stacked":
         stacked = out if out is not None else torch.empty((2 * b, *x.shape[1:]), dtype=x.dtype, device=x.device)
         stacked[:b].copy_(x)
         torch.add(x, d, out=stacked[b:])
-        mode = LinearizeMode(_Stacked(b), track, pattern)
+        mode = LinearizeMode(_Stacked(b), track, pattern, assumed)
+        mode.taint.mark(stacked)
         with torch.no_grad(), mode:
             y = model(stacked)
+        if check_output:
+            _check_output(mode, y)
         f, fdot = mode.backend.output(y)
         return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     if jvp == "dual":
-        mode = LinearizeMode(_Dual(), track, pattern)
+        mode = LinearizeMode(_Dual(), track, pattern, assumed)
         with torch.no_grad(), fwAD.dual_level():
+            # copies: an in-place op on the network's input writes through the dual's views
+            dual = fwAD.make_dual(x.clone(), d.clone())
+            mode.taint.mark(dual)
             with mode:
-                # copies: an in-place op on the network's input writes through the dual's views
-                y = model(fwAD.make_dual(x.clone(), d.clone()))
+                y = model(dual)
+            if check_output:
+                _check_output(mode, y)
             f, fdot = mode.backend.output(y)
         return f, fdot, mode.tau(b, x.device), mode.pattern(b, x.device)
     raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
+
+
+def _check_output(mode: LinearizeMode, y) -> None:
+    if not mode.taint.any(y):
+        raise pwl.UnsupportedOpError(
+            "the network's output does not depend on its input as the region engine sees it: some op "
+            "between them ran where the engine cannot follow it (with torch function dispatch disabled, "
+            "in a custom autograd or C++ extension, or on data taken out of torch), so every region "
+            "would be wrong. Write that part with torch ops the engine sees.")
 
 
 def forward_blocked(model, x: torch.Tensor, row_block: int = 0):

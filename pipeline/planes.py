@@ -47,10 +47,10 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from . import pwl
+from . import allowlist, pwl
 from .certificate import CertificateError, CertificateWarning, check_option, enforce, gap_tolerance, sampled, screen
 from .linearize import forward_blocked
-from .prepared import as_prepared
+from .prepared import as_prepared, preflight
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
 
 __all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol",
@@ -221,7 +221,7 @@ class _Tile:
         out = []
         for p0, p1 in zip(starts[:-1], starts[1:]):
             a, b = int(off[p0]), int(off[p1])
-            env = {n: (val[a:b] if plan.batched[n] else val) for n, val in self.env.items()}
+            env = {n: plan.rows(n, val, a, b) for n, val in self.env.items()}
             out.append(_Tile(self.plane[p0:p1], self.count[p0:p1], self.uv[a:b], env, self.pos,
                              self.h1[p0:p1], self.h2[p0:p1]))
         return out
@@ -252,8 +252,8 @@ class _PlaneMode(SubdivideMode):
     """Cuts the pieces of a tile at every piecewise-linear op (see the module docstring)."""
 
     def __init__(self, plan: Plan, row_block: int, max_vertices: int, rel_tol: float, min_area: float,
-                 n_planes: int, seed: int):
-        super().__init__(plan, 0.0, row_block)
+                 n_planes: int, seed: int, assumed=None, example=None):
+        super().__init__(plan, 0.0, row_block, assumed, example)
         self.max_vertices, self.rel_tol, self.min_area = max_vertices, rel_tol, min_area
         self.gen = torch.Generator().manual_seed(seed)
         self.tables: dict = {}
@@ -263,18 +263,23 @@ class _PlaneMode(SubdivideMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs)
+        call = pwl.recognise(func, args, kwargs, self.taint.has)
         if call is None:
-            x = args[0] if args else None
-            if (pwl.is_conv(func) and isinstance(x, torch.Tensor) and x.ndim > 1
-                    and x.shape[0] == self.chain.size()):
-                return self._shared(func, args, kwargs)
-            return pwl.call_blocked(func, args, kwargs, self.row_block)
+            return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed, self._run_affine)
         z = call.input
-        self._check_exposed(func, z)
+        self._check_exposed(func, call)
         z, tol = self._cut(call, z)
         state, piece = self._record(call, z, tol)
-        return self._apply_state(call, z, state, piece)
+        out = self._apply_state(call, z, state, piece)
+        self.taint.mark(out)
+        return out
+
+    def _run_affine(self, func, args, kwargs):
+        x = args[0] if args else None
+        if (pwl.is_conv(func) and isinstance(x, torch.Tensor) and x.ndim > 1
+                and x.shape[0] == self.chain.size()):
+            return self._shared(func, args, kwargs)
+        return pwl.call_blocked(func, args, kwargs, self.row_block)
 
     def _shared(self, func, args, kwargs):
         """A convolution on the tile's vertices, run once per distinct vertex.
@@ -310,14 +315,17 @@ class _PlaneMode(SubdivideMode):
         """The op at every vertex *with its piece's state* (not each vertex's own): vertex
         values then follow the piece's affine map exactly, a unit off on a piece is exactly 0
         there (no rounding noise for later ties to read), a window yields its piece's argmax."""
-        if call.kind == "maxpool":
-            win, shape = pwl.pool_windows(z, call.pool)  # (V, C, kk, L)
+        if call.kind == "max":
+            win, shape = call.windows(z)  # (V, C, kk, L)
             idx = state[piece].view(win.shape[0], win.shape[1], 1, win.shape[3])
-            return win.gather(2, idx).reshape(shape)
+            return call.finish(win.gather(2, idx), idx, shape)
         st = state[piece].view(z.shape)
         if call.kind == "relu":
             on = st.bool()
-            out = torch.where(on, z, 0.0) if call.negative_slope == 0.0 else torch.where(on, z, call.negative_slope * z)
+            if pwl.is_plain_relu(call.negative_slope):
+                out = torch.where(on, z, 0.0)
+            else:
+                out = torch.where(on, z, call.negative_slope * z)
         else:
             out = torch.where(st == 0, call.lo, torch.where(st == 2, call.hi, z))
         if call.inplace:
@@ -336,7 +344,7 @@ class _PlaneMode(SubdivideMode):
 
     @staticmethod
     def _windows(call, z: torch.Tensor) -> torch.Tensor:
-        win, _ = pwl.pool_windows(z, call.pool)  # (V, C, kk, L)
+        win, _ = call.windows(z)  # (V, C, kk, L)
         return win.permute(0, 1, 3, 2).reshape(win.shape[0], -1, win.shape[2])  # (V, W, kk)
 
     # ------------------------------------------------------------------ cutting
@@ -354,10 +362,7 @@ class _PlaneMode(SubdivideMode):
             if not self.plan.batched[node]:
                 continue
             if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
-                raise ValueError(
-                    f"discover_plane: graph node '{node.name}' holds a value derived from the batch "
-                    f"({type(val).__name__}) that is still used after a piecewise-linear op, and cannot "
-                    "be interpolated at new vertices (e.g. a size read before a ReLU).")
+                continue  # a size read from the batch: follows the tile's size in _join
             if id(val) not in slots:
                 slots[id(val)] = len(vals)
                 vals.append(val)
@@ -365,8 +370,10 @@ class _PlaneMode(SubdivideMode):
             slots[id(z)] = len(vals)
             vals.append(z)
         z_slot = slots[id(z)]
-        node_slot = {node: slots[id(val)] for node, val in tile.env.items() if self.plan.batched[node]}
-        if call.kind == "maxpool":
+        node_slot = {node: slots[id(val)] for node, val in tile.env.items()
+                     if self.plan.batched[node] and id(val) in slots}
+        sizes = [node for node, val in tile.env.items() if self.plan.batched[node] and id(val) not in slots]
+        if call.kind == "max":
             win = self._windows(call, z)
             scale = torch.where(torch.isfinite(win), win.abs(), 0.0).amax(dim=(0, 2))  # (W,)
         else:
@@ -384,7 +391,7 @@ class _PlaneMode(SubdivideMode):
             pa = cnt.numel()
             piece = torch.repeat_interleave(torch.arange(pa), cnt)
             za = act[5][z_slot]
-            if call.kind == "maxpool":
+            if call.kind == "max":
                 feats = self._windows(call, za)
                 if cols is not None:
                     feats = feats[:, cols]
@@ -403,8 +410,15 @@ class _PlaneMode(SubdivideMode):
                 n_done_rows += kept[2].shape[0]
             if n_done_rows + act[2].shape[0] > self.max_vertices and len(done) + act[1].numel() >= 2:
                 self._join(tile, done, act, node_slot)
+                self._rebatch(tile, sizes)
                 raise SplitRequest
-        return self._join(tile, done, act, node_slot)[z_slot], tol
+        out = self._join(tile, done, act, node_slot)[z_slot]
+        self._rebatch(tile, sizes)
+        return out, tol
+
+    def _rebatch(self, tile, nodes):
+        for node in nodes:
+            tile.env[node] = self.plan.rebatch(node, tile.env[node], tile.size(), self.example)
 
     @staticmethod
     def _join(tile, done, act, node_slot):
@@ -561,7 +575,7 @@ class _PlaneMode(SubdivideMode):
         p = tile.count.numel()
         piece = torch.repeat_interleave(torch.arange(p), tile.count)
         n = tile.count.to(torch.float64)
-        if call.kind == "maxpool":
+        if call.kind == "max":
             win = self._windows(call, z).double()
             mean = _segment(torch.where(torch.isfinite(win), win, -1e300), piece, p, "sum") / n.view(-1, 1, 1)
             near = mean >= mean.amax(2, keepdim=True) - tol.view(1, -1, 1)
@@ -637,14 +651,15 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                         max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
                         certify: str | None = "all", row_block: int | None = None,
-                        seed: int = 0, on_certificate: str = "raise") -> Iterator[PlaneResult]:
+                        seed: int = 0, on_certificate: str = "raise", assume_affine=()) -> Iterator[PlaneResult]:
     """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes; a chunk
     whose certificate fails raises :class:`CertificateError` before it is yielded (see
     ``on_certificate`` in :func:`discover_plane`)."""
     check_option(on_certificate)
     chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
                            progress=progress, chunk_planes=chunk_planes, max_vertices=max_vertices, rel_tol=rel_tol,
-                           min_area=min_area, certify=certify, row_block=row_block, seed=seed)
+                           min_area=min_area, certify=certify, row_block=row_block, seed=seed,
+                           assume_affine=assume_affine)
     prepared = next(chunks)
     for chunk in chunks:
         enforce(chunk.continuity_gap, chunk.gap_tol, chunk.plane_index, "plane", prepared, on_certificate)
@@ -654,7 +669,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
 def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
                   keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                   max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
-                  certify: str | None = "all", row_block: int | None = None, seed: int = 0):
+                  certify: str | None = "all", row_block: int | None = None, seed: int = 0, assume_affine=()):
     """:func:`discover_plane_iter` without the certificate's verdict: yields the
     :class:`pipeline.prepared.PreparedModel` first, then the chunks."""
     if isinstance(certify, bool):
@@ -669,11 +684,13 @@ def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain
         raise ValueError("chunk_planes must be >= 1 and max_vertices >= 16")
     if not (0.0 <= min_area < 1e-3):
         raise ValueError(f"min_area is a fraction of the domain's area, in [0, 1e-3); got {min_area}")
-    prepared = as_prepared(model, dtype, device)
+    prepared = as_prepared(model, dtype, device, assume_affine)
     if prepared.device.type != "cpu":
         raise ValueError("discover_plane runs on the CPU only for now (device='cpu')")
     x0, x1, x2 = (x.to(dtype) for x in _check_planes(x0, x1, x2))
-    plan = prepared.plan
+    preflight(prepared, x0[:1], x1[:1])  # every op found, affine or refused by name, before any work
+    example = x0[:1].to(device=prepared.device)
+    plan = prepared.plan_for(example)
     if row_block is None:
         row_block = pwl.default_row_block(prepared.device, dtype, "subdivide")
     if rel_tol is None:
@@ -709,7 +726,8 @@ def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain
             plane = torch.arange(n)
             tile = _Tile(plane, torch.full((n,), c, dtype=torch.long), cuv.repeat(n, 1), {plan.input: x}, 0,
                          torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
-            mode = _PlaneMode(plan, row_block, max_vertices, rel_tol, min_area * dom_area, n, seed)
+            mode = _PlaneMode(plan, row_block, max_vertices, rel_tol, min_area * dom_area, n, seed, prepared.assumed,
+                              example)
             parts = []
 
             def emit(t, out):

@@ -22,9 +22,10 @@ import copy
 
 import torch
 
+from .allowlist import Assumed
 from .fastops import with_fast_layers
 
-__all__ = ["PreparedModel", "prepare", "as_prepared"]
+__all__ = ["PreparedModel", "prepare", "as_prepared", "preflight"]
 
 
 def _signature(model: torch.nn.Module) -> tuple:
@@ -74,18 +75,48 @@ class PreparedModel:
     (the float32 copy of the certificate) and ``screen_plan`` are made when first needed.
     """
 
-    def __init__(self, model: torch.nn.Module, dtype=torch.float64, device=None):
+    def __init__(self, model: torch.nn.Module, dtype=torch.float64, device=None, assume_affine=()):
         _check_model(model)
         if dtype not in (torch.float32, torch.float64):
             raise ValueError(f"dtype must be torch.float64 (default, as the paper) or torch.float32, got {dtype}")
         self.source, self.dtype = model, dtype
         self.device = _resolve_device(model, device)
+        self.assumed = Assumed(assume_affine)
         self._build()
 
     def _build(self):
         self.signature = _signature(self.source)
         self.work = _private_copy(self.source, self.dtype, self.device)
         self._plan = self._screen = self._screen_plan = None
+        self._trace_error = None
+        self._concrete: dict = {}  # input shape -> plan traced with an example input
+        self.checked: set = set()  # (input shape, dtype) that passed preflight()
+
+    def assumed_affine_report(self) -> str:
+        """The ops declared affine (``assume_affine``) that the network was seen to apply to its
+        input, first one first ("" when none): what a failing certificate points at."""
+        return self.assumed.report()
+
+    @property
+    def traceable(self) -> bool:
+        """Whether a plain symbolic trace works (else :meth:`plan_for` traces with an example)."""
+        return self._trace_error is None
+
+    def plan_for(self, example: torch.Tensor):
+        """The traced graph, for inputs shaped like ``example`` (one or more rows, in the working
+        dtype): a plain symbolic trace where torch.fx manages one; else a trace that runs
+        ``example`` alongside, so that code branching on a shape takes the example's branch."""
+        if self._trace_error is None:
+            try:
+                return self.plan
+            except ValueError as err:
+                self._trace_error = err
+        key = tuple(example.shape[1:])
+        if key not in self._concrete:
+            from .subdivide import Plan, trace_concrete
+
+            self._concrete[key] = Plan(trace_concrete(self.work, example[:1], self._trace_error))
+        return self._concrete[key]
 
     def refresh(self) -> "PreparedModel":
         """Rebuild the copies if the source module changed since they were made."""
@@ -119,18 +150,35 @@ class PreparedModel:
         return self._screen
 
 
-def prepare(model: torch.nn.Module, dtype=torch.float64, device=None) -> PreparedModel:
+def prepare(model: torch.nn.Module, dtype=torch.float64, device=None, assume_affine=()) -> PreparedModel:
     """Make ``model`` ready for repeated :func:`pipeline.regions.discover` calls (see the
-    module docstring). ``dtype`` and ``device`` as in ``discover``."""
-    return PreparedModel(model, dtype, device)
+    module docstring). ``dtype``, ``device`` and ``assume_affine`` as in ``discover``."""
+    return PreparedModel(model, dtype, device, assume_affine)
 
 
-def as_prepared(model, dtype, device=None) -> PreparedModel:
+def as_prepared(model, dtype, device=None, assume_affine=()) -> PreparedModel:
     """``model`` ready for the engines: a :class:`PreparedModel` is checked against ``dtype``
     and ``device`` and refreshed (rebuilt if its source changed); a plain module is prepared."""
     if isinstance(model, PreparedModel):
         if model.dtype != dtype or (device is not None and torch.device(device) != model.device):
             raise ValueError(f"this model was prepared for {model.dtype} on {model.device}; pass the same dtype "
                              f"and device (got {dtype} on {device}) or prepare it again")
+        if assume_affine and tuple(assume_affine) != model.assumed.funcs:
+            raise ValueError("assume_affine is given to prepare(), not to each call on a prepared model")
         return model.refresh()
-    return prepare(model, dtype, device)
+    return prepare(model, dtype, device, assume_affine)
+
+
+def preflight(prepared: PreparedModel, x0: torch.Tensor, x1: torch.Tensor) -> None:
+    """One linearising pass of the network at ``x0`` towards ``x1`` (one row each), with every
+    op checked (:mod:`pipeline.allowlist`): an op the engine cannot follow is refused by name
+    before any work. Once per input shape and dtype of a prepared model."""
+    key = (tuple(x0.shape[1:]), x0.dtype)
+    if key in prepared.checked:
+        return
+    from .linearize import linearize
+
+    linearize(prepared.work, x0.to(device=prepared.device, dtype=prepared.dtype),
+              (x1 - x0).to(device=prepared.device, dtype=prepared.dtype), track=False,
+              assumed=prepared.assumed, check_output=True)
+    prepared.checked.add(key)

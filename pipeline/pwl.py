@@ -3,15 +3,28 @@
 Every call the network makes passes through a ``TorchFunctionMode`` (see
 ``pipeline.linearize`` and ``pipeline.subdivide``); :func:`recognise` sorts each call into
 
-* a piecewise-linear op the engine treats exactly, returned as a :class:`PWLCall`: ReLU in
-  all its spellings, LeakyReLU, max-pooling in 1-D and 2-D, and clamping between constant
-  bounds (``hardtanh``, ``relu6``, ``clamp`` / ``clip`` / ``clamp_min`` / ``clamp_max``, their
-  in-place variants, ``nn.Hardtanh``, ``nn.ReLU6``: two kinks, where the input crosses
-  either bound);
+* a piecewise-linear op the engine treats exactly, returned as a :class:`PWLCall`, in three
+  kinds:
+
+  - ``"relu"``: ``z`` above 0, ``s z`` below, one kink per unit: ReLU in all its spellings,
+    LeakyReLU, PReLU (a learned slope per channel), ``rrelu`` in eval (the mean slope) and
+    ``abs`` (slope -1);
+  - ``"clamp"``: clamping between constant bounds (``hardtanh``, ``relu6``, ``clamp`` /
+    ``clip`` / ``clamp_min`` / ``clamp_max``, their in-place variants, ``nn.Hardtanh``,
+    ``nn.ReLU6``: two kinks, where the input crosses either bound);
+  - ``"max"``: the largest of a window of values, one kink wherever the argmax changes:
+    max-pooling in 1-D and 2-D (``ceil_mode`` included), adaptive max-pooling, ``amax`` /
+    ``amin`` and ``max`` / ``min`` over dimensions (values and indices), ``maximum`` /
+    ``minimum`` / ``fmax`` / ``fmin`` of two tensors (a minimum is the max of the negated
+    values);
 * an op that is not piecewise linear, or piecewise linear in a way the engine does not
-  follow (GELU, sigmoid, hardswish, ``abs``, ``clamp`` with tensor bounds, BatchNorm or
+  follow (GELU, sigmoid, hardswish, ``sign``, ``clamp`` with tensor bounds, BatchNorm or
   dropout in training mode...), which raises :class:`UnsupportedOpError` naming it;
-* everything else (affine ops, reshapes, metadata), returned as ``None``.
+* everything else, returned as ``None``: :mod:`pipeline.allowlist` then decides whether it
+  is affine, a constant or refused.
+
+A piecewise-linear op applied to constants alone (``torch.abs(self.scale)``) is a constant:
+:func:`recognise` is told which tensors carry the input and returns ``None`` for the others.
 
 The rest of this module is the small amount of geometry those ops need: the activation
 pattern "just ahead" of a point, the distance to the first kink ahead along a line, and
@@ -28,9 +41,14 @@ import torch.nn.functional as F
 
 __all__ = ["PWLCall", "PoolSpec", "UnsupportedOpError", "recognise", "call_blocked", "default_row_block"]
 
+from collections.abc import Callable
 
-class UnsupportedOpError(TypeError):
-    """The network uses an op the region engine cannot treat as piecewise linear."""
+
+class UnsupportedOpError(ValueError):
+    """The network uses an op the region engine cannot treat as piecewise linear.
+
+    A ``ValueError``, not a ``TypeError``: torch turns a ``TypeError`` raised inside a binary
+    operator (``z > 0``) into ``NotImplemented``, which would lose the message."""
 
 
 @dataclass(frozen=True)
@@ -40,20 +58,30 @@ class PoolSpec:
     padding: tuple[int, int]
     dilation: tuple[int, int]
     one_d: bool  # max_pool1d, handled as a 2-D pool over a height-1 image
+    ceil: bool = False  # ceil_mode: a last, partial window on the right / bottom
 
 
 @dataclass(frozen=True)
 class PWLCall:
-    """One call of a piecewise-linear op: what it is and the tensor it acts on."""
+    """One call of a piecewise-linear op: what it is and the tensor it acts on.
 
-    kind: str  # "relu" (negative_slope 0 included), "clamp" or "maxpool"
+    ``"max"``: ``input`` is the tensor the windows are read from (for ``maximum(a, b)`` the two
+    operands stacked: ``sources`` holds the tensors the network passed), ``windows(input)``
+    gives them as ``(N, C, k, L)`` (``-inf`` for padding) with the output's shape, and
+    ``finish(values, argmax)`` makes the op's result from the max of each window (``argmax``:
+    ``(N, C, 1, L)`` positions in the windows)."""
+
+    kind: str  # "relu" (negative_slope 0 included), "clamp" or "max"
     input: torch.Tensor
-    negative_slope: float = 0.0
+    negative_slope: "float | torch.Tensor" = 0.0  # a tensor broadcastable to input (PReLU)
     inplace: bool = False
     pool: PoolSpec | None = None
     # "clamp": the output is min(max(z, lo), hi); -inf / inf for a missing bound, lo <= hi
     lo: float = -math.inf
     hi: float = math.inf
+    windows: "Callable | None" = None
+    finish: "Callable | None" = None
+    sources: tuple = ()
 
     def clamp_bounds(self):
         """The finite bounds of a clamp, as a list of floats (one or two)."""
@@ -101,6 +129,21 @@ _MAXPOOL2D = _names(F, "max_pool2d", "max_pool2d_with_indices", "_max_pool2d") |
 _MAXPOOL1D = _names(F, "max_pool1d", "max_pool1d_with_indices", "_max_pool1d") | _names(
     torch, "max_pool1d"
 )
+_ADAPTIVE_MAX2D = _names(F, "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices", "_adaptive_max_pool2d") | _names(
+    torch._C._nn, "adaptive_max_pool2d")
+_ADAPTIVE_MAX1D = _names(F, "adaptive_max_pool1d", "adaptive_max_pool1d_with_indices", "_adaptive_max_pool1d") | _names(
+    torch, "adaptive_max_pool1d")
+_ABS = _names(torch, "abs", "absolute") | {torch.Tensor.abs, torch.Tensor.absolute}
+_ABS_INPLACE = _names(torch, "abs_") | {torch.Tensor.abs_, torch.Tensor.absolute_}
+_PRELU = _names(F, "prelu") | _names(torch, "prelu") | _names(torch._C._nn, "prelu") | {torch.Tensor.prelu}
+_RRELU = _names(F, "rrelu", "rrelu_") | _names(torch, "rrelu", "rrelu_") | _names(torch._C._nn, "rrelu_with_noise")
+# reductions to the max / min over dimensions: function -> (max or min, whether it returns indices)
+_REDUCE = {**{fn: ("max", False) for fn in _names(torch, "amax") | {torch.Tensor.amax}},
+           **{fn: ("min", False) for fn in _names(torch, "amin") | {torch.Tensor.amin}},
+           **{fn: ("max", True) for fn in _names(torch, "max") | {torch.Tensor.max}},
+           **{fn: ("min", True) for fn in _names(torch, "min") | {torch.Tensor.min}}}
+_BINARY = {**{fn: "max" for fn in _names(torch, "maximum", "fmax") | {torch.Tensor.maximum, torch.Tensor.fmax}},
+           **{fn: "min" for fn in _names(torch, "minimum", "fmin") | {torch.Tensor.minimum, torch.Tensor.fmin}}}
 
 # Ops that are not piecewise linear, or are piecewise linear in a way the engine does not
 # follow. Calling them is an error: a silently wrong region count is worse than none.
@@ -108,13 +151,12 @@ _NOT_PWL_NAMES = (
     "sigmoid tanh gelu silu elu selu celu softplus mish hardswish hardsigmoid logsigmoid "
     "softsign tanhshrink softmax log_softmax softmin exp exp2 expm1 log log2 log10 log1p sqrt "
     "rsqrt sin cos tan erf erfc reciprocal square pow layer_norm group_norm instance_norm "
-    "local_response_norm normalize rms_norm glu prelu rrelu"
+    "local_response_norm normalize rms_norm glu"
 ).split()
 _PWL_UNSUPPORTED_NAMES = (
-    "abs threshold maximum minimum max min amax "
-    "amin hardshrink softshrink sort topk sign floor ceil round trunc frac fmod remainder "
-    "adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d max_pool3d fractional_max_pool2d "
-    "fractional_max_pool3d lp_pool1d lp_pool2d max_unpool2d"
+    "threshold hardshrink softshrink sort topk sign sgn floor ceil round trunc frac fmod remainder "
+    "adaptive_max_pool3d max_pool3d fractional_max_pool2d cummax cummin kthvalue median nanmedian "
+    "fractional_max_pool3d lp_pool1d lp_pool2d max_unpool2d aminmax argmax argmin"
 ).split()
 
 
@@ -238,15 +280,123 @@ def _pool_call(func, args, kwargs, one_d: bool) -> PWLCall:
     padding, dilation = _pair(padding, n), _pair(dilation, n)
     if one_d:
         kernel, stride, padding, dilation = ((1,) + kernel, (1,) + stride, (0,) + padding, (1,) + dilation)
-    spec = PoolSpec(kernel, stride, padding, dilation, one_d)
-    if ceil_mode:
-        h, w = x.shape[-2:] if not one_d else (1, x.shape[-1])
-        if _out_size((h, w), spec, ceil=True) != _out_size((h, w), spec, ceil=False):
+    spec = PoolSpec(kernel, stride, padding, dilation, one_d, bool(ceil_mode))
+    return _max_call(x, lambda t: pool_windows(t, spec), pool=spec)
+
+
+def _max_call(x, windows, negate=False, indices=None, pool=None, sources=None) -> PWLCall:
+    """A ``"max"`` call: ``negate`` for a minimum (windows of ``-x``), ``indices`` the namedtuple
+    type of an op that returns ``(values, indices)``."""
+    if negate:
+        win_of = lambda t: (lambda w, shape: (w.neg(), shape))(*windows(t))
+    else:
+        win_of = windows
+
+    def finish(values, arg, shape):
+        values = values.view(shape)
+        if negate:
+            values = values.neg()
+        return values if indices is None else indices((values, arg.reshape(shape)))
+
+    return PWLCall("max", x, pool=pool, windows=win_of, finish=finish, sources=sources or (x,))
+
+
+def _adaptive_index(n: int, o: int) -> torch.Tensor:
+    """``(o, k)`` the input positions of each adaptive window (``n`` marks padding)."""
+    spans = [((i * n) // o, -(-((i + 1) * n) // o)) for i in range(o)]
+    k = max(e - s for s, e in spans)
+    return torch.tensor([[s + j if s + j < e else n for j in range(k)] for s, e in spans])
+
+
+def adaptive_windows(x: torch.Tensor, out, one_d: bool):
+    """Windows ``(N, C, k, L)`` of an adaptive max-pool (``-inf`` padding up to the largest
+    window), and the output shape."""
+    if one_d:
+        x = x.unsqueeze(-2)
+        out = (1, out[0] if isinstance(out, (list, tuple)) else out)
+    n, c, h, w = x.shape
+    if not isinstance(out, (list, tuple)):
+        out = (out, out)
+    elif len(out) == 1:
+        out = (out[0], out[0])
+    oh, ow = (h if out[0] is None else int(out[0])), (w if out[1] is None else int(out[1]))
+    xp = F.pad(x, (0, 1, 0, 1), value=-math.inf)
+    ih, iw = _adaptive_index(h, oh).to(x.device), _adaptive_index(w, ow).to(x.device)
+    win = xp[:, :, ih[:, :, None, None], iw[None, None, :, :]]  # (N, C, oh, kh, ow, kw)
+    win = win.permute(0, 1, 3, 5, 2, 4).reshape(n, c, ih.shape[1] * iw.shape[1], oh * ow)
+    return win, ((n, c, ow) if one_d else (n, c, oh, ow))
+
+
+def reduce_windows(x: torch.Tensor, dims: tuple, keepdim: bool):
+    """Windows ``(N, 1, k, G)`` of a max over dimensions ``dims`` (none of them the batch's)."""
+    keep = [d for d in range(x.ndim) if d not in dims]
+    k = math.prod(x.shape[d] for d in dims)
+    win = x.permute(keep + sorted(dims)).reshape(x.shape[0], -1, k).transpose(1, 2).unsqueeze(1)
+    shape = tuple(1 if d in dims else x.shape[d] for d in range(x.ndim)) if keepdim else tuple(
+        x.shape[d] for d in keep)
+    return win, shape
+
+
+def _reduce_call(func, args, kwargs):
+    which, has_indices = _REDUCE[func]
+    name = getattr(func, "__name__", str(func))
+    x = args[0] if args else kwargs.get("input", kwargs.get("self"))
+    dim = _arg(args, kwargs, 1, "dim", None)
+    if isinstance(dim, torch.Tensor):  # torch.max(a, b): the elementwise maximum
+        return _binary_call(which, x, dim)
+    if dim is None or dim == () or dim == []:
+        if has_indices or dim is None or x.ndim == 0:
             raise UnsupportedOpError(
-                f"{name} with ceil_mode=True changes the output size here; the region engine "
-                "supports ceil_mode only where it makes no difference. Pad the input instead."
-            )
-    return PWLCall("maxpool", x, pool=spec)
+                f"the network calls {name} over every element of a value derived from the input, the "
+                "batch dimension included: the region engine treats each row of the batch as one point; "
+                "reduce over the other dimensions (e.g. x.flatten(1).amax(1)).")
+    dims = (dim,) if isinstance(dim, int) else tuple(dim) if dim not in (None, (), []) else tuple(range(x.ndim))
+    dims = tuple(sorted({d % x.ndim for d in dims}))
+    if 0 in dims:
+        raise UnsupportedOpError(
+            f"the network calls {name} over dimension 0, the batch: the region engine treats each row of the "
+            "batch as one point, so a reduction across rows is not a function of one input.")
+    keepdim = bool(_arg(args, kwargs, 2, "keepdim", False))
+    kind = None
+    if has_indices:
+        kind = torch.return_types.max if which == "max" else torch.return_types.min
+    return _max_call(x, lambda t: reduce_windows(t, dims, keepdim), negate=which == "min", indices=kind)
+
+
+def _binary_call(which, a, b):
+    def stacked(a, b):
+        a, b = torch.broadcast_tensors(a, b)
+        return torch.stack([a, b], 1)  # (N, 2, *rest)
+
+    z = stacked(a, b)
+    return _max_call(z, lambda t: (t.reshape(t.shape[0], 1, 2, -1), (t.shape[0], *t.shape[2:])),
+                     negate=which == "min", sources=(a, b))
+
+
+def _prelu_call(func, args, kwargs):
+    x = args[0] if args else kwargs["input"]
+    weight = _arg(args, kwargs, 1, "weight", None)
+    if weight.numel() == 1:
+        slope = float(weight.reshape(()))
+    else:
+        if x.ndim < 2 or x.shape[1] != weight.numel():
+            raise UnsupportedOpError(f"prelu: {weight.numel()} slopes for an input of shape {tuple(x.shape)}")
+        slope = weight.reshape(1, -1, *([1] * (x.ndim - 2))).to(x.dtype)
+    return PWLCall("relu", x, slope, False)
+
+
+def _rrelu_call(func, args, kwargs):
+    x = args[0] if args else kwargs["input"]
+    lower = float(_arg(args, kwargs, 1, "lower", 1.0 / 8))
+    upper = float(_arg(args, kwargs, 2, "upper", 1.0 / 3))
+    training = _arg(args, kwargs, 3, "training", False)
+    name = getattr(func, "__name__", "rrelu")
+    if training or name == "rrelu_with_noise":
+        raise UnsupportedOpError(
+            f"the network calls {name} in training mode: its slopes are random there, not a fixed "
+            "piecewise-linear map. Call model.eval() (in eval rrelu is a leaky ReLU of slope (lower + upper) / 2).")
+    inplace = name.endswith("_") or bool(_arg(args, kwargs, 4, "inplace", False))
+    return PWLCall("relu", x, (lower + upper) / 2, inplace)
 
 
 def _clamp_call(func, args, kwargs) -> PWLCall | None:
@@ -280,14 +430,36 @@ def _clamp_call(func, args, kwargs) -> PWLCall | None:
     return PWLCall("clamp", x, inplace=inplace, lo=lo, hi=hi)
 
 
-def recognise(func, args, kwargs) -> PWLCall | None:
+SUPPORTED = ("ReLU, LeakyReLU, PReLU, rrelu (eval), abs, hardtanh / relu6 / clamp with constant bounds, "
+             "max-pooling (1-D, 2-D, adaptive), max / min / amax / amin over dimensions, maximum / minimum")
+
+
+def is_plain_relu(negative_slope) -> bool:
+    """A ReLU's slope below the kink is exactly 0 (not a PReLU's tensor, not LeakyReLU's)."""
+    return not isinstance(negative_slope, torch.Tensor) and negative_slope == 0.0
+
+
+def _carried(args, kwargs, carries) -> bool:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor) and carries(a):
+            return True
+        if isinstance(a, (list, tuple)) and any(isinstance(e, torch.Tensor) and carries(e) for e in a):
+            return True
+    return False
+
+
+def recognise(func, args, kwargs, carries=None) -> PWLCall | None:
     """Classify one call seen by a ``TorchFunctionMode``.
 
     Returns a :class:`PWLCall` for a supported piecewise-linear op, ``None`` for any other op
-    (treated as affine; the certificate checks that), and raises :class:`UnsupportedOpError`
-    for ops known not to be piecewise linear or not followed by the engine.
+    (:mod:`pipeline.allowlist` decides about those), and raises :class:`UnsupportedOpError`
+    for ops known not to be piecewise linear or not followed by the engine. ``carries(t)``
+    says whether tensor ``t`` is derived from the network's input: a call on constants alone is
+    a constant (``None``), whatever the op. Without it every call counts as carrying the input.
     """
     kwargs = kwargs or {}
+    if carries is not None and not _carried(args, kwargs, carries):
+        return None
     try:
         if func in _RELU:
             x = args[0] if args else kwargs["input"]
@@ -306,6 +478,28 @@ def recognise(func, args, kwargs) -> PWLCall | None:
             return _pool_call(func, args, kwargs, one_d=False)
         if func in _MAXPOOL1D:
             return _pool_call(func, args, kwargs, one_d=True)
+        if func in _ADAPTIVE_MAX2D or func in _ADAPTIVE_MAX1D:
+            x = args[0] if args else kwargs["input"]
+            out = _arg(args, kwargs, 1, "output_size", None)
+            if _arg(args, kwargs, 2, "return_indices", False) or "with_indices" in getattr(func, "__name__", ""):
+                raise UnsupportedOpError("adaptive max-pooling with return_indices=True is not supported by "
+                                         "the region engine; use it without indices.")
+            one_d = func in _ADAPTIVE_MAX1D
+            return _max_call(x, lambda t: adaptive_windows(t, out, one_d))
+        if func in _ABS or func in _ABS_INPLACE:
+            return PWLCall("relu", args[0] if args else kwargs["input"], -1.0, func in _ABS_INPLACE)
+        if func in _PRELU:
+            return _prelu_call(func, args, kwargs)
+        if func in _RRELU:
+            return _rrelu_call(func, args, kwargs)
+        if func in _REDUCE:
+            return _reduce_call(func, args, kwargs)
+        if func in _BINARY:
+            a = args[0] if args else kwargs["input"]
+            b = _arg(args, kwargs, 1, "other", None)
+            if kwargs.get("out") is not None:
+                raise UnsupportedOpError(f"{func.__name__} with out= is not supported by the region engine")
+            return _binary_call(_BINARY[func], a, b)
         if func in _TRAINING_ARG:
             training = _arg(args, kwargs, _TRAINING_ARG[func], "training", _TRAINING_DEFAULT.get(func, True))
             if training:
@@ -317,15 +511,14 @@ def recognise(func, args, kwargs) -> PWLCall | None:
             return None
         if func in _NOT_PWL:
             raise UnsupportedOpError(
-                f"the network calls {_NOT_PWL[func]}, which is not piecewise linear: its linear "
-                "regions are not defined. The engine supports ReLU, LeakyReLU, clamping between "
-                "constant bounds (hardtanh, relu6, clamp) and max-pooling between affine layers."
+                f"the network calls {_NOT_PWL[func]} on a value derived from the input, and "
+                f"{_NOT_PWL[func]} is not piecewise linear: its linear regions are not defined. The "
+                f"engine supports {SUPPORTED} between affine layers."
             )
         if func in _PWL_UNSUPPORTED:
             raise UnsupportedOpError(
-                f"the network calls {_PWL_UNSUPPORTED[func]}, which the region engine does not "
-                "treat as piecewise linear (its kinks would be missed). Supported: ReLU, "
-                "LeakyReLU, hardtanh / relu6 / clamp with constant bounds, max_pool1d/2d; "
+                f"the network calls {_PWL_UNSUPPORTED[func]} on a value derived from the input, which the "
+                f"region engine does not follow (its kinks or jumps would be missed). Supported: {SUPPORTED}; "
                 "express the op through them or open an issue."
             )
     except TypeError as err:  # unhashable func objects cannot be any of the above
@@ -354,10 +547,13 @@ def pool_windows(x: torch.Tensor, spec: PoolSpec):
     if spec.one_d:
         x = x.unsqueeze(-2)
     n, c, h, w = x.shape
-    oh, ow = _out_size((h, w), spec, ceil=False)
+    oh, ow = _out_size((h, w), spec, ceil=spec.ceil)
     ph, pw = spec.padding
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), value=-math.inf)
+    # ceil_mode: a last, partial window reaches past the padded input: pad it with -inf too
+    eh, ew = (max(0, (o - 1) * s + d * (k - 1) + 1 - (m + 2 * p)) for o, s, d, k, m, p in
+              zip((oh, ow), spec.stride, spec.dilation, spec.kernel, (h, w), spec.padding))
+    if ph or pw or eh or ew:
+        x = F.pad(x, (pw, pw + ew, ph, ph + eh), value=-math.inf)
     win = F.unfold(x, spec.kernel, dilation=spec.dilation, stride=spec.stride)
     win = win.view(n, c, spec.kernel[0] * spec.kernel[1], oh * ow)
     shape = (n, c, ow) if spec.one_d else (n, c, oh, ow)

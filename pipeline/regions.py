@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .certificate import CertificateError, CertificateWarning, check_option, enforce
-from .prepared import PreparedModel, as_prepared, prepare
+from .prepared import PreparedModel, as_prepared, preflight, prepare
 from .pwl import UnsupportedOpError, default_row_block
 from .result import RegionResult
 from .subdivide import subdivide
@@ -69,7 +69,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
                   max_vertices: int = 256, row_block: int | None = None,
-                  certify: str = "all", on_certificate: str = "raise") -> Iterator[RegionResult]:
+                  certify: str = "all", on_certificate: str = "raise", assume_affine=()) -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
@@ -82,7 +82,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
     for chunk in _chunks(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
                          keep_affine=keep_affine, progress=progress, method=method, chunk_segments=chunk_segments,
                          jvp=jvp, scheduling=scheduling, max_vertices=max_vertices, row_block=row_block,
-                         certify=certify):
+                         certify=certify, assume_affine=assume_affine):
         if isinstance(chunk, PreparedModel):
             prepared = chunk
             continue
@@ -93,7 +93,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
 def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
             keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD, chunk_segments: int = 256,
             jvp: str = "stacked", scheduling: str = "continuous", max_vertices: int = 256, row_block: int | None = None,
-            certify: str = "all"):
+            certify: str = "all", assume_affine=()):
     """:func:`discover_iter` without the certificate's verdict: yields the
     :class:`PreparedModel` first, then the chunks."""
     if method not in METHODS:
@@ -110,12 +110,13 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
         raise ValueError(f"jvp must be 'stacked' or 'dual', got {jvp!r}")
     if scheduling not in ("continuous", "static"):
         raise ValueError(f"scheduling must be 'continuous' or 'static', got {scheduling!r}")
-    prepared = as_prepared(model, dtype, device)
+    prepared = as_prepared(model, dtype, device, assume_affine)
     x0, x1 = _check_inputs(x0, x1)
     yield prepared
     # the segment direction is x1 - x0 in the working precision, so x0 + 1 * d == x1 there
     x0, x1 = x0.to(dtype), x1.to(dtype)
     device = prepared.device
+    preflight(prepared, x0[:1], x1[:1])  # every op found, affine or refused by name, before any work
     if row_block is None:
         row_block = default_row_block(device, dtype, method)
     bar = None
@@ -186,7 +187,10 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         float32 and evaluates in float64 16 regions per segment and every region whose screen
         is inconclusive, reporting the screen's tolerance as ``certificate_tol``; "strict"
         evaluates every midpoint in the working precision, about twice the cost; "sample"
-        only the 16 per segment).
+        only the 16 per segment), ``assume_affine`` (a tuple of functions, e.g.
+        ``(torch.where,)``, that the engine should treat as affine where it would refuse them:
+        the escape hatch for an op you know to be affine on your network; the certificate
+        still checks every region, and names the op if it fails).
     on_certificate : {"raise", "warn"}
         What a failing certificate does. Every segment's ``continuity_gap`` (the largest
         disagreement between its maps and the network, see ``certify``) is compared with its
@@ -204,8 +208,11 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
     Raises
     ------
     UnsupportedOpError
-        The network uses an op that is not piecewise linear (GELU, sigmoid, hardswish...) or
-        that the engine does not follow (``abs``, ``clamp`` with tensor bounds...).
+        Before any work: the network applies to its input an op that is not piecewise linear
+        (GELU, sigmoid, hardswish...), that the engine does not follow (``sign``, ``clamp`` with
+        tensor bounds...), or that it does not know to be affine (comparisons, ``where`` on an
+        input-derived condition, masks, integer casts, any op not on the allowlist of
+        :mod:`pipeline.allowlist`). The message names the op.
     CertificateError
         Some segment's certificate failed (``on_certificate="raise"``): the network has an op
         the engine read as affine that is not, or a kink was missed.

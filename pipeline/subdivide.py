@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
-from . import pwl
+from . import allowlist, pwl
 from .fastops import PairAvgPool2d
 from .certificate import certify_regions
 from .result import RegionResult, assemble
@@ -65,6 +65,63 @@ class Plan:
         self.dead_after = {i: [] for i in range(len(self.nodes))}
         for n in self.nodes:
             self.dead_after[self.last_use[n]].append(n)
+        self._batch_rules: dict = {}  # input shape -> {node: how its value follows the batch size}
+        self.example = None  # one input row of the current run (set by the engines' modes)
+
+    def rows(self, node: fx.Node, val, a: int, b: int):
+        """Rows ``a:b`` of a node's value: a view of a batched tensor, a size read from the batch
+        made for ``b - a`` rows, a constant as it is."""
+        if not self.batched[node]:
+            return val
+        if isinstance(val, torch.Tensor):
+            return val[a:b]
+        return self.rebatch(node, val, b - a, None)
+
+    def rebatch(self, node: fx.Node, val, v: int, example: torch.Tensor | None):
+        """``val``, the value of a batched node that is not a tensor of the batch (a size read
+        from the input, ``x.ndim``, an assertion's None), for a batch of ``v`` rows.
+
+        Integers read from shapes are constants of the traced network, except the batch
+        dimension's: which ones follow the batch (and how: ``k * batch``) is found once per
+        input shape by running the graph on batches of 2 and 3 copies of ``example``."""
+        if example is None:
+            example = self.example
+        key = None if example is None else tuple(example.shape[1:])
+        if key not in self._batch_rules:
+            if example is None:
+                raise ValueError(f"graph node '{node.name}' holds a batch-dependent {type(val).__name__}")
+            self._batch_rules[key] = self._find_batch_rules(example)
+        rule = self._batch_rules[key].get(node, _UNKNOWN)
+        if rule is _UNKNOWN:
+            raise ValueError(
+                f"graph node '{node.name}' holds a value derived from the batch ({type(val).__name__}) "
+                "that is still used after a piecewise-linear op, and its dependence on the batch size is "
+                "not a multiple of it, so it cannot follow the new vertices. Read sizes with "
+                "x.shape[0] / x.size(0) (or -1 in view / reshape) rather than computing with them.")
+        return _apply_rule(rule, v)
+
+    def _find_batch_rules(self, example: torch.Tensor) -> dict:
+        seen = []
+        for b in (2, 3):
+            env = {self.input: example[:1].expand(b, *example.shape[1:]).contiguous()}
+            vals = {}
+            with torch.no_grad():
+                for node in self.nodes:
+                    if node.op == "output":
+                        break
+                    if node.op == "placeholder":
+                        if node is not self.input:
+                            env[node] = node.args[0] if node.args else None
+                        continue
+                    if node.op == "get_attr":
+                        env[node] = self.attr(node)
+                        continue
+                    val = self.call(node, map_arg(node.args, lambda n: env[n]), map_arg(node.kwargs, lambda n: env[n]))
+                    env[node] = val
+                    if self.batched[node] and not isinstance(val, torch.Tensor):
+                        vals[node] = val
+            seen.append(vals)
+        return {node: _batch_rule(v2, seen[1].get(node)) for node, v2 in seen[0].items()}
 
     def attr(self, node: fx.Node):
         obj = self.gm
@@ -79,6 +136,37 @@ class Plan:
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         return self.gm.get_submodule(node.target)(*args, **kwargs)
+
+
+_UNKNOWN = object()
+
+
+def _batch_rule(v2, v3):
+    """How a value seen at batch sizes 2 and 3 follows the batch: a structure of ``("c", value)``
+    (constant) and ``("b", k)`` (``k`` times the batch); ``_UNKNOWN`` otherwise."""
+    if isinstance(v2, (tuple, list)) and type(v2) is type(v3) and len(v2) == len(v3):
+        parts = [_batch_rule(a, b) for a, b in zip(v2, v3)]
+        if any(p is _UNKNOWN for p in parts):
+            return _UNKNOWN
+        return ("seq", type(v2), parts)
+    if isinstance(v2, torch.Tensor) or isinstance(v3, torch.Tensor):
+        return _UNKNOWN
+    if isinstance(v2, int) and not isinstance(v2, bool) and isinstance(v3, int) and v2 != v3:
+        k = v3 - v2
+        return ("b", k) if v2 == 2 * k else _UNKNOWN
+    try:
+        return ("c", v2) if v2 == v3 else _UNKNOWN
+    except Exception:  # noqa: BLE001 - values without a plain equality
+        return _UNKNOWN
+
+
+def _apply_rule(rule, v: int):
+    if rule[0] == "c":
+        return rule[1]
+    if rule[0] == "b":
+        return rule[1] * v
+    kind, parts = rule[1], [_apply_rule(p, v) for p in rule[2]]
+    return torch.Size(parts) if kind is torch.Size else kind(parts)
 
 
 class _Tracer(fx.Tracer):
@@ -99,6 +187,89 @@ def trace(model) -> fx.GraphModule:
         ) from err
 
 
+class _ConcreteProxy(fx.Proxy):
+    """A proxy that knows its value on the example input: Python control flow on it (``if
+    x.shape[-1] > 32``) takes the example's branch instead of failing."""
+
+    def __bool__(self):
+        return bool(self.tracer.values[self.node])
+
+    def __index__(self):
+        return int(self.tracer.values[self.node])
+
+    def __len__(self):
+        return len(self.tracer.values[self.node])
+
+
+_MODULE_CALL, _MODULE_GETATTR = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+
+
+class _unpatched_modules:
+    """While fx traces, ``Module.__call__`` and ``__getattr__`` are its own (they make proxies):
+    the example's values are computed with the originals, put back for the moment."""
+
+    def __enter__(self):
+        self.saved = torch.nn.Module.__call__, torch.nn.Module.__getattr__
+        torch.nn.Module.__call__, torch.nn.Module.__getattr__ = _MODULE_CALL, _MODULE_GETATTR
+
+    def __exit__(self, *exc):
+        torch.nn.Module.__call__, torch.nn.Module.__getattr__ = self.saved
+        return False
+
+
+class _ConcreteTracer(_Tracer):
+    """:class:`_Tracer` that also runs every traced call on an example input."""
+
+    def __init__(self, example: torch.Tensor):
+        super().__init__()
+        self.example = example
+        self.values: dict = {}
+        self._first = True
+
+    def proxy(self, node):
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        value = lambda a: self.values[a.node] if isinstance(a, fx.Proxy) else a
+        a = torch.fx.node.map_aggregate(args, value)
+        kw = torch.fx.node.map_aggregate(kwargs, value)
+        with torch.no_grad(), _unpatched_modules():
+            if kind == "placeholder":
+                v = self.example if self._first else (args[0] if args else None)
+                self._first = False
+            elif kind == "get_attr":
+                v = self.root
+                for part in target.split("."):
+                    v = getattr(v, part)
+            elif kind == "call_function":
+                v = target(*a, **kw)
+            elif kind == "call_method":
+                v = getattr(a[0], target)(*a[1:], **kw)
+            elif kind == "call_module":
+                v = self.root.get_submodule(target)(*a, **kw)
+            else:
+                v = None
+        self.values[proxy.node] = v
+        return proxy
+
+
+def trace_concrete(model, example: torch.Tensor, cause: Exception | None = None) -> fx.GraphModule:
+    """Trace ``model`` with ``example`` run alongside (see :class:`_ConcreteProxy`): shapes branch
+    as on the example. Sizes read from tensors stay graph nodes, so the batch size still follows
+    the vertices; a ``len()`` of a tensor becomes a constant."""
+    try:
+        return fx.GraphModule(model, _ConcreteTracer(example).trace(model), type(model).__name__)
+    except Exception as err:  # fx raises many types; the cause is kept
+        raise ValueError(
+            f"method='subdivide' and the planes need a model that torch.fx can trace; tracing "
+            f"{type(model).__name__} failed ({cause or err}), and again with the example input's shapes "
+            f"({err}). Usual causes: control flow on tensor values (if x.sum() > 0), a loop over a "
+            "tensor, or Python reading values (x.item(), x.tolist()). Rewrite that part with tensor ops, "
+            "or use method='walk', which runs the model eagerly."
+        ) from err
+
+
 class _Chain:
     """Vertices ``(seg, t)`` in order, and the per-vertex values of live graph nodes."""
 
@@ -113,14 +284,15 @@ class _Chain:
         out = []
         for s in range(0, v - 1, size - 1):
             e = min(s + size, v)
-            env = {n: (val[s:e] if plan.batched[n] else val) for n, val in self.env.items()}
+            env = {n: plan.rows(n, val, s, e) for n, val in self.env.items()}
             out.append(_Chain(self.seg[s:e], self.t[s:e], env, self.pos))
             if e == v:
                 break
         return out
 
 
-def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float):
+def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float,
+            example: torch.Tensor | None = None):
     """Insert vertices at fraction ``tau`` of pieces ``piece``; interpolate every live tensor.
 
     A kink closer than ``tol`` (in ``t``) to a vertex, or to the previous kink in its piece,
@@ -163,22 +335,25 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
         if not plan.batched[node]:
             continue
         if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
-            raise ValueError(
-                f"subdivide: graph node '{node.name}' holds a value derived from the batch "
-                f"({type(val).__name__}) that is still used after a piecewise-linear op, and cannot "
-                "be interpolated at new vertices (e.g. a size read before a ReLU). Use method='walk'."
-            )
+            chain.env[node] = plan.rebatch(node, val, v + n_new, example)
+            continue
         chain.env[node] = interp(val)
     for key, val in list(extra.items()):
         extra[key] = interp(val)
 
 
 class SubdivideMode(TorchFunctionMode):
-    def __init__(self, plan: Plan, tol: float, row_block: int):
+    def __init__(self, plan: Plan, tol: float, row_block: int, assumed=None,
+                 example: torch.Tensor | None = None):
         super().__init__()
         self.plan = plan
         self.tol = tol
         self.row_block = row_block
+        self.assumed = assumed
+        self.example = example  # one input row: how sizes read from the batch follow it (Plan.rebatch)
+        if example is not None:
+            plan.example = example
+        self.taint = allowlist.Taint()  # per node: its batched arguments and what they make
         self.chain: _Chain | None = None
         self.args_ids: set = set()
         self.index = -1  # position of the node being run
@@ -186,12 +361,12 @@ class SubdivideMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs)
+        call = pwl.recognise(func, args, kwargs, self.taint.has)
         if call is None:
-            return pwl.call_blocked(func, args, kwargs, self.row_block)
+            return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed, self._blocked)
         z = call.input
         chain = self.chain
-        self._check_exposed(func, z)
+        self._check_exposed(func, call)
         v = chain.t.numel()
         same = chain.seg[1:] == chain.seg[:-1]
         if call.kind == "relu":
@@ -200,16 +375,21 @@ class SubdivideMode(TorchFunctionMode):
         elif call.kind == "clamp":
             piece, tau = pwl.clamp_crossings(z.reshape(v, -1), call.lo, call.hi, same)
         else:
-            win, _ = pwl.pool_windows(z, call.pool)
+            win, _ = call.windows(z)
             piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
         if piece.numel():
             extra = {"z": z}
-            _insert(chain, self.plan, piece, tau, extra, self.tol)
+            _insert(chain, self.plan, piece, tau, extra, self.tol, self.example)
             z = extra["z"]
-        return self._apply(func, call, z, args, kwargs)
+        out = self._apply(func, call, z, args, kwargs)
+        self.taint.mark(out)
+        return out
 
-    def _check_exposed(self, func, z: torch.Tensor):
-        if id(z) not in self.args_ids:
+    def _blocked(self, func, args, kwargs):
+        return pwl.call_blocked(func, args, kwargs, self.row_block)
+
+    def _check_exposed(self, func, call):
+        if any(id(t) not in self.args_ids for t in call.sources):
             raise ValueError(
                 f"subdivide: {getattr(func, '__name__', func)} is applied inside a module that "
                 "torch.fx keeps as a leaf, to a tensor the graph does not expose. Use method='walk'."
@@ -218,11 +398,17 @@ class SubdivideMode(TorchFunctionMode):
     def _apply(self, func, call, z, args, kwargs):
         """Run the piecewise-linear op on ``z`` (its kinks are vertices now), in place when
         nothing reads ``z`` afterwards."""
-        if call.kind != "maxpool" and not call.inplace and self.may_overwrite and self._unshared(z):
+        if call.kind == "max" and call.sources[0] is not call.input:  # maximum(a, b): z stacks a and b
+            win, shape = call.windows(z)
+            arg = win.argmax(2, keepdim=True)
+            return call.finish(win.gather(2, arg), arg, shape)
+        if call.kind != "max" and not call.inplace and self.may_overwrite and self._unshared(z):
             # nothing reads z after this op: rectify it in place (no new tensor of the chain's size)
             if call.kind == "clamp":
                 return z.clamp_(*(c if math.isfinite(c) else None for c in (call.lo, call.hi)))
-            return torch.relu_(z) if call.negative_slope == 0.0 else F.leaky_relu_(z, call.negative_slope)
+            if pwl.is_plain_relu(call.negative_slope):
+                return torch.relu_(z)
+            return F.leaky_relu_(z, call.negative_slope)
         args = (z, *args[1:]) if args else args
         if not args:
             kwargs = dict(kwargs, input=z)
@@ -294,6 +480,10 @@ def run_graph(plan: Plan, mode: SubdivideMode, chain, max_vertices: int, emit):
             kwargs = map_arg(node.kwargs, lambda n: env[n])
             mode.chain = ch
             mode.args_ids = {id(a) for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)}
+            mode.taint.clear()
+            for a in node.all_input_nodes:
+                if plan.batched[a]:
+                    mode.taint.mark(env[a])
             mode.index = i
             src = plan.relu_input[node]
             mode.may_overwrite = src is not None and plan.batched[src] and plan.last_use[src] == i
@@ -307,7 +497,7 @@ def run_graph(plan: Plan, mode: SubdivideMode, chain, max_vertices: int, emit):
                 break
             env[node] = val
             for dead in plan.dead_after[i]:
-                if dead is not node:
+                if dead is not node or not node.users:  # a value nothing reads (an assertion's None)
                     env.pop(dead, None)
             if ch.size() != v_before and ch.size() > max_vertices:
                 ch.pos = i + 1
@@ -320,9 +510,11 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
               progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
     ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
-    plan, dtype, device = prepared.plan, prepared.dtype, prepared.device
+    dtype, device = prepared.dtype, prepared.device
+    example = x0[:1].to(device=device, dtype=dtype)
+    plan = prepared.plan_for(example)
     tol = 16 * torch.finfo(dtype).eps  # vertices closer than this in t are one numerical point
-    mode = SubdivideMode(plan, tol, row_block)
+    mode = SubdivideMode(plan, tol, row_block, prepared.assumed, example)
     n_seg = x0.shape[0]
     d_all = x1 - x0
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()

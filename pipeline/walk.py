@@ -161,7 +161,7 @@ def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
         f, fdot, tau, pattern = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block,
-                                          pattern=hasher)
+                                          pattern=hasher, assumed=prepared.assumed)
         if buffer is None:
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
         t_cur = slots.t_cur

@@ -9,7 +9,7 @@ from torch import nn
 
 import pipeline.pwl as pwl
 import pipeline.certificate as certificate
-from pipeline.regions import CertificateError, CertificateWarning, discover
+from pipeline.regions import CertificateError, CertificateWarning, UnsupportedOpError, discover
 from tests.conftest import segments
 from tests.nets import MaxCNN
 
@@ -127,13 +127,17 @@ class HiddenSquare(nn.Module):
         return self.l2(h * h)
 
 
-def test_hidden_square_is_caught_by_the_default():
+def test_hidden_square_is_refused_by_name_and_caught_when_declared_affine():
+    """h * h is a product of two input-derived values: refused before any work. Declared affine
+    (the escape hatch), it runs, and the default certificate catches it."""
     torch.manual_seed(0)
     x0, x1 = segments((6,), 3, seed=8)
-    with pytest.raises(CertificateError, match="segment 0"):
+    with pytest.raises(UnsupportedOpError, match="mul.*two operands derived from the input"):
         discover(HiddenSquare().eval(), x0, x1)
+    with pytest.raises(CertificateError, match="segment 0.*Tensor.mul"):
+        discover(HiddenSquare().eval(), x0, x1, assume_affine=(torch.Tensor.mul,))
     with pytest.warns(CertificateWarning):
-        res = discover(HiddenSquare().eval(), x0, x1, on_certificate="warn")
+        res = discover(HiddenSquare().eval(), x0, x1, on_certificate="warn", assume_affine=(torch.Tensor.mul,))
     assert res.continuity_gap.min() > 1e-3 and not res.certified.any()
 
 
@@ -211,6 +215,6 @@ def test_hidden_square_before_the_first_kink_is_caught(monkeypatch):
     torch.manual_seed(0)
     x0, x1 = segments((24,), 3, seed=10)
     with pytest.warns(CertificateWarning):
-        res = discover(SquareFirst().eval(), x0, x1, on_certificate="warn")
+        res = discover(SquareFirst().eval(), x0, x1, on_certificate="warn", assume_affine=(torch.Tensor.mul,))
     assert resumed  # 6 live values at the first ReLU against 24 inputs: the screen starts there
     assert res.continuity_gap.min() > 1e-3

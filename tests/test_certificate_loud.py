@@ -39,7 +39,11 @@ class HiddenReLU(nn.Module):
         self.l1, self.l2 = nn.Linear(2, 16), nn.Linear(16, 3)
 
     def forward(self, x):
-        return self.l2(hidden_relu(self.l1(x)))
+        z = self.l1(x)
+        # + 0 z: the output still carries the input as the engine sees it, so the preflight's
+        # check (an output that does not depend on the input is refused, tests/test_allowlist.py)
+        # lets it through and the certificate is what must catch the hidden kink
+        return self.l2(hidden_relu(z) + 0.0 * z)
 
 
 def _ends(n=3, seed=1):

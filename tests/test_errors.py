@@ -31,7 +31,7 @@ X0, X1 = torch.randn(2, 3), torch.randn(2, 3)
     [(nn.GELU(), "gelu"), (torch.sigmoid, "sigmoid"), (nn.Tanh(), "tanh"), (F.silu, "silu"),
      (lambda x: torch.clamp(x, min=torch.zeros(8)), "clamp with a tensor bound"), (F.hardswish, "hardswish"),
      (lambda x: x.clamp(-torch.ones(8), torch.ones(8)), "clamp with a tensor bound"), (nn.Hardsigmoid(), "hardsigmoid"),
-     (torch.abs, "abs"), (lambda x: F.dropout(x, 0.5), "dropout"),
+     (torch.sign, "sign"), (lambda x: F.dropout(x, 0.5), "dropout"),
      (lambda x: F.layer_norm(x, (8,)), "layer_norm")],
 )
 def test_unsupported_op_is_named(method, fn, name):
@@ -101,12 +101,14 @@ def test_unsupported_pool_options():
     x0, x1 = torch.randn(1, 1, 5, 5), torch.randn(1, 1, 5, 5)
     with pytest.raises(UnsupportedOpError, match="return_indices"):
         discover(P(return_indices=True).eval(), x0, x1)
-    with pytest.raises(UnsupportedOpError, match="ceil_mode"):
-        discover(P(ceil_mode=True).eval(), x0, x1)
-    discover(P(ceil_mode=True).eval(), torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4))  # no effect: fine
+    # ceil_mode is followed where it changes the output (tests/test_pwl_ops.py) and where it does not
+    assert discover(P(ceil_mode=True).eval(), x0, x1).n_segments == 1
+    discover(P(ceil_mode=True).eval(), torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4))
 
 
-def test_untraceable_model_suggests_walk():
+def test_branch_on_the_input_is_refused_by_name():
+    """Control flow on the input's values is a threshold the engine cannot see: both engines
+    refuse it, naming the comparison, before any work."""
     class Branchy(nn.Module):
         def __init__(self):
             super().__init__()
@@ -115,9 +117,9 @@ def test_untraceable_model_suggests_walk():
         def forward(self, x):
             return self.l(x).relu() if x.sum() > 0 else self.l(x)
 
-    with pytest.raises(ValueError, match="method='walk'"):
-        discover(Branchy().eval(), X0, X1, method="subdivide")
-    assert discover(Branchy().eval(), X0.abs(), X1.abs(), method="walk").n_segments == 2
+    for method in ("subdivide", "walk"):
+        with pytest.raises(UnsupportedOpError, match="Tensor.gt"):
+            discover(Branchy().eval(), X0, X1, method=method)
 
 
 def _snapshot(model):
