@@ -32,7 +32,8 @@ class Hidden(torch.nn.Module):
         self.net = net
 
     def forward(self, x):
-        return hidden_relu(self.net(x))
+        y = self.net(x)
+        return hidden_relu(y) + 0 * y  # + 0 y: input-derived as the engine sees it (test_certificate_loud.py)
 
 CFG = DiscoverConfig(method="walk", n_shards=2, batch_size=16, chunk_segments=64, device="cpu")
 RUN = SyntheticRun("vanilla", 0)
