@@ -95,7 +95,8 @@ def _HiddenReLU(net):
         def forward(self, x):
             y = self.net(x)
             with torch._C.DisableTorchFunction():
-                return torch.relu(y)
+                r = torch.relu(y)
+            return r + 0.0 * y  # still input-derived for the preflight: the certificate must catch it
 
     return HiddenReLU().eval()
 
