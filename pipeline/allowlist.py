@@ -85,6 +85,8 @@ _ATTR_RULES = {**{n: LINEAR for n in ("T", "mT", "data", "real")},
                                     "is_cpu", "is_sparse", "is_quantized", "is_meta", "is_leaf", "names",
                                     "itemsize", "nbytes", "_version", "_base", "grad", "grad_fn", "output_nr",
                                     "is_mkldnn", "is_nested", "is_mps", "is_xpu")}}
+_COMPARISONS = set("gt lt ge le eq ne greater less greater_equal less_equal not_equal isclose equal "
+                   "logical_and logical_or logical_xor logical_not isnan isinf isfinite signbit".split())
 # the in-place spellings write into their first argument
 _INPLACE_EXTRA = {"__setitem__", "copy_", "zero_", "fill_"}
 # conversions to a floating dtype only (an integer cast of an input-derived value is refused)
@@ -229,6 +231,13 @@ def check(func, args, kwargs, taint: Taint, assumed: "Assumed | None" = None) ->
                 "or an integer cast of the input's values): such values change only at thresholds the "
                 "region engine does not see, so its regions would be wrong. Express the op through "
                 "ReLU, max or clamp (e.g. torch.where(z > 0, z, 0) is torch.relu(z)).")
+    if found is None and name.rsplit(".", 1)[-1].strip("_") in _COMPARISONS:
+        raise UnsupportedOpError(
+            f"the network calls {name}, a comparison, on a value derived from the input: its result is a "
+            "mask that jumps where the input crosses a threshold, which the region engine cannot see as a "
+            "kink, so anything computed from it (where, masked_fill, a product with the mask, a branch) would "
+            "give wrong regions. Write the op with relu, max or clamp: torch.where(z > 0, z, 0) is "
+            "torch.relu(z), torch.where(a > b, a, b) is torch.maximum(a, b).")
     if found is None:
         raise UnsupportedOpError(
             f"the network calls {name} on a value derived from the input, and the region engine does not "

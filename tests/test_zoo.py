@@ -35,10 +35,10 @@ ZOO = {
 SEGMENTS = 2
 
 
-def _model(name):
-    side, _, gain = ZOO[name]
-    torch.manual_seed(0)
-    net = getattr(torchvision.models, name)(weights=None, num_classes=10)
+def calibrate_batchnorm(net, side, gain):
+    """Random BatchNorm statistics, scales (``gain`` times U(0.5, 1.5)) and shifts, from a
+    calibration batch of random ``side`` x ``side`` images; the net in eval mode. ``gain``
+    None: left as it is."""
     if gain is not None:
         g = torch.Generator().manual_seed(1)
         for m in net.modules():
@@ -52,6 +52,12 @@ def _model(name):
         with torch.no_grad():
             net(torch.randn(8, 3, side, side, generator=g))
     return net.eval()
+
+
+def _model(name):
+    side, _, gain = ZOO[name]
+    torch.manual_seed(0)
+    return calibrate_batchnorm(getattr(torchvision.models, name)(weights=None, num_classes=10), side, gain)
 
 
 def _segments(name):
