@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from .fastops import pair_avg_pool2d
 from .pwl import UnsupportedOpError
 
-__all__ = ["Taint", "check", "op_name", "is_read", "LINEAR", "PRODUCT", "FIRST", "NOT_FIRST", "META", "CONST"]
+__all__ = ["Taint", "Assumed", "check", "run_checked", "op_name", "LINEAR", "PRODUCT", "FIRST", "NOT_FIRST", "META",
+           "CONST"]
 
 LINEAR, PRODUCT, FIRST, NOT_FIRST, META, CONST, READ = "linear", "product", "first", "not_first", "meta", "const", "read"
 
@@ -173,11 +174,6 @@ class Taint:
         self._refs.clear()
 
 
-def is_read(func) -> bool:
-    rule = rule_of(func)
-    return rule is not None and rule[0] == READ
-
-
 class Assumed:
     """The functions a user declared affine (``assume_affine``), and those of them the network
     was seen to call on input-derived values, in order (named by a failing certificate)."""
@@ -283,10 +279,8 @@ def check(func, args, kwargs, taint: Taint, assumed: "Assumed | None" = None) ->
     return True
 
 
-def check_result(func, out, carried: bool) -> None:
+def check_result(func, out) -> None:
     """Refuse a conversion of an input-derived value to an integer or boolean dtype."""
-    if not carried:
-        return
     found = rule_of(func)
     if found and found[1].rstrip("_") in _CASTS:
         bad = [t for t in _tensors(out, []) if not (t.is_floating_point() or t.is_complex())]
@@ -312,7 +306,7 @@ def run_checked(func, args, kwargs, taint: Taint, assumed: "Assumed | None" = No
     carried = check(func, args, kwargs, taint, assumed)
     out = func(*args, **kwargs) if runner is None else runner(func, args, kwargs)
     if carried:
-        check_result(func, out, carried)
+        check_result(func, out)
         taint.mark(out)
         if args and writes_first(func):
             taint.mark(args[0])

@@ -226,7 +226,7 @@ class LinearizeMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs, self.taint.has)
+        call = pwl.recognise(func, args, kwargs, self.taint.any((args, kwargs)))
         if call is None:
             return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed)
         step = {"relu": self.backend.relu, "clamp": self.backend.clamp, "max": self.backend.pool}[call.kind]

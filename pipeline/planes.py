@@ -263,7 +263,7 @@ class _PlaneMode(SubdivideMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs, self.taint.has)
+        call = pwl.recognise(func, args, kwargs, self.taint.any((args, kwargs)))
         if call is None:
             return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed, self._run_affine)
         z = call.input
@@ -418,7 +418,7 @@ class _PlaneMode(SubdivideMode):
 
     def _rebatch(self, tile, nodes):
         for node in nodes:
-            tile.env[node] = self.plan.rebatch(node, tile.env[node], tile.size(), self.example)
+            tile.env[node] = self.plan.rebatch(node, tile.env[node], tile.size())
 
     @staticmethod
     def _join(tile, done, act, node_slot):

@@ -34,14 +34,13 @@ every kink inside a piece between two vertices.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 __all__ = ["PWLCall", "PoolSpec", "UnsupportedOpError", "recognise", "call_blocked", "default_row_block"]
-
-from collections.abc import Callable
 
 
 class UnsupportedOpError(ValueError):
@@ -75,7 +74,6 @@ class PWLCall:
     input: torch.Tensor
     negative_slope: "float | torch.Tensor" = 0.0  # a tensor broadcastable to input (PReLU)
     inplace: bool = False
-    pool: PoolSpec | None = None
     # "clamp": the output is min(max(z, lo), hi); -inf / inf for a missing bound, lo <= hi
     lo: float = -math.inf
     hi: float = math.inf
@@ -281,16 +279,16 @@ def _pool_call(func, args, kwargs, one_d: bool) -> PWLCall:
     if one_d:
         kernel, stride, padding, dilation = ((1,) + kernel, (1,) + stride, (0,) + padding, (1,) + dilation)
     spec = PoolSpec(kernel, stride, padding, dilation, one_d, bool(ceil_mode))
-    return _max_call(x, lambda t: pool_windows(t, spec), pool=spec)
+    return _max_call(x, lambda t: pool_windows(t, spec))
 
 
-def _max_call(x, windows, negate=False, indices=None, pool=None, sources=None) -> PWLCall:
+def _max_call(x, windows, negate=False, indices=None, sources=None) -> PWLCall:
     """A ``"max"`` call: ``negate`` for a minimum (windows of ``-x``), ``indices`` the namedtuple
     type of an op that returns ``(values, indices)``."""
-    if negate:
-        win_of = lambda t: (lambda w, shape: (w.neg(), shape))(*windows(t))
-    else:
-        win_of = windows
+
+    def negated_windows(t):
+        win, shape = windows(t)
+        return win.neg(), shape
 
     def finish(values, arg, shape):
         values = values.view(shape)
@@ -298,7 +296,7 @@ def _max_call(x, windows, negate=False, indices=None, pool=None, sources=None) -
             values = values.neg()
         return values if indices is None else indices((values, arg.reshape(shape)))
 
-    return PWLCall("max", x, pool=pool, windows=win_of, finish=finish, sources=sources or (x,))
+    return PWLCall("max", x, windows=negated_windows if negate else windows, finish=finish, sources=sources or (x,))
 
 
 def _adaptive_index(n: int, o: int) -> torch.Tensor:
@@ -344,14 +342,12 @@ def _reduce_call(func, args, kwargs):
     dim = _arg(args, kwargs, 1, "dim", None)
     if isinstance(dim, torch.Tensor):  # torch.max(a, b): the elementwise maximum
         return _binary_call(which, x, dim)
-    if dim is None or dim == () or dim == []:
-        if has_indices or dim is None or x.ndim == 0:
-            raise UnsupportedOpError(
-                f"the network calls {name} over every element of a value derived from the input, the "
-                "batch dimension included: the region engine treats each row of the batch as one point; "
-                "reduce over the other dimensions (e.g. x.flatten(1).amax(1)).")
-    dims = (dim,) if isinstance(dim, int) else tuple(dim) if dim not in (None, (), []) else tuple(range(x.ndim))
-    dims = tuple(sorted({d % x.ndim for d in dims}))
+    if dim is None or (isinstance(dim, (tuple, list)) and not dim):  # every element
+        raise UnsupportedOpError(
+            f"the network calls {name} over every element of a value derived from the input, the "
+            "batch dimension included: the region engine treats each row of the batch as one point; "
+            "reduce over the other dimensions (e.g. x.flatten(1).amax(1)).")
+    dims = tuple(sorted({d % x.ndim for d in ((dim,) if isinstance(dim, int) else dim)}))
     if 0 in dims:
         raise UnsupportedOpError(
             f"the network calls {name} over dimension 0, the batch: the region engine treats each row of the "
@@ -364,11 +360,7 @@ def _reduce_call(func, args, kwargs):
 
 
 def _binary_call(which, a, b):
-    def stacked(a, b):
-        a, b = torch.broadcast_tensors(a, b)
-        return torch.stack([a, b], 1)  # (N, 2, *rest)
-
-    z = stacked(a, b)
+    z = torch.stack(torch.broadcast_tensors(a, b), 1)  # (N, 2, *rest)
     return _max_call(z, lambda t: (t.reshape(t.shape[0], 1, 2, -1), (t.shape[0], *t.shape[2:])),
                      negate=which == "min", sources=(a, b))
 
@@ -439,26 +431,17 @@ def is_plain_relu(negative_slope) -> bool:
     return not isinstance(negative_slope, torch.Tensor) and negative_slope == 0.0
 
 
-def _carried(args, kwargs, carries) -> bool:
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, torch.Tensor) and carries(a):
-            return True
-        if isinstance(a, (list, tuple)) and any(isinstance(e, torch.Tensor) and carries(e) for e in a):
-            return True
-    return False
-
-
-def recognise(func, args, kwargs, carries=None) -> PWLCall | None:
+def recognise(func, args, kwargs, carried: bool = True) -> PWLCall | None:
     """Classify one call seen by a ``TorchFunctionMode``.
 
     Returns a :class:`PWLCall` for a supported piecewise-linear op, ``None`` for any other op
     (:mod:`pipeline.allowlist` decides about those), and raises :class:`UnsupportedOpError`
-    for ops known not to be piecewise linear or not followed by the engine. ``carries(t)``
-    says whether tensor ``t`` is derived from the network's input: a call on constants alone is
-    a constant (``None``), whatever the op. Without it every call counts as carrying the input.
+    for ops known not to be piecewise linear or not followed by the engine. ``carried``: whether
+    some argument is derived from the network's input (:meth:`pipeline.allowlist.Taint.any`); a
+    call on constants alone is a constant (``None``), whatever the op.
     """
     kwargs = kwargs or {}
-    if carries is not None and not _carried(args, kwargs, carries):
+    if not carried:
         return None
     try:
         if func in _RELU:

@@ -75,22 +75,21 @@ class Plan:
             return val
         if isinstance(val, torch.Tensor):
             return val[a:b]
-        return self.rebatch(node, val, b - a, None)
+        return self.rebatch(node, val, b - a)
 
-    def rebatch(self, node: fx.Node, val, v: int, example: torch.Tensor | None):
+    def rebatch(self, node: fx.Node, val, v: int):
         """``val``, the value of a batched node that is not a tensor of the batch (a size read
         from the input, ``x.ndim``, an assertion's None), for a batch of ``v`` rows.
 
         Integers read from shapes are constants of the traced network, except the batch
         dimension's: which ones follow the batch (and how: ``k * batch``) is found once per
-        input shape by running the graph on batches of 2 and 3 copies of ``example``."""
-        if example is None:
-            example = self.example
-        key = None if example is None else tuple(example.shape[1:])
+        input shape by running the graph on batches of 2 and 3 copies of :attr:`example` (the
+        engines' modes set it to one row of their input)."""
+        if self.example is None:
+            raise ValueError(f"graph node '{node.name}' holds a batch-dependent {type(val).__name__}")
+        key = tuple(self.example.shape[1:])
         if key not in self._batch_rules:
-            if example is None:
-                raise ValueError(f"graph node '{node.name}' holds a batch-dependent {type(val).__name__}")
-            self._batch_rules[key] = self._find_batch_rules(example)
+            self._batch_rules[key] = self._find_batch_rules(self.example)
         rule = self._batch_rules[key].get(node, _UNKNOWN)
         if rule is _UNKNOWN:
             raise ValueError(
@@ -101,26 +100,21 @@ class Plan:
         return _apply_rule(rule, v)
 
     def _find_batch_rules(self, example: torch.Tensor) -> dict:
-        seen = []
+        batched, seen = self.batched, []
+
+        class Record(fx.Interpreter):
+            def run_node(self, n):
+                val = super().run_node(n)
+                if batched[n] and n.op != "output" and not isinstance(val, torch.Tensor):
+                    self.sizes[n] = val
+                return val
+
         for b in (2, 3):
-            env = {self.input: example[:1].expand(b, *example.shape[1:]).contiguous()}
-            vals = {}
+            run = Record(self.gm)
+            run.sizes = {}
             with torch.no_grad():
-                for node in self.nodes:
-                    if node.op == "output":
-                        break
-                    if node.op == "placeholder":
-                        if node is not self.input:
-                            env[node] = node.args[0] if node.args else None
-                        continue
-                    if node.op == "get_attr":
-                        env[node] = self.attr(node)
-                        continue
-                    val = self.call(node, map_arg(node.args, lambda n: env[n]), map_arg(node.kwargs, lambda n: env[n]))
-                    env[node] = val
-                    if self.batched[node] and not isinstance(val, torch.Tensor):
-                        vals[node] = val
-            seen.append(vals)
+                run.run(example[:1].expand(b, *example.shape[1:]).contiguous())
+            seen.append(run.sizes)
         return {node: _batch_rule(v2, seen[1].get(node)) for node, v2 in seen[0].items()}
 
     def attr(self, node: fx.Node):
@@ -291,8 +285,7 @@ class _Chain:
         return out
 
 
-def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float,
-            example: torch.Tensor | None = None):
+def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, extra: dict, tol: float):
     """Insert vertices at fraction ``tau`` of pieces ``piece``; interpolate every live tensor.
 
     A kink closer than ``tol`` (in ``t``) to a vertex, or to the previous kink in its piece,
@@ -335,7 +328,7 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
         if not plan.batched[node]:
             continue
         if not isinstance(val, torch.Tensor) or val.shape[:1] != (v,):
-            chain.env[node] = plan.rebatch(node, val, v + n_new, example)
+            chain.env[node] = plan.rebatch(node, val, v + n_new)
             continue
         chain.env[node] = interp(val)
     for key, val in list(extra.items()):
@@ -350,8 +343,7 @@ class SubdivideMode(TorchFunctionMode):
         self.tol = tol
         self.row_block = row_block
         self.assumed = assumed
-        self.example = example  # one input row: how sizes read from the batch follow it (Plan.rebatch)
-        if example is not None:
+        if example is not None:  # one input row: how sizes read from the batch follow it (Plan.rebatch)
             plan.example = example
         self.taint = allowlist.Taint()  # per node: its batched arguments and what they make
         self.chain: _Chain | None = None
@@ -361,7 +353,7 @@ class SubdivideMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        call = pwl.recognise(func, args, kwargs, self.taint.has)
+        call = pwl.recognise(func, args, kwargs, self.taint.any((args, kwargs)))
         if call is None:
             return allowlist.run_checked(func, args, kwargs, self.taint, self.assumed, self._blocked)
         z = call.input
@@ -379,7 +371,7 @@ class SubdivideMode(TorchFunctionMode):
             piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
         if piece.numel():
             extra = {"z": z}
-            _insert(chain, self.plan, piece, tau, extra, self.tol, self.example)
+            _insert(chain, self.plan, piece, tau, extra, self.tol)
             z = extra["z"]
         out = self._apply(func, call, z, args, kwargs)
         self.taint.mark(out)
