@@ -18,7 +18,8 @@ def tiny_sweep(tmp: Path, *, name="tiny", variants=None, n_paths=4, anchors=4, n
              "discover": str(tmp / "discover.yaml"),
              "variants": variants or {"vanilla": {}, "noise-0.4": {"data.label_noise": 0.4}},
              "grid": {"seed": [0]}, "checkpoints": ["init", "final"], "n_shards": n_shards, "executor": executor,
-             "train_resources": res, "discover_resources": {**res, **(discover_resources or {})}, "aggregate_resources": res}
+             "train_resources": res, "discover_resources": {**res, **(discover_resources or {})},
+             "aggregate_resources": res}
     if analysis is not None:
         (tmp / "analysis.yaml").write_text(yaml.safe_dump(analysis))
         sweep["analysis"] = str(tmp / "analysis.yaml")
