@@ -21,7 +21,8 @@ from pipeline.config import from_dict, write_atomic
 from pipeline.discover import DiscoverConfig, discover_run, shard_done
 from pipeline.train import TrainConfig
 
-__all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus", "ignore_preemption"]
+__all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus", "use_allocated_device", "job_device",
+           "ignore_preemption"]
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -50,10 +51,12 @@ class DiscoverJob(submitit.helpers.Checkpointable):
         self.run_dir, self.config, self.shard = str(run_dir), config, shard
 
     def __call__(self):
+        from dataclasses import replace
 
         use_allocated_cpus()
-        status = discover_run(self.run_dir, from_dict(DiscoverConfig, self.config), shards=[self.shard],
-                              progress=False)
+        cfg = from_dict(DiscoverConfig, self.config)
+        cfg = replace(cfg, device=use_allocated_device(cfg.device))  # a local field: the store's id is the same
+        status = discover_run(self.run_dir, cfg, shards=[self.shard], progress=False)
         ignore_preemption()
         return {"run": self.run_dir, "shard": self.shard, "complete": shard_done(status, self.shard)}
 
@@ -93,6 +96,60 @@ def use_allocated_cpus():
     n = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE")
     if n:
         torch.set_num_threads(max(1, int(n)))
+
+
+def job_device(requested: str, env, n_cuda: int) -> tuple[str, str]:
+    """The torch device a job uses for ``requested`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``),
+    and why, in words for its log; ``env`` is the job's environment, ``n_cuda`` how many GPUs
+    torch sees (``torch.cuda.device_count()``).
+
+    SLURM gives a job its GPUs by setting ``CUDA_VISIBLE_DEVICES`` (``SLURM_JOB_GPUS`` in a
+    batch job, ``SLURM_STEP_GPUS`` in a step, name the same GPUs by their index on the node),
+    so torch numbers the job's own GPUs from 0 and ``cuda:0`` is the first one this job was
+    given, whichever it is on the node: the device never comes from ``SLURM_LOCALID`` or the
+    like, so jobs sharing a node cannot collide. A SLURM job given no GPU runs ``auto`` on the
+    CPU even where torch sees GPUs (without device cgroups a job sees every GPU of the node:
+    using one would take another job's). Raises ``RuntimeError`` for what cannot work: a
+    ``cuda`` device torch does not have, or GPUs from SLURM without ``CUDA_VISIBLE_DEVICES``
+    while torch sees several (which one is ours is unknown)."""
+    if requested == "cpu":
+        return "cpu", "device: cpu asked for"
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    slurm_gpus = env.get("SLURM_STEP_GPUS") or env.get("SLURM_JOB_GPUS")
+    in_slurm = bool(env.get("SLURM_JOB_ID"))
+    if in_slurm and slurm_gpus:
+        source = (f"CUDA_VISIBLE_DEVICES={visible} from SLURM" if visible is not None else
+                  f"SLURM gave GPU {slurm_gpus} but set no CUDA_VISIBLE_DEVICES")
+        if visible is None and n_cuda > 1:
+            raise RuntimeError(f"{source}, and torch sees {n_cuda} GPUs: which is this job's is unknown (check the "
+                               "cluster's gres.conf; SLURM sets CUDA_VISIBLE_DEVICES for the GPUs it allocates)")
+    elif in_slurm:
+        source = "SLURM gave this job no GPU"
+        if requested == "auto":
+            return "cpu", source + (f" (torch sees {n_cuda}, other jobs' to use: ask for gpus in the job's resources, "
+                                    "or set device: cuda)" if n_cuda else "")
+    else:
+        source = f"CUDA_VISIBLE_DEVICES={visible}" if visible is not None else "CUDA_VISIBLE_DEVICES unset"
+    if n_cuda == 0:
+        if requested == "auto":
+            return "cpu", f"no CUDA visible; {source}"
+        raise RuntimeError(f"device: {requested} asked for, but torch sees no GPU ({source})")
+    index = 0 if requested in ("auto", "cuda") else int(requested.split(":", 1)[1])
+    if index >= n_cuda:
+        raise RuntimeError(f"device: {requested} asked for, but torch sees {n_cuda} GPU(s) ({source})")
+    return f"cuda:{index}", f"{source}; torch sees {n_cuda}"
+
+
+def use_allocated_device(requested: str = "auto") -> str:
+    """The device this job uses (:func:`job_device` on this process's environment), printed to the
+    job's log with the reason: ``device cuda:0 (CUDA_VISIBLE_DEVICES=1 from SLURM; torch sees 1)``."""
+    import os
+
+    import torch
+
+    device, why = job_device(requested, os.environ, torch.cuda.device_count())
+    print(f"device {device} ({why})", flush=True)
+    return device
 
 
 def ignore_preemption():

@@ -9,6 +9,7 @@ job preempted twice (USR2 first, then a plain ``scontrol requeue``, which kills 
 """
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -327,3 +328,76 @@ def test_preempted_discovery_resumes_to_an_equal_store(cluster, tmp_path, cancel
         for name in names:
             x, y = (r.segment_array(name) if group == "segments" else r.regions(name).compute() for r in (a, b))
             np.testing.assert_array_equal(x, y, err_msg=f"{group}/{name}")
+
+
+# ---------- GPUs: the test cluster's node advertises 2 placeholder GPUs (scripts/slurm/start.sh) ----------
+# SLURM schedules GPU requests against them and sets each job's CUDA_VISIBLE_DEVICES as on a GPU node;
+# no process can use them, so torch sees none and `auto` runs on the CPU (what a GPU node would change
+# is only torch's count, which tests/test_tasks.py::test_job_device_uses_the_gpu_slurm_gives covers).
+
+GPU_ENV = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_LOCALID")
+
+
+def _report_gpu(meeting: str, timeout: float = 120):
+    """A job that reports its GPU environment and :func:`jobs.tasks.job_device`'s answer, once
+    every job of its meeting has started (so they provably held their GPUs at the same time)."""
+    import torch
+
+    from jobs.tasks import job_device
+
+    env = {k: os.environ.get(k) for k in GPU_ENV}
+    folder = Path(meeting)
+    (folder / os.environ["SLURM_JOB_ID"]).touch()
+    n = int((folder / "expected").read_text())
+    deadline = time.time() + timeout
+    while len(list(folder.glob("[0-9]*"))) < n and time.time() < deadline:
+        time.sleep(0.2)
+    together = len(list(folder.glob("[0-9]*"))) >= n
+    return {"env": env, "device": job_device("auto", os.environ, torch.cuda.device_count()), "together": together}
+
+
+def test_gpu_jobs_on_one_node_each_get_their_own_gpu(cluster, tmp_path, cancel_at_end):
+    """Two jobs with the sweep file's ``discover_resources: {gpus: 1}`` run at once on the node's
+    2 GPUs, each with one GPU of its own in CUDA_VISIBLE_DEVICES (what torch would number cuda:0)."""
+    from jobs.submit import executor_for
+
+    sweep, _ = load_sweep(tiny_sweep(tmp_path, name="gpu", executor="slurm",
+                                     discover_resources={"gpus": 1, "cpus": 1, "mem_gb": 0.25, "time_min": 5}))
+    assert sweep.discover_resources.gpus == 1
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    (meeting / "expected").write_text("2")
+    ex = executor_for("slurm", tmp_path / "logs" / "%j", sweep.discover_resources, "gpu-report")
+    jobs = [ex.submit(_report_gpu, str(meeting)) for _ in range(2)]
+    cancel_at_end.extend(j.job_id for j in jobs)
+    for job in jobs:
+        assert "#SBATCH --gpus-per-node=1\n" in job.paths.submission_file.read_text()
+    out = [job.result() for job in jobs]
+    print("\n" + "\n".join(f"job {j.job_id}: {o}" for j, o in zip(jobs, out)))
+    assert all(o["together"] for o in out), out
+    gpus = [o["env"]["CUDA_VISIBLE_DEVICES"] for o in out]
+    assert sorted(gpus) == ["0", "1"], out  # one each, not the same one
+    for o, gpu in zip(out, gpus):
+        assert gpu in (o["env"]["SLURM_STEP_GPUS"], o["env"]["SLURM_JOB_GPUS"]), o  # SLURM's, by index on the node
+        assert o["device"] == ("cpu", f"no CUDA visible; CUDA_VISIBLE_DEVICES={gpu} from SLURM"), o
+
+
+def test_sweep_discovery_asks_for_its_gpu_and_logs_its_device(cluster, tmp_path):
+    """A sweep whose discovery asks for a GPU: sbatch gets --gpus-per-node=1 for the discovery jobs
+    only, and each discovery job logs the device it uses and why."""
+    from jobs.run import run
+
+    path = tiny_sweep(tmp_path, name="gpusweep", variants={"vanilla": {}}, n_shards=1, executor="slurm",
+                      discover_resources={"gpus": 1, "mem_gb": 0.5})
+    out = run(path, poll_s=2)
+    assert out["jobs"] == 4  # 1 training, 2 checkpoints x 1 shard, 1 aggregation
+    logs = tmp_path / "out" / "logs"
+    scripts = {p: p.read_text() for p in logs.rglob("*_submission.sh")}
+    assert any("--job-name=gpusweep-discover" in s for s in scripts.values()), scripts
+    for s in scripts.values():  # the discovery's script asks for one GPU, the training's and aggregation's none
+        assert ("#SBATCH --gpus-per-node=1\n" in s) == ("--job-name=gpusweep-discover" in s), s
+    device_lines = [line for p in logs.rglob("*_log.out") for line in p.read_text().splitlines()
+                    if line.startswith("device ")]
+    assert len(device_lines) == 2, device_lines
+    assert all(re.fullmatch(r"device cpu \(no CUDA visible; CUDA_VISIBLE_DEVICES=[01] from SLURM\)", line)
+               for line in device_lines), device_lines
