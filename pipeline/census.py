@@ -30,6 +30,7 @@ engine's own modes), so it costs little; calls made with torch functions disable
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import torch
@@ -73,25 +74,32 @@ class _Counting(TorchFunctionMode):
         kwargs = kwargs or {}
         hit = classify(func, args, kwargs)
         if hit is not None:
-            self.census._add(*hit)
+            self.census._add(*hit, sys._getframe(1) if self.census.where else None)
         return func(*args, **kwargs)
 
 
 class HostSyncCensus:
     """A context manager that counts would-be host waits (see the module's doc)."""
 
-    def __init__(self):
+    def __init__(self, where: bool = False):
         self.by_op: Counter = Counter()
         self.by_kind: Counter = Counter()
+        self.where = where  # also count by the engine's line that asked (``by_line``)
+        self.by_line: Counter = Counter()
         self._mode = None
 
     @property
     def total(self) -> int:
         return sum(self.by_kind.values())
 
-    def _add(self, kind: str, op: str):
+    def _add(self, kind: str, op: str, frame=None):
         self.by_kind[kind] += 1
         self.by_op[op] += 1
+        while frame is not None and ("torch" in frame.f_code.co_filename.split("/")[-3:-1]
+                                     or frame.f_code.co_filename == __file__):
+            frame = frame.f_back  # up to the caller outside torch
+        if frame is not None:
+            self.by_line[f"{frame.f_code.co_filename.split('/')[-1]}:{frame.f_lineno} {op}"] += 1
 
     def __enter__(self):
         self._mode = _Counting(self)

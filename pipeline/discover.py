@@ -37,7 +37,7 @@ log = logging.getLogger("pipeline.discover")
 class DiscoverConfig:
     """How to discover the regions of one checkpoint along one path set.
 
-    ``batch_size``, ``chunk_segments`` and ``device`` change how the work is done, not its
+    ``batch_size``, ``max_vertices``, ``chunk_segments`` and ``device`` change how the work is done, not its
     result: they are left out of the config's identity (:func:`pipeline.config.identity_dict`).
     The engine's result-affecting options (``method``, ``eps``, ``dtype``, ``certify``) are
     part of the store's identity: one store never mixes shards discovered differently.
@@ -54,7 +54,8 @@ class DiscoverConfig:
     eps: float = 1e-6  # the paper's sensitivity, in t units
     dtype: str = "float64"  # the paper's precision
     certify: str = "all"  # the certificate, 1-D and planes: all (every region; float32 screen) | strict | sample
-    batch_size: int = local_field(64)  # segments in flight
+    batch_size: int | None = local_field(None)  # segments in flight; None: sized for the device (pipeline.worksize)
+    max_vertices: int | None = local_field(None)  # vertices per chain (1-D) or tile (planes); None: for the device
     chunk_segments: int = local_field(64)  # segments per write: bounds memory, whatever the region count
     n_shards: int = 1
     device: str = local_field("auto")  # auto: cuda when present
@@ -79,8 +80,10 @@ class DiscoverConfig:
             raise ValueError(f"certify must be one of {', '.join(CERTIFY)}; got {self.certify!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
-        if min(self.batch_size, self.chunk_segments, self.n_shards, self.chunk_planes) < 1:
+        if min(self.batch_size or 1, self.chunk_segments, self.n_shards, self.chunk_planes) < 1:
             raise ValueError("batch_size, chunk_segments, chunk_planes and n_shards must be >= 1")
+        if self.max_vertices is not None and self.max_vertices < 16:
+            raise ValueError(f"max_vertices must be >= 16 (or null: sized for the device); got {self.max_vertices}")
         if self.planes is not None and not isinstance(self.planes, PlaneSetConfig):
             raise TypeError(f"planes must be a PlaneSetConfig or None, got {type(self.planes).__name__}")
         if not self.eps > 0:
@@ -344,7 +347,7 @@ def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dt
         for chunk in discover_iter(ready, x0[pos], x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
                                    device=device, keep_affine=cfg.store.keep_affine, method=cfg.method,
                                    chunk_segments=cfg.chunk_segments, certify=cfg.certify,
-                                   on_certificate=cfg.on_certificate):
+                                   on_certificate=cfg.on_certificate, max_vertices=cfg.max_vertices):
             writer.write(chunk)
             regions += chunk.n_regions
             _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, "segments")

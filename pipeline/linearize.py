@@ -43,9 +43,7 @@ class _Stacked:
             # z + tau zdot = 0  <=>  tau = 1 / (1 - r), r = ahead / z; crossings ahead have
             # r < 1 and the smallest r is the nearest one. No subtraction, no cancellation for
             # kinks within one segment length (r <= 0 there).
-            r = torch.div(ahead, z)
-            if zero is not None:
-                r.masked_fill_(zero, math.inf)
+            r = torch.div(ahead, z).masked_fill_(zero, math.inf)
             tau = r.flatten(1).amin(1)
         out = x.view(2, b, *x.shape[1:])
         if call.inplace:
@@ -111,9 +109,7 @@ class _Dual:
         m, pat, zero = _relu_pattern(z, zdot, call.negative_slope)
         tau = None
         if track:
-            q = torch.div(zdot, z)  # tau = -1 / q for q < 0; the most negative q is nearest
-            if zero is not None:
-                q.masked_fill_(zero, math.inf)
+            q = torch.div(zdot, z).masked_fill_(zero, math.inf)  # tau = -1 / q for q < 0: the most negative q
             tau = q.flatten(1).amin(1)
         if call.inplace:  # the network may read its input again: rectify it (primal and tangent)
             return self._inplace(call.input, z.mul_(m), zdot.mul_(m)), tau, pat
@@ -167,7 +163,7 @@ class _Dual:
 def _relu_pattern(z, zdot, negative_slope: float):
     """A ReLU's frozen pattern at ``z``: ``z > 0``, and on a kink (``z == 0``) the side the
     line moves into (``zdot > 0``; any tensor with ``zdot``'s sign there). Returns the factor
-    the ReLU applies, the pattern to hash, and the kinks (``z == 0``; None when there are none).
+    the ReLU applies, the pattern to hash, and the kinks (``z == 0``).
     For a plain ReLU the 0/1 factor is made straight in ``z``'s dtype (one kernel) and serves
     as the pattern too."""
     plain = pwl.is_plain_relu(negative_slope)
@@ -175,11 +171,10 @@ def _relu_pattern(z, zdot, negative_slope: float):
         mask = torch.gt(z, 0, out=torch.empty_like(z))
     else:
         mask = z > 0
+    # no `if zero.any():` here: on a GPU that read would wait for the device once per op and
+    # step; a kink exactly on a vertex is rare, and two elementwise passes cost less
     zero = z == 0
-    if bool(zero.any()):
-        mask.masked_fill_(zero & (zdot > 0), 1)
-    else:
-        zero = None
+    mask.masked_fill_(zero & (zdot > 0), 1)
     if plain:
         return mask, mask, zero
     # a PReLU's slopes are a tensor broadcast over the units

@@ -16,6 +16,7 @@ the arrays returned.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -23,10 +24,13 @@ import torch
 
 from .certificate import CertificateError, CertificateWarning, check_option, enforce
 from .prepared import PreparedModel, as_prepared, preflight, prepare
-from .pwl import UnsupportedOpError, default_row_block
+from .pwl import UnsupportedOpError
 from .result import RegionResult
 from .subdivide import subdivide
 from .walk import walk
+from .worksize import work_sizes
+
+log = logging.getLogger("pipeline.regions")
 
 __all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResult", "UnsupportedOpError", "METHODS",
            "CertificateError", "CertificateWarning"]
@@ -65,11 +69,12 @@ def _check_inputs(x0, x1):
     return x0, x1
 
 
-def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64,
+def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int | None = None,
                   device=None, keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
                   chunk_segments: int = 256, jvp: str = "stacked", scheduling: str = "continuous",
-                  max_vertices: int = 256, row_block: int | None = None,
-                  certify: str = "all", on_certificate: str = "raise", assume_affine=()) -> Iterator[RegionResult]:
+                  max_vertices: int | None = None, row_block: int | None = None,
+                  certify: str = "all", on_certificate: str = "raise", assume_affine=(),
+                  memory_bytes: int | None = None) -> Iterator[RegionResult]:
     """Stream :func:`discover` in chunks of consecutive segments, so memory stays bounded.
 
     Each yielded :class:`RegionResult` covers segments ``segment_index[0] ..
@@ -82,7 +87,7 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
     for chunk in _chunks(model, x0, x1, eps=eps, dtype=dtype, batch_size=batch_size, device=device,
                          keep_affine=keep_affine, progress=progress, method=method, chunk_segments=chunk_segments,
                          jvp=jvp, scheduling=scheduling, max_vertices=max_vertices, row_block=row_block,
-                         certify=certify, assume_affine=assume_affine):
+                         certify=certify, assume_affine=assume_affine, memory_bytes=memory_bytes):
         if isinstance(chunk, PreparedModel):
             prepared = chunk
             continue
@@ -90,10 +95,10 @@ def discover_iter(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batc
         yield chunk
 
 
-def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
+def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int | None = None, device=None,
             keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD, chunk_segments: int = 256,
-            jvp: str = "stacked", scheduling: str = "continuous", max_vertices: int = 256, row_block: int | None = None,
-            certify: str = "all", assume_affine=()):
+            jvp: str = "stacked", scheduling: str = "continuous", max_vertices: int | None = None,
+            row_block: int | None = None, certify: str = "all", assume_affine=(), memory_bytes: int | None = None):
     """:func:`discover_iter` without the certificate's verdict: yields the
     :class:`PreparedModel` first, then the chunks."""
     if method not in METHODS:
@@ -102,8 +107,8 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
         raise ValueError(f"dtype must be torch.float64 (default, as the paper) or torch.float32, got {dtype}")
     if not (0.0 < eps < 1.0):
         raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
-    if batch_size < 1 or chunk_segments < 1 or max_vertices < 4:
-        raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4")
+    if (batch_size is not None and batch_size < 1) or chunk_segments < 1 or (max_vertices is not None and max_vertices < 4):
+        raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4 (or None: sized for the device)")
     if certify not in CERTIFY:
         raise ValueError(f"certify must be one of {CERTIFY}, got {certify!r}")
     if jvp not in ("stacked", "dual"):
@@ -117,8 +122,9 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
     x0, x1 = x0.to(dtype), x1.to(dtype)
     device = prepared.device
     preflight(prepared, x0[:1], x1[:1])  # every op found, affine or refused by name, before any work
-    if row_block is None:
-        row_block = default_row_block(device, dtype, method)
+    sizes = work_sizes(prepared, x0[:1], method, batch_size=batch_size, max_vertices=max_vertices, row_block=row_block,
+                       memory_bytes=memory_bytes)
+    log.debug("work sizes: %s", sizes)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -126,12 +132,13 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
         bar = tqdm(total=x0.shape[0], unit="seg", desc=f"regions ({method})")
     try:
         if method == "walk":
-            chunks = walk(prepared, x0, x1, eps=eps, batch_size=batch_size, keep_affine=keep_affine,
-                          chunk_segments=chunk_segments, jvp=jvp, scheduling=scheduling, row_block=row_block,
-                          certify=certify, progress=bar)
+            chunks = walk(prepared, x0, x1, eps=eps, batch_size=sizes.batch_size, keep_affine=keep_affine,
+                          chunk_segments=chunk_segments, jvp=jvp, scheduling=scheduling, row_block=sizes.row_block,
+                          certify=certify, progress=bar, certify_rows=sizes.certify_rows)
         else:
-            chunks = subdivide(prepared, x0, x1, batch_size=batch_size, keep_affine=keep_affine, chunk_segments=chunk_segments,
-                               max_vertices=max_vertices, row_block=row_block, certify=certify, progress=bar)
+            chunks = subdivide(prepared, x0, x1, batch_size=sizes.batch_size, keep_affine=keep_affine,
+                               chunk_segments=chunk_segments, max_vertices=sizes.max_vertices, row_block=sizes.row_block,
+                               certify=certify, progress=bar, certify_rows=sizes.certify_rows)
         regions = 0
         for chunk in chunks:
             regions += chunk.n_regions
@@ -143,7 +150,7 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
             bar.close()
 
 
-def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int = 64, device=None,
+def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size: int | None = None, device=None,
              keep_affine: bool = True, progress: bool = False, method: str = DEFAULT_METHOD,
              on_certificate: str = "raise", **options) -> RegionResult:
     """Find every linear region of ``model`` along the segments ``x0[s] -> x1[s]``.
@@ -162,8 +169,10 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         ``eps`` are merged into a neighbour. ``subdivide`` is exact and ignores it.
     dtype : torch.float64 or torch.float32
         Working precision of the network (breakpoints and measures are always float64).
-    batch_size : int
-        Segments in flight at once.
+    batch_size : int, optional
+        Segments in flight at once. None (default): sized for the device
+        (:func:`pipeline.worksize.work_sizes`: 64 on the CPU; on a GPU from its free memory and
+        the network's bytes per row).
     device : torch.device or str, optional
         Defaults to the device of the model's parameters.
     keep_affine : bool
@@ -175,7 +184,8 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         layer, exactly. Same result.
     **options
         ``chunk_segments``, ``jvp`` ("stacked" or "dual"), ``scheduling`` ("continuous" or
-        "static", walk only), ``max_vertices`` (subdivide's chunk bound, default 256: peak memory is
+        "static", walk only), ``max_vertices`` (subdivide's chunk bound, default None: sized for
+        the device like ``batch_size``, 256 on the CPU: peak memory is
         about max_vertices x the largest activation x 8 bytes per live tensor; on VGG8 and
         ResNet18 256 ran 7-10% faster than 1024, likely because a chain of 1024 6x32x32
         maps is 50 MB, above glibc's 32 MB ceiling for reusing freed blocks, so each one is
@@ -190,7 +200,10 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         only the 16 per segment), ``assume_affine`` (a tuple of functions, e.g.
         ``(torch.where,)``, that the engine should treat as affine where it would refuse them:
         the escape hatch for an op you know to be affine on your network; the certificate
-        still checks every region, and names the op if it fails).
+        still checks every region, and names the op if it fails), ``memory_bytes`` (the memory
+        the work sizes are computed from, instead of half the GPU's free memory or the CPU's
+        tuned constants; an out-of-memory error is caught and the work redone at half the size
+        either way, see :mod:`pipeline.worksize`).
     on_certificate : {"raise", "warn"}
         What a failing certificate does. Every segment's ``continuity_gap`` (the largest
         disagreement between its maps and the network, see ``certify``) is compared with its

@@ -37,6 +37,7 @@ from . import allowlist, pwl
 from .fastops import PairAvgPool2d
 from .certificate import certify_regions
 from .result import RegionResult, assemble
+from .worksize import shrink_on_oom
 
 __all__ = ["subdivide", "trace", "Plan", "SplitRequest", "SubdivideMode", "run_graph"]
 
@@ -298,7 +299,8 @@ def _insert(chain: _Chain, plan: Plan, piece: torch.Tensor, tau: torch.Tensor, e
     width = chain.t[piece + 1] - chain.t[piece]
     keep = (tau * width > tol) & ((1.0 - tau) * width > tol)
     keep[1:] &= (piece[1:] != piece[:-1]) | ((tau[1:] - tau[:-1]) * width[1:] > tol)
-    piece, tau = piece[keep], tau[keep]
+    kept = keep.nonzero().squeeze(1)  # one wait for a GPU (two boolean-mask reads would be two)
+    piece, tau = piece[kept], tau[kept]
     if piece.numel() == 0:
         return
     n_new, v = piece.numel(), chain.t.numel()
@@ -499,9 +501,10 @@ def run_graph(plan: Plan, mode: SubdivideMode, chain, max_vertices: int, emit):
 
 def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, keep_affine: bool,
               chunk_segments: int, max_vertices: int, row_block: int = 0, certify: str = "all",
-              progress=None) -> Iterator[RegionResult]:
+              progress=None, certify_rows: int = 0) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
-    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
+    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a batch of
+    segments is redone with half the vertices per chain (and half the segments per batch)."""
     dtype, device = prepared.dtype, prepared.device
     example = x0[:1].to(device=device, dtype=dtype)
     plan = prepared.plan_for(example)
@@ -512,34 +515,38 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
     bcast = (-1,) + (1,) * (x0.ndim - 1)
     step = max(1, min(batch_size, chunk_segments))
+    rows = certify_rows or max(max_vertices, CERTIFY_ROWS)
     lo = 0
     while lo < n_seg:
         hi = min(n_seg, lo + max(chunk_segments, step))
-        parts_seg, parts_t, parts_f = [], [], []
-        for b0 in range(lo, hi, step):
-            b1 = min(hi, b0 + step)
-            seg = torch.arange(b0, b1, device=device).repeat_interleave(2)
-            t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device).repeat(b1 - b0)
-            xs0 = x0[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
-            ds = d_all[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
-            x = torch.addcmul(xs0, t.to(dtype).view(bcast), ds)
-            chain = _Chain(seg, t, {plan.input: x}, 0)
+        parts = []  # (seg, t, f) of each finished chain, on the device
+        b0 = lo
+        while b0 < hi:
+            def batch(vertices, b0=b0):  # one batch of segments; leaves nothing behind on failure
+                b1 = min(hi, b0 + max(1, min(step, vertices // 2)))
+                seg = torch.arange(b0, b1, device=device).repeat_interleave(2)
+                t = torch.tensor([0.0, 1.0], dtype=torch.float64, device=device).repeat(b1 - b0)
+                xs0 = x0[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
+                ds = d_all[b0:b1].to(device=device, dtype=dtype).repeat_interleave(2, 0)
+                x = torch.addcmul(xs0, t.to(dtype).view(bcast), ds)
+                done = []
+                with torch.no_grad():  # the chains' parts, kept on the device: one copy to the host per
+                    # chunk (_regions drops the vertex two parts of a split chain share)
+                    run_graph(plan, mode, _Chain(seg, t, {plan.input: x}, 0), vertices,
+                              lambda ch, out: done.append((ch.seg, ch.t, out.double())))
+                return done, b1
 
-            def emit(ch, out):
-                s, tt = ch.seg, ch.t
-                if parts_seg and parts_seg[-1][-1] == s[0] and parts_t[-1][-1] == tt[0]:
-                    s, tt, out = s[1:], tt[1:], out[1:]  # the vertex shared with the previous chunk
-                parts_seg.append(s.cpu())
-                parts_t.append(tt.cpu())
-                parts_f.append(out.double().cpu())
-
-            with torch.no_grad():
-                run_graph(plan, mode, chain, max_vertices, emit)
+            (done, b1), max_vertices = shrink_on_oom("subdivide: a batch of segments", max_vertices, batch, floor=4)
+            parts += done
             if progress is not None:
                 progress.update(b1 - b0)
-        yield _regions(prepared, x0, d_all, lo, hi, torch.cat(parts_seg).numpy(), torch.cat(parts_t).numpy(),
-                       torch.cat(parts_f).numpy(), length, max(max_vertices, CERTIFY_ROWS), keep_affine, tol, row_block,
-                       certify)
+            b0 = b1
+        seg, t, fv = (torch.cat(p).cpu().numpy() for p in zip(*parts))
+        (result, rows) = shrink_on_oom(
+            "subdivide: the certificate", rows,
+            lambda r: _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, r, keep_affine, tol, row_block, certify),
+            floor=1)
+        yield result
         lo = hi
 
 

@@ -32,6 +32,7 @@ they went from 5,843 to about the float64 count (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -40,6 +41,7 @@ import torch
 from .certificate import certify_regions
 from .linearize import PatternHash, forward_blocked, linearize
 from .result import RegionResult, assemble
+from .worksize import shrink_on_oom
 
 __all__ = ["walk"]
 
@@ -134,9 +136,10 @@ class _Slots:
 
 def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, keep_affine: bool,
          chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous", row_block: int = 0,
-         certify: str = "all", progress=None) -> Iterator[RegionResult]:
+         certify: str = "all", progress=None, certify_rows: int = 0) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
-    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`."""
+    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a pass is
+    redone in groups of half as many rows."""
     model, dtype, device = prepared.work, prepared.dtype, prepared.device
     n_seg = x0.shape[0]
     d_all = x1 - x0
@@ -160,16 +163,21 @@ def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size
         x = torch.addcmul(slots.x0, slots.t_cur.view(bcast).to(dtype), slots.d)
         if stacked is None or stacked.shape[0] != 2 * x.shape[0]:
             stacked = torch.empty((2 * x.shape[0], *x.shape[1:]), dtype=dtype, device=device)
-        f, fdot, tau, pattern = linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=row_block,
-                                          pattern=hasher, assumed=prepared.assumed)
+        whole = row_block or 2 * x.shape[0]
+        (f, fdot, tau, pattern), rows = shrink_on_oom(
+            "walk: a linearising pass", whole,
+            lambda rb: linearize(model, x, slots.d, jvp=jvp, out=stacked, row_block=rb, pattern=hasher,
+                                 assumed=prepared.assumed), floor=2)
+        if rows < whole:  # out of memory: smaller groups from now on
+            row_block = rows
         if buffer is None:
             buffer = _RegionBuffer(_STEPS_PER_FLUSH * width, f.shape[1], device)
         t_cur = slots.t_cur
         exit_t = t_cur + tau
+        # a row with nan or inf ends its segment (exit at inf) and is reported below with the
+        # other finished segments: no `if bad.any():`, which would wait for a GPU every step
         bad = torch.isnan(exit_t) | ~torch.isfinite(fdot).all(1) | ~torch.isfinite(f).all(1)
-        if bad.any():
-            raise FloatingPointError(f"the network produced nan or inf inside segment(s) {slots.seg[bad].tolist()[:5]}: "
-                                     "check the weights and the input scale (overflow?)")
+        exit_t = exit_t.masked_fill(bad, math.inf)
         fdot64 = fdot.double()
         # the same activation pattern as the last step: the step did not get past the kink it
         # aimed at (rounding), so this row continues the last one's region
@@ -185,28 +193,35 @@ def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size
         done_idx = done.nonzero().flatten()
         if done_idx.numel() == 0:
             continue
-        finished[slots.seg[done_idx].cpu().numpy()] = True
+        segs, bad_done = torch.stack([slots.seg[done_idx], bad[done_idx].long()]).cpu().numpy()
+        if bad_done.any():  # host memory: no wait
+            raise FloatingPointError(f"the network produced nan or inf inside segment(s) "
+                                     f"{segs[bad_done.astype(bool)].tolist()[:5]}: check the weights and the input "
+                                     "scale (overflow?)")
+        finished[segs] = True
         if progress is not None:
             progress.update(done_idx.numel())
         keep = ~done
+        loaded = 0
         if scheduling == "continuous":  # refill the finished slots at once
             loaded = slots.load(done_idx, queued, n_seg)
             queued += loaded
             keep[done_idx[:loaded]] = True
-        if not bool(keep.all()):
+        if loaded < done_idx.numel():  # slots left empty
             slots.keep(keep)
         while ready < n_seg and finished[ready]:
             ready += 1
         while ready - emitted >= chunk_segments or emitted < ready == n_seg:
             hi = min(ready, emitted + chunk_segments)
             yield _emit(prepared, buffer, x0, x1, d_all, emitted, hi, length, width, keep_affine, row_block, certify,
-                        eps)
+                        eps, certify_rows or _CERTIFY_ROWS)
             emitted = hi
         if ready == n_seg:
             return
 
 
-def _emit(prepared, buffer, x0, x1, d_all, lo, hi, length, batch, keep_affine, row_block, certify, eps) -> RegionResult:
+def _emit(prepared, buffer, x0, x1, d_all, lo, hi, length, batch, keep_affine, row_block, certify, eps,
+          certify_rows) -> RegionResult:
     model, dtype, device = prepared.work, prepared.dtype, prepared.device
     rows = buffer.take(lo, hi)
     k, c = buffer.k, buffer.C
@@ -227,8 +242,10 @@ def _emit(prepared, buffer, x0, x1, d_all, lo, hi, length, batch, keep_affine, r
     # the network at each region's midpoint against its map, as subdivide's certificate: the
     # agreement at breakpoints and ends alone misses a kink the linearisation cannot see (a
     # region whose map is the chord of a bent function agrees at both its ends)
-    gap, screen_tol = certify_regions(prepared, certify, x0, d_all, lo, hi, seg + lo, 0.5 * (t_start + t_end),
-                                      intercept, slope, f0, f1, intercept + slope * t_start[:, None],
-                                      _CERTIFY_ROWS, row_block, traced=False)
+    (gap, screen_tol), _ = shrink_on_oom(
+        "walk: the certificate", certify_rows,
+        lambda rows: certify_regions(prepared, certify, x0, d_all, lo, hi, seg + lo, 0.5 * (t_start + t_end),
+                                     intercept, slope, f0, f1, intercept + slope * t_start[:, None], rows,
+                                     row_block, traced=False))
     return assemble(np.arange(lo, hi), seg, t_start, t_end, intercept, slope, f0, f1, length[lo:hi], keep_affine,
                     extra_gap=gap, certificate_tol=screen_tol, dtype=dtype, sliver_eps=eps)
