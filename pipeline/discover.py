@@ -204,7 +204,7 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
 
     store = Path(store)
     dtype = _torch_dtype(cfg)
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = _device(cfg)
     k = _n_outputs(model, x0)
     path_config = path_config if path_config is not None else attrs["paths"]
     attrs = {**attrs, **engine_attrs(cfg), "path_set": path_set_id(path_config), "n_shards": cfg.n_shards,
@@ -214,6 +214,10 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
         _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
                      device, progress, deep, attrs)
     return shard_status(store)  # what was not rewritten was judged above
+
+
+def _device(cfg: DiscoverConfig) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
 
 
 def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *, shards=None,
@@ -232,7 +236,7 @@ def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *
              "n_planes": planes.n_planes, "K": k, "keep_affine": cfg.store.keep_affine,
              "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
     for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
-        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs)
+        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, _device(cfg))
     return shard_status(store)
 
 
@@ -289,7 +293,7 @@ def _warn_uncertified(chunk_failed: int, store, shard, attrs, what: str):
                     _where(store, shard, attrs))
 
 
-def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs):
+def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, device):
     from .plane_store import PlaneShardWriter
     from .planes import discover_plane_iter
 
@@ -304,10 +308,10 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attr
     from .prepared import prepare
     from .store import uncertified
 
-    ready = prepare(model, dtype, "cpu")
+    ready = prepare(model, dtype, device)
     try:
         for chunk in discover_plane_iter(ready, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
-                                         device="cpu", domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
+                                         device=device, max_vertices=cfg.max_vertices, domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
                                          progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify,
                                          on_certificate=cfg.on_certificate):
             writer.write(chunk)

@@ -283,7 +283,7 @@ class PatternHash:
             top = 255 if flat.dtype == torch.long else 1
             bits = max(53 - (n * top).bit_length(), 1)
             g = torch.Generator().manual_seed(1_000_003 * (call + 1) + n)
-            w = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.long).to(device=flat.device,
+            w = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.long, device="cpu").to(device=flat.device,
                                                                                    dtype=torch.float64)
             self.weights[key] = w
         return torch.mv(flat.to(torch.float64), w)

@@ -52,6 +52,7 @@ from .certificate import CertificateError, CertificateWarning, check_option, enf
 from .linearize import forward_blocked
 from .prepared import as_prepared, preflight
 from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
+from .worksize import shrink_on_oom, work_sizes
 
 __all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol",
            "CertificateError", "CertificateWarning"]
@@ -216,8 +217,9 @@ class _Tile:
         target = max(1, size // 2)
         off = _offsets(self.count).cpu()
         group = off[:-1] // target
-        starts = torch.cat([torch.zeros(1, dtype=torch.long), (group[1:] != group[:-1]).nonzero().flatten() + 1,
-                            torch.tensor([self.count.numel()])]).tolist()
+        starts = torch.cat([torch.zeros(1, dtype=torch.long, device="cpu"),  # host offsets: one wait per split
+                            (group[1:] != group[:-1]).nonzero().flatten() + 1,
+                            torch.tensor([self.count.numel()], device="cpu")]).tolist()
         out = []
         for p0, p1 in zip(starts[:-1], starts[1:]):
             a, b = int(off[p0]), int(off[p1])
@@ -302,11 +304,12 @@ class _PlaneMode(SubdivideMode):
         row the position of its own; cached until the tile's vertices change."""
         tile = self.chain
         if self._rows_key is not tile.uv:
-            piece = torch.repeat_interleave(torch.arange(tile.count.numel()), tile.count)
+            piece = torch.repeat_interleave(torch.arange(tile.count.numel(), device=tile.count.device), tile.count)
             key = torch.cat([tile.plane[piece].view(-1, 1), tile.uv.contiguous().view(torch.int64)], 1)
             _, inverse = torch.unique(key, dim=0, return_inverse=True)
-            first = torch.empty(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.long)
-            first.scatter_(0, inverse, torch.arange(inverse.numel()))
+            first = torch.empty(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=torch.long,
+                                device=inverse.device)
+            first.scatter_(0, inverse, torch.arange(inverse.numel(), device=inverse.device))
             self._rows_key, self._rows = tile.uv, (first, inverse)
         return self._rows
 
@@ -389,7 +392,7 @@ class _PlaneMode(SubdivideMode):
         while act[1].numel():
             cnt = act[1]
             pa = cnt.numel()
-            piece = torch.repeat_interleave(torch.arange(pa), cnt)
+            piece = torch.repeat_interleave(torch.arange(pa, device=cnt.device), cnt)
             za = act[5][z_slot]
             if call.kind == "max":
                 feats = self._windows(call, za)
@@ -442,7 +445,7 @@ class _PlaneMode(SubdivideMode):
         needu = (mx > tol) & (mn < -tol)
         need = needu.any(1)
         # the offending unit of highest priority, priorities drawn at random every round
-        prio = torch.randperm(needu.shape[1], generator=self.gen, dtype=torch.int32) + 1
+        prio = torch.randperm(needu.shape[1], generator=self.gen, dtype=torch.int32, device="cpu").to(needu.device) + 1
         unit = torch.where(needu, prio, 0).argmax(1)  # (Pa,)
         s = lev.gather(1, unit[piece].view(-1, 1)).flatten()
         return need, s, tol[unit], needu.any(0).nonzero().flatten()
@@ -459,16 +462,17 @@ class _PlaneMode(SubdivideMode):
         bad = worst.amin(2) > tol  # (Pa, W)
         live = bad.any(0).nonzero().flatten()
         bad_p, bad_w = bad.nonzero(as_tuple=True)
-        need = torch.zeros(pa, dtype=torch.bool)
-        s = torch.zeros(win.shape[0], dtype=torch.float64)
-        stol = torch.zeros(pa, dtype=torch.float64)
+        dev = win.device
+        need = torch.zeros(pa, dtype=torch.bool, device=dev)
+        s = torch.zeros(win.shape[0], dtype=torch.float64, device=dev)
+        stol = torch.zeros(pa, dtype=torch.float64, device=dev)
         if bad_p.numel() == 0:
             return need, s, stol, live
         # candidate pairs: vertex i's argmax a, vertex j's argmax b; z_a - z_b is gap_b(i) >= 0
         # at i and -gap_a(j) <= 0 at j: a strict cut iff both exceed tol
         off = _offsets(cnt)
         m = int(cnt.max())
-        col = torch.arange(m)
+        col = torch.arange(m, device=dev)
         rows = off[bad_p].view(-1, 1) + torch.minimum(col.view(1, -1), cnt[bad_p].view(-1, 1) - 1)  # (nb, M)
         a_idx = arg[rows, bad_w.view(-1, 1)]  # (nb, M)
         g = gap[rows, bad_w.view(-1, 1)]  # (nb, M, kk)
@@ -483,18 +487,18 @@ class _PlaneMode(SubdivideMode):
         # the line z_a - z_b with a, b the argmaxes at vertices i, j: > tol at i, < -tol at j
         a, b = a_idx[real].gather(1, i.view(-1, 1)).flatten(), a_idx[real].gather(1, j.view(-1, 1)).flatten()
         # one window per piece, at random
-        key = torch.rand(bad_p.numel(), generator=self.gen, dtype=torch.float64)
-        best_key = torch.full((pa,), -1.0, dtype=torch.float64).scatter_reduce_(0, bad_p, key, "amax")
+        key = torch.rand(bad_p.numel(), generator=self.gen, dtype=torch.float64, device="cpu").to(dev)  # the CPU's draws
+        best_key = torch.full((pa,), -1.0, dtype=torch.float64, device=dev).scatter_reduce_(0, bad_p, key, "amax")
         pick = (key == best_key[bad_p]).nonzero().flatten()
-        pick = pick[torch.cat([torch.ones(1, dtype=torch.bool), bad_p[pick][1:] != bad_p[pick][:-1]])] \
+        pick = pick[torch.cat([torch.ones(1, dtype=torch.bool, device=dev), bad_p[pick][1:] != bad_p[pick][:-1]])] \
             if pick.numel() else pick
         pp, ww, aa, bb = bad_p[pick], bad_w[pick], a[pick], b[pick]
         need[pp] = True
         stol[pp] = tol[ww]
-        wpiece = torch.full((pa,), 0, dtype=torch.long)
+        wpiece = torch.full((pa,), 0, dtype=torch.long, device=dev)
         apiece, bpiece = wpiece.clone(), wpiece.clone()
         wpiece[pp], apiece[pp], bpiece[pp] = ww, aa, bb
-        v = torch.arange(win.shape[0])
+        v = torch.arange(win.shape[0], device=dev)
         wv = wpiece[piece]
         s = win[v, wv, apiece[piece]] - win[v, wv, bpiece[piece]]
         s = torch.where(need[piece], s, 0.0)
@@ -507,7 +511,7 @@ class _PlaneMode(SubdivideMode):
         plane, _, uv, h1, h2, vals = act
         va = int(cnt.sum())
         off = _offsets(cnt)
-        nxt = torch.arange(va) + 1
+        nxt = torch.arange(va, device=cnt.device) + 1
         nxt[off[1:] - 1] = off[:-1]
         t = stol[piece]
         side = (s > t).long() - (s < -t).long()
@@ -525,10 +529,10 @@ class _PlaneMode(SubdivideMode):
         for sign in (1, -1):
             on_side = (side[cut_rows] * sign) >= 0
             cr = cross[cut_rows]
-            mask = torch.stack([on_side, cr], 1).flatten()
-            streams_a.append(torch.stack([cut_rows, cut_rows], 1).flatten()[mask])
-            streams_b.append(torch.stack([cut_rows, nxt[cut_rows]], 1).flatten()[mask])
-            streams_w.append(torch.stack([torch.zeros_like(w[cut_rows]), w[cut_rows]], 1).flatten()[mask])
+            sel = torch.stack([on_side, cr], 1).flatten().nonzero().squeeze(1)  # one wait, three gathers
+            streams_a.append(torch.stack([cut_rows, cut_rows], 1).flatten()[sel])
+            streams_b.append(torch.stack([cut_rows, nxt[cut_rows]], 1).flatten()[sel])
+            streams_w.append(torch.stack([torch.zeros_like(w[cut_rows]), w[cut_rows]], 1).flatten()[sel])
             counts.append(torch.bincount(piece[streams_a[-1]], minlength=cnt.numel())[cut_pieces])
         a, b, w = torch.cat(streams_a), torch.cat(streams_b), torch.cat(streams_w)
         count, parent = torch.cat(counts), torch.cat([cut_pieces, cut_pieces])
@@ -537,9 +541,9 @@ class _PlaneMode(SubdivideMode):
         ok = area >= self.min_area
         if not bool(ok.all()):
             gone = (~ok).nonzero().flatten()
-            pl = plane[parent[gone]].numpy()
+            pl = plane[parent[gone]].cpu().numpy()
             np.add.at(self.dropped_pieces, pl, 1)
-            np.add.at(self.dropped_area, pl, area[gone].clamp_min(0).numpy())
+            np.add.at(self.dropped_area, pl, area[gone].clamp_min(0).cpu().numpy())
             vok = torch.repeat_interleave(ok, count)
             a, b, w, uv_new = a[vok], b[vok], w[vok], uv_new[vok]
             count, parent = count[ok], parent[ok]
@@ -556,13 +560,13 @@ class _PlaneMode(SubdivideMode):
 
     # ------------------------------------------------------------------ patterns
 
-    def _table(self, units: int, states: int):
-        key = (self.index, units, states)
+    def _table(self, units: int, states: int, device):
+        key = (self.index, units, states, device)
         if key not in self.tables:
             g = torch.Generator().manual_seed(1_000_003 * (self.index + 1) + 7919 * states + units)
             big = 2 ** 62
-            self.tables[key] = tuple(torch.randint(-big, big, (units * states,), generator=g, dtype=torch.long)
-                                     for _ in range(2))
+            self.tables[key] = tuple(torch.randint(-big, big, (units * states,), generator=g, dtype=torch.long,
+                                                   device="cpu").to(device) for _ in range(2))
         return self.tables[key]
 
     def _record(self, call, z, tol):
@@ -573,7 +577,7 @@ class _PlaneMode(SubdivideMode):
         so that rounding noise does not split one pattern in two."""
         tile = self.chain
         p = tile.count.numel()
-        piece = torch.repeat_interleave(torch.arange(p), tile.count)
+        piece = torch.repeat_interleave(torch.arange(p, device=tile.count.device), tile.count)
         n = tile.count.to(torch.float64)
         if call.kind == "max":
             win = self._windows(call, z).double()
@@ -591,8 +595,8 @@ class _PlaneMode(SubdivideMode):
                 hi = call.hi + (tol[-u:] if math.isfinite(call.hi) else 0.0)
                 state, states = (mean > lo).long() + (mean > hi).long(), 3
         units = state.shape[1]
-        idx = torch.arange(units).view(1, -1) * states + state
-        t1, t2 = self._table(units, states)
+        idx = torch.arange(units, device=state.device).view(1, -1) * states + state
+        t1, t2 = self._table(units, states, state.device)
         tile.h1 = tile.h1 * _MIX1 + t1[idx].sum(1)
         tile.h2 = tile.h2 * _MIX2 + t2[idx].sum(1)
         return state, piece
@@ -624,24 +628,6 @@ def _check_planes(x0, x1, x2):
     return xs
 
 
-def _largest_activation(prepared, x) -> int:
-    """Elements per row of the largest tensor a forward of one input makes (sets max_vertices)."""
-    from torch.overrides import TorchFunctionMode
-
-    class _Sizes(TorchFunctionMode):
-        biggest = x[0].numel()
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            if isinstance(out, torch.Tensor) and out.ndim >= 1 and out.shape[0] == 1:
-                _Sizes.biggest = max(_Sizes.biggest, out[0].numel())
-            return out
-
-    with torch.no_grad(), _Sizes():
-        prepared.work(x[:1])
-    return _Sizes.biggest
-
-
 def default_rel_tol(dtype) -> float:
     """The default ``rel_tol`` in ``dtype``: 64 machine epsilons."""
     return 64 * torch.finfo(dtype).eps
@@ -651,7 +637,8 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
                         keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                         max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
                         certify: str | None = "all", row_block: int | None = None,
-                        seed: int = 0, on_certificate: str = "raise", assume_affine=()) -> Iterator[PlaneResult]:
+                        seed: int = 0, on_certificate: str = "raise", assume_affine=(),
+                        memory_bytes: int | None = None) -> Iterator[PlaneResult]:
     """Stream :func:`discover_plane` over chunks of ``chunk_planes`` consecutive planes; a chunk
     whose certificate fails raises :class:`CertificateError` before it is yielded (see
     ``on_certificate`` in :func:`discover_plane`)."""
@@ -659,7 +646,7 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
     chunks = _plane_chunks(model, x0, x1, x2, dtype=dtype, device=device, domain=domain, keep_affine=keep_affine,
                            progress=progress, chunk_planes=chunk_planes, max_vertices=max_vertices, rel_tol=rel_tol,
                            min_area=min_area, certify=certify, row_block=row_block, seed=seed,
-                           assume_affine=assume_affine)
+                           assume_affine=assume_affine, memory_bytes=memory_bytes)
     prepared = next(chunks)
     for chunk in chunks:
         enforce(chunk.continuity_gap, chunk.gap_tol, chunk.plane_index, "plane", prepared, on_certificate)
@@ -669,7 +656,8 @@ def discover_plane_iter(model, x0, x1, x2, *, dtype=torch.float64, device=None, 
 def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain: str = "triangle",
                   keep_affine: bool = True, progress: bool = False, chunk_planes: int = 8,
                   max_vertices: int | None = None, rel_tol: float | None = None, min_area: float = MIN_AREA,
-                  certify: str | None = "all", row_block: int | None = None, seed: int = 0, assume_affine=()):
+                  certify: str | None = "all", row_block: int | None = None, seed: int = 0, assume_affine=(),
+                  memory_bytes: int | None = None):
     """:func:`discover_plane_iter` without the certificate's verdict: yields the
     :class:`pipeline.prepared.PreparedModel` first, then the chunks."""
     if isinstance(certify, bool):
@@ -685,23 +673,19 @@ def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain
     if not (0.0 <= min_area < 1e-3):
         raise ValueError(f"min_area is a fraction of the domain's area, in [0, 1e-3); got {min_area}")
     prepared = as_prepared(model, dtype, device, assume_affine)
-    if prepared.device.type != "cpu":
-        raise ValueError("discover_plane runs on the CPU only for now (device='cpu')")
     x0, x1, x2 = (x.to(dtype) for x in _check_planes(x0, x1, x2))
     preflight(prepared, x0[:1], x1[:1])  # every op found, affine or refused by name, before any work
     example = x0[:1].to(device=prepared.device)
     plan = prepared.plan_for(example)
-    if row_block is None:
-        row_block = pwl.default_row_block(prepared.device, dtype, "subdivide")
+    sizes = work_sizes(prepared, x0[:1], "planes", max_vertices=max_vertices, row_block=row_block,
+                       memory_bytes=memory_bytes)
+    row_block, max_vertices = sizes.row_block, sizes.max_vertices
     if rel_tol is None:
         rel_tol = default_rel_tol(dtype)
-    if max_vertices is None:
-        with torch.no_grad():
-            biggest = _largest_activation(prepared, x0)
-        max_vertices = int(min(16384, max(256, 2 ** 23 // max(1, biggest))))
     yield prepared
     corners, dom_area = DOMAINS[domain]
-    cuv = torch.tensor(corners, dtype=torch.float64)
+    dev = prepared.device
+    cuv = torch.tensor(corners, dtype=torch.float64, device=dev)
     n_planes = x0.shape[0]
     d1, d2 = x1 - x0, x2 - x0
     a = d1.double().reshape(n_planes, -1)
@@ -718,32 +702,38 @@ def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain
         for lo in range(0, n_planes, chunk_planes):
             hi = min(n_planes, lo + chunk_planes)
             n = hi - lo
-            c = cuv.shape[0]
-            u = cuv[:, 0].repeat(n)
-            v = cuv[:, 1].repeat(n)
-            rep = lambda t: t[lo:hi].repeat_interleave(c, 0)
-            x = rep(x0) + u.to(dtype).view(bcast) * rep(d1) + v.to(dtype).view(bcast) * rep(d2)
-            plane = torch.arange(n)
-            tile = _Tile(plane, torch.full((n,), c, dtype=torch.long), cuv.repeat(n, 1), {plan.input: x}, 0,
-                         torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
-            mode = _PlaneMode(plan, row_block, max_vertices, rel_tol, min_area * dom_area, n, seed, prepared.assumed,
-                              example)
-            parts = []
 
-            def emit(t, out):
-                parts.append((t.plane.clone(), t.count.clone(), t.uv.clone(), out.double().cpu(), t.h1.clone(),
-                              t.h2.clone()))
+            def chunk(vertices, lo=lo, hi=hi, n=n):  # leaves nothing behind when it fails
+                c = cuv.shape[0]
+                u = cuv[:, 0].repeat(n)
+                v = cuv[:, 1].repeat(n)
+                rep = lambda t: t[lo:hi].to(dev).repeat_interleave(c, 0)  # noqa: E731
+                x = rep(x0) + u.to(dtype).view(bcast) * rep(d1) + v.to(dtype).view(bcast) * rep(d2)
+                plane = torch.arange(n, device=dev)
+                tile = _Tile(plane, torch.full((n,), c, dtype=torch.long, device=dev), cuv.repeat(n, 1),
+                             {plan.input: x}, 0, torch.zeros(n, dtype=torch.long, device=dev),
+                             torch.zeros(n, dtype=torch.long, device=dev))
+                mode = _PlaneMode(plan, row_block, vertices, rel_tol, min_area * dom_area, n, seed, prepared.assumed,
+                                  example)
+                parts = []
 
-            with torch.no_grad():
-                # the corners x0, x1, x2 (and x1 + x2 - x0 for the parallelogram)
-                f_corners = forward_blocked(prepared.work, x, row_block).double().reshape(n, c, -1)
-                if c == 4:
-                    f_corners = f_corners[:, [0, 1, 3, 2]]
-                run_graph(plan, mode, tile, max_vertices, emit)
-            cat = lambda k: torch.cat([p[k] for p in parts]).numpy()
-            yield _assemble(prepared, domain, np.arange(lo, hi), x0[lo:hi], d1[lo:hi], d2[lo:hi], input_area[lo:hi],
-                            f_corners.numpy(), cat(0), cat(1), cat(2), cat(3), cat(4), cat(5), mode, keep_affine,
-                            certify, row_block)
+                def emit(t, out):  # kept on the device until the chunk is done: one copy to the host
+                    parts.append((t.plane.clone(), t.count.clone(), t.uv.clone(), out.double(), t.h1.clone(),
+                                  t.h2.clone()))
+
+                with torch.no_grad():
+                    # the corners x0, x1, x2 (and x1 + x2 - x0 for the parallelogram)
+                    f_corners = forward_blocked(prepared.work, x, row_block).double().reshape(n, c, -1)
+                    if c == 4:
+                        f_corners = f_corners[:, [0, 1, 3, 2]]
+                    run_graph(plan, mode, tile, vertices, emit)
+                cat = lambda k: torch.cat([p[k] for p in parts]).cpu().numpy()  # noqa: E731
+                return _assemble(prepared, domain, np.arange(lo, hi), x0[lo:hi], d1[lo:hi], d2[lo:hi],
+                                 input_area[lo:hi], f_corners.cpu().numpy(), cat(0), cat(1), cat(2), cat(3), cat(4),
+                                 cat(5), mode, keep_affine, certify, row_block)
+
+            result, max_vertices = shrink_on_oom("planes: a chunk of planes", max_vertices, chunk, floor=16)
+            yield result
             if bar is not None:
                 bar.update(n)
     finally:
@@ -765,7 +755,8 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
     x0, x1, x2 : Tensor or ndarray, shape ``(P, *input_shape)``
         The corners of each plane's domain.
     dtype, device
-        Working precision (float64 default) and device (CPU only for now).
+        Working precision (float64 default) and device (default: the model's; a GPU gives the
+        CPU's regions: the random choices are drawn on the CPU and moved).
     domain : {"triangle", "parallelogram"}
         ``u, v >= 0, u + v <= 1`` (area 1/2), or the unit square in ``(u, v)``.
     keep_affine : bool
@@ -925,8 +916,8 @@ def _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, 
             for r0 in range(0, which.size, CERTIFY_ROWS):
                 sl = which[r0:r0 + CERTIFY_ROWS]
                 p = idx_plane[sl]
-                xs = (x0d[p] + cu[sl] * d1d[p] + cv[sl] * d2d[p]).to(dt)
-                ys[r0:r0 + sl.size] = forward_blocked(model, xs, rows).double().reshape(sl.size, -1).numpy()
+                xs = (x0d[p] + cu[sl] * d1d[p] + cv[sl] * d2d[p]).to(device=prepared.device, dtype=dt)
+                ys[r0:r0 + sl.size] = forward_blocked(model, xs, rows).double().reshape(sl.size, -1).cpu().numpy()
         with np.errstate(invalid="ignore"):
             err = np.abs(ys - pred[which]).max(axis=1, initial=0.0)
         err[~np.isfinite(ys).all(axis=1)] = np.inf

@@ -119,7 +119,7 @@ class _Slots:
         """Put segments ``first, first+1, ... < last`` into slots ``idx``; returns how many."""
         n = min(idx.numel(), last - first)
         if n:
-            new = torch.arange(first, first + n)
+            new = torch.arange(first, first + n, device=self.x0_all.device)
             dst = idx[:n]
             self.seg[dst] = new.to(self.device)
             self.x0[dst] = self.x0_all[new].to(device=self.device, dtype=self.dtype)

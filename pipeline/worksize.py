@@ -25,7 +25,7 @@ import torch
 
 from . import pwl
 
-__all__ = ["WorkSizes", "work_sizes", "bytes_per_row", "shrink_on_oom", "DeviceMemoryError"]
+__all__ = ["WorkSizes", "work_sizes", "largest_activation", "bytes_per_row", "shrink_on_oom", "DeviceMemoryError"]
 
 log = logging.getLogger("pipeline.worksize")
 T = TypeVar("T")
@@ -51,24 +51,29 @@ class WorkSizes:
     why: str  # one line: where the sizes came from
 
 
+def largest_activation(prepared, example: torch.Tensor) -> int:
+    """Elements per row of the largest tensor a forward of one input of ``prepared`` makes
+    (run once on ``example``'s first row; functional ops included)."""
+    from torch.overrides import TorchFunctionMode
+
+    biggest = example[0].numel()
+
+    class _Sizes(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            nonlocal biggest
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.ndim >= 1 and out.shape[0] == 1:
+                biggest = max(biggest, out[0].numel())
+            return out
+
+    with torch.no_grad(), _Sizes():
+        prepared.work(example[:1].to(device=prepared.device, dtype=prepared.dtype))
+    return biggest
+
+
 def bytes_per_row(prepared, example: torch.Tensor) -> int:
-    """Bytes one input row needs in a plain forward of ``prepared`` (its largest activation,
-    measured by running it once on ``example``'s first row)."""
-    biggest = 0
-
-    def hook(_module, _inputs, out):
-        nonlocal biggest
-        if isinstance(out, torch.Tensor):
-            biggest = max(biggest, out[:1].numel() * out.element_size())
-
-    handles = [m.register_forward_hook(hook) for m in prepared.work.modules()]
-    try:
-        with torch.no_grad():
-            y = prepared.work(example[:1].to(device=prepared.device, dtype=prepared.dtype))
-    finally:
-        for h in handles:
-            h.remove()
-    return max(biggest, example[:1].numel() * example.element_size(), y.numel() * y.element_size(), 1)
+    """Bytes of the largest tensor one input row makes in a forward of ``prepared``."""
+    return largest_activation(prepared, example) * torch.finfo(prepared.dtype).bits // 8
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -86,7 +91,10 @@ def work_sizes(prepared, example: torch.Tensor, method: str, *, batch_size: int 
     if row_block is None:
         row_block = pwl.default_row_block(device, dtype, "subdivide" if method == "planes" else method)
     if memory_bytes is None and device.type == "cpu":
-        return WorkSizes(batch_size or 64, max_vertices or 256, row_block, max(max_vertices or 256, 1024),
+        if max_vertices is None:  # planes: tiles of at most 64 MiB of float64 activations
+            max_vertices = (int(min(16384, max(256, 2 ** 23 // largest_activation(prepared, example))))
+                            if method == "planes" else 256)
+        return WorkSizes(batch_size or 64, max_vertices, row_block, max(max_vertices, 1024),
                          "CPU defaults (tuned for its caches)")
     if memory_bytes is None:
         memory_bytes = int(MEMORY_FRACTION * _free_bytes(device))
