@@ -355,7 +355,7 @@ def run(device: torch.device, quick: bool, work_sizes, reps: int, cpu_reps: int,
             cpu_ref[load.name, dtype] = (row, res)
             _log(row)
     last = {}  # (network, dtype) -> median seconds at the previous work size: the estimate for the next
-    for i, work in enumerate(work_sizes):  # all networks at one work size, then the next, larger one
+    for i, work in enumerate(work_sizes):  # all networks at one work size, then the next
         for load in loads:
             for dtype in (torch.float64, torch.float32):
                 base_row, base = cpu_ref[load.name, dtype]
@@ -386,7 +386,7 @@ def run(device: torch.device, quick: bool, work_sizes, reps: int, cpu_reps: int,
                     else:
                         check.update(compare_lines(base, res))
                     report["checks"].append(check)
-        if i == 0:  # correctness first: the walk and the plane before the larger work sizes
+        if i == 0:  # correctness first: the walk and the plane before the other work sizes
             report["checks"].extend(_other_checks(nets.get("vgg8") or _network("vgg8"), device))
     report["float32"] = _float32_counts(rows)
     report["wall_s"] = budget.elapsed()
