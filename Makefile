@@ -3,9 +3,12 @@
 # make test-fast  skip the slow integration tests
 # make bench  the region-engine benchmark (minutes; writes bench/results/)
 # make compare  our methods against the published cost model and regioncam, side by side (minutes)
+# make gpu-check  the engine on this machine's GPU against its CPU: CUDA tests, equality, regions/s
+#                 (at most 5 min; writes bench/results/gpu-check/gpu-check.{json,md}; needs only torch
+#                 and numpy, so on a GPU node without .venv: make gpu-check PY=python3)
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench compare clean
+.PHONY: venv demo test test-fast bench compare gpu-check clean
 venv:
 	bash scripts/setup-venv.sh
 
@@ -24,6 +27,9 @@ bench: venv
 compare: venv
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/compare.py --reps 3 --threads 1,2
+
+gpu-check:
+	$(PY) bench/gpu.py --out bench/results/gpu-check
 
 clean:
 	rm -rf .pytest_cache build *.egg-info
