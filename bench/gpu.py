@@ -53,12 +53,13 @@ from pipeline.census import HostSyncCensus  # noqa: E402
 from pipeline.planes import discover_plane  # noqa: E402
 from pipeline.prepared import prepare  # noqa: E402
 from pipeline.regions import discover  # noqa: E402
+from pipeline.worksize import work_sizes  # noqa: E402
 
 RTOL = 1e-9  # float64 results on the device against the CPU's, relative to each array's largest value
 CPU_WORK_SIZE = (64, 256)  # the engine's CPU defaults (batch_size, max_vertices)
 # the device-sized work first (its rows and the equality checks run before the budget can skip
 # anything); the CPU's size last on CUDA, where it is the one most likely to be slow
-WORK_SIZES = {"cuda": "1024x65536,256x4096,64x256", "cpu": "64x256,256x4096"}
+WORK_SIZES = {"cuda": "auto,1024x65536,64x256", "cpu": "64x256,256x4096"}
 ROW_S = 30.0  # no further timed runs of a row once its runs took this long (at least one runs)
 QUICK_FRACTION = 1 / 32  # --quick: the first 1/32 of one segment per network (the same code, ~1/100 of the work)
 PLANE_SCALE = 0.005  # the plane: a small triangle at the path's first anchor (about 100 regions on VGG8)
@@ -131,14 +132,25 @@ def workloads(quick: bool, vgg_segments: int = 4, resnet_segments: int = 1) -> l
 
 
 def parse_work_sizes(text: str) -> list[tuple[int, int]]:
-    """``"64x256,256x4096"`` -> ``[(64, 256), (256, 4096)]`` (batch_size x max_vertices)."""
+    """``"auto,64x256,256x4096"`` -> ``[(0, 0), (64, 256), (256, 4096)]`` (batch_size x max_vertices;
+    ``auto``, kept as 0 x 0: the engine's own sizes for the device, :mod:`pipeline.worksize`)."""
     out = []
     for item in text.split(","):
+        if item.strip() == "auto":  # sized for the device by the engine (pipeline/worksize.py)
+            out.append((0, 0))
+            continue
         bs, _, mv = item.strip().partition("x")
         if not (bs.isdigit() and mv.isdigit()) or int(bs) < 1 or int(mv) < 2:
             raise argparse.ArgumentTypeError(f"work size {item!r} is not BATCHxVERTICES, e.g. 256x4096")
         out.append((int(bs), int(mv)))
     return out
+
+
+def _size(row) -> str:
+    if row["batch_size"]:
+        return f"{row['batch_size']}x{row['max_vertices']}"
+    auto = row.get("auto")
+    return f"auto ({auto['batch_size']}x{auto['max_vertices']})" if auto else "auto"
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -234,9 +246,13 @@ def measure(prepared, load: Workload, device: torch.device, dtype, work: tuple[i
     with ``census``, one untimed run first under :class:`HostSyncCensus` (it is also the
     warm-up). Returns the row and the last result."""
     bs, mv = work
-    kw = dict(method="subdivide", dtype=dtype, device=device, batch_size=bs, max_vertices=mv)
     row = {"network": load.name, "workload": load.what, "segments": int(load.x0.shape[0]),
            "dtype": _dtype_name(dtype), "device": device.type, "batch_size": bs, "max_vertices": mv}
+    if not bs:  # auto: what the engine picks on this device for this network
+        sizes = work_sizes(prepared, load.x0[:1], "subdivide")
+        bs, mv = sizes.batch_size, sizes.max_vertices
+        row["auto"] = {"batch_size": bs, "max_vertices": mv, "why": sizes.why}
+    kw = dict(method="subdivide", dtype=dtype, device=device, batch_size=bs, max_vertices=mv)
     res = None
     try:
         if census:
@@ -380,7 +396,7 @@ def run(device: torch.device, quick: bool, work_sizes, reps: int, cpu_reps: int,
                 if "regions_per_s" in row and "regions_per_s" in base_row:
                     row["vs_cpu"] = row["regions_per_s"] / base_row["regions_per_s"]
                 if dtype == torch.float64 and row is not base_row:
-                    check = {"check": f"subdivide {load.name}, {load.what}, {work[0]}x{work[1]}"}
+                    check = {"check": f"subdivide {load.name}, {load.what}, {_size(row)}"}
                     if res is None or base is None:
                         check.update(equal=False, why=row.get("error") or base_row.get("error"))
                     else:
@@ -488,7 +504,7 @@ def to_markdown(report: dict) -> str:
               "| peak GPU MiB | host waits |", "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in report["rates"]:
         head = (f"| {r['network']} | {r['workload']} | {r['dtype']} | {r['device']}"
-                f"{' (baseline)' if r.get('role') == 'cpu baseline' else ''} | {r['batch_size']}x{r['max_vertices']} ")
+                f"{' (baseline)' if r.get('role') == 'cpu baseline' else ''} | {_size(r)} ")
         if "skipped" in r or "error" in r:
             lines.append(head + f"| {'skipped: ' + r['skipped'] if 'skipped' in r else '**error**: ' + r['error']}"
                          " | | | | | |")
@@ -500,7 +516,7 @@ def to_markdown(report: dict) -> str:
     lines += ["", "## Float32 against float64 (region counts)", "",
               "| network | device | work size | float64 | float32 | difference |", "|---|---|---|---:|---:|---:|"]
     for f in report["float32"]:
-        lines.append(f"| {f['network']} | {f['device']} | {f['batch_size']}x{f['max_vertices']} | {f['float64']:,} "
+        lines.append(f"| {f['network']} | {f['device']} | {_size(f)} | {f['float64']:,} "
                      f"| {f['float32']:,} | {100 * f['rel_diff']:+.2f}% |")
     return "\n".join(lines) + "\n"
 
