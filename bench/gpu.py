@@ -48,7 +48,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without installing the package
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
+from _common import circular_path, closed_segments  # noqa: E402 - torch and numpy only at import
 from pipeline.census import HostSyncCensus  # noqa: E402
 from pipeline.planes import discover_plane  # noqa: E402
 from pipeline.prepared import prepare  # noqa: E402
@@ -75,17 +77,6 @@ DIGIT = [[0, 3, 15, 16, 8, 0, 0, 0], [0, 14, 13, 10, 16, 2, 0, 0], [0, 5, 3, 2, 
 # --------------------------------------------------------------------------- workloads
 
 
-def _translate(img: torch.Tensor, dx: float, dy: float, pad: int = 8) -> torch.Tensor:
-    """bench/_common.translate, copied: bilinear sub-pixel shift of ``(C, H, W)`` by ``(dx, dy)``."""
-    c, h, w = img.shape
-    x = F.pad(img[None], (pad, pad, pad, pad), mode="replicate")
-    hp, wp = h + 2 * pad, w + 2 * pad
-    theta = torch.tensor([[[1.0, 0.0, -2.0 * dx / wp], [0.0, 1.0, -2.0 * dy / hp]]], dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    y = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return y[0, :, pad:pad + h, pad:pad + w]
-
-
 def path_segments(m: int = 8, r: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The closed circular path of ``bench/compare.py``: ``x0, x1`` float64 ``(m, 3, 32, 32)``.
 
@@ -95,9 +86,7 @@ def path_segments(m: int = 8, r: float = 4.0) -> tuple[torch.Tensor, torch.Tenso
     x = torch.tensor(DIGIT, dtype=torch.float64)[None, None]
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
     img = ((x - x.mean(dim=(1, 2, 3), keepdim=True)) / x.std(dim=(1, 2, 3), keepdim=True))[0]
-    anchors = torch.stack([_translate(img, r * math.cos(2 * math.pi * j / m), r * math.sin(2 * math.pi * j / m))
-                           for j in range(m)])
-    return anchors, torch.roll(anchors, -1, dims=0)
+    return closed_segments(circular_path(img, m, r))
 
 
 @dataclass(frozen=True)
