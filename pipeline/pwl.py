@@ -567,16 +567,20 @@ def relu_crossings(za: torch.Tensor, zb: torch.Tensor | None, same: torch.Tensor
     are then computed once per vertex, not twice). ``same``: ``(P,)`` whether the piece joins
     two vertices of one segment. Returns ``(piece, tau)`` with ``tau`` in ``(0, 1)``, float64.
     """
-    # strict sign changes (zeros and nan are neither sign), on pieces inside one segment: one
-    # mask over (P, U) and one nonzero, the only wait for a GPU
+    # strict sign changes. One pass over (P, U) finds the candidates (positive on one side
+    # only); zeros, nan and pieces joining two segments are then dropped from the (few)
+    # candidates. Two waits for a GPU per op (the two nonzero): one mask of strict changes
+    # over the whole chain would wait once, but costs subdivide 2-5% on the CPU
+    # (docs/benchmarks.md, host waits).
     if zb is None:
-        pos, neg = za > 0, za < 0
-        change = (pos[:-1] & neg[1:]) | (neg[:-1] & pos[1:])
+        pos = za > 0
+        p, u = (pos[:-1] != pos[1:]).nonzero(as_tuple=True)
+        a, b = za[p, u], za[p + 1, u]
     else:
-        change = ((za > 0) & (zb < 0)) | ((za < 0) & (zb > 0))
-    p, u = change.logical_and_(same.view(-1, 1)).nonzero(as_tuple=True)
-    a = za[p, u].double()
-    b = (za[p + 1, u] if zb is None else zb[p, u]).double()
+        p, u = ((za > 0) != (zb > 0)).nonzero(as_tuple=True)
+        a, b = za[p, u], zb[p, u]
+    ok = (((a < 0) | (a > 0)) & ((b < 0) | (b > 0)) & same[p]).nonzero().squeeze(1)
+    p, a, b = p[ok], a[ok].double(), b[ok].double()
     return p, a / (a - b)
 
 
