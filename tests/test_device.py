@@ -96,6 +96,11 @@ def _path(net_input=(3, 32, 32), seed=0):
     return torch.randn((2, *net_input), generator=g, dtype=torch.float64)
 
 
+def _net(arch):
+    torch.manual_seed(0)
+    return (VGG8() if arch == "vgg8" else ResNet18(k=8)).eval()
+
+
 def _census(fn):
     with HostSyncCensus() as c:
         res = fn()
@@ -105,8 +110,7 @@ def _census(fn):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["vgg8", "resnet18"])
 def test_subdivide_waits_per_op_and_chunk_not_per_region(arch):
-    torch.manual_seed(0)
-    net = (VGG8() if arch == "vgg8" else ResNet18(k=8)).eval()
+    net = _net(arch)
     a, b = _path()
     short, long_ = 0.1, 0.4
     run = lambda f: discover(net, a[None], (a + f * (b - a))[None], max_vertices=1 << 16)  # noqa: E731
@@ -118,12 +122,12 @@ def test_subdivide_waits_per_op_and_chunk_not_per_region(arch):
 
 
 @pytest.mark.slow
-def test_walk_waits_once_per_step(monkeypatch):
-    torch.manual_seed(0)
-    net = VGG8().eval()
+@pytest.mark.parametrize("arch", ["vgg8", "resnet18"])
+def test_walk_waits_once_per_step(monkeypatch, arch):
+    net = _net(arch)
     a, b = _path()
     x0 = torch.stack([a, b, a + 0.5 * (b - a), b])[:3]
-    x1 = x0 + 0.05 * (torch.roll(x0, 1, 0) - x0)
+    x1 = x0 + (0.05 if arch == "vgg8" else 0.02) * (torch.roll(x0, 1, 0) - x0)
     steps = []
     real = walk_module.linearize
     monkeypatch.setattr(walk_module, "linearize", lambda *a, **k: steps.append(1) or real(*a, **k))
@@ -134,14 +138,15 @@ def test_walk_waits_once_per_step(monkeypatch):
 
 
 @pytest.mark.slow
-def test_plane_waits_grow_with_cut_rounds_not_regions():
-    torch.manual_seed(0)
-    net = VGG8().eval()
+@pytest.mark.parametrize("arch", ["vgg8", "resnet18"])
+def test_plane_waits_grow_with_cut_rounds_not_regions(arch):
+    net = _net(arch)
     a, b = _path()
     c = torch.roll(a, 3, -1)
     run = lambda s: discover_plane(net, a[None], (a + s * (b - a))[None], (a + s * (c - a))[None],  # noqa: E731
                                    max_vertices=1 << 17)
-    (p1, n1), (p2, n2) = _census(lambda: run(0.002)), _census(lambda: run(0.006))
+    small = 0.002 if arch == "vgg8" else 0.001
+    (p1, n1), (p2, n2) = _census(lambda: run(small)), _census(lambda: run(3 * small))
     assert p2.total_regions > 5 * p1.total_regions
     assert n2 < 2.5 * n1, (n1, n2, p1.total_regions, p2.total_regions)
 
