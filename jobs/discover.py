@@ -86,14 +86,9 @@ def main(argv=None) -> int:
 
     # a plane store's path follows from the config; --from-store names the segment store only if it is one
     segments = a.from_store if a.from_store and store_geometry(store_attrs(a.from_store)) == "line" else None
-    import os
+    from .tasks import use_allocated_device
 
-    import torch
-
-    from .tasks import job_device
-
-    device, why = job_device(cfg.device, os.environ, torch.cuda.device_count())  # under srun: SLURM's GPU
-    log.info("device %s (%s)", device, why)
+    device = use_allocated_device(cfg.device, report=log.info)  # under srun: SLURM's GPU
     status = discover_run(a.run, replace(cfg, device=device), shards, store=a.store or segments, deep=a.deep)
     for what, st in (("segments", status), ("planes", status.get("planes"))):
         if st is not None:

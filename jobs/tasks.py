@@ -12,6 +12,7 @@ records as FAILED.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -140,15 +141,16 @@ def job_device(requested: str, env, n_cuda: int) -> tuple[str, str]:
     return f"cuda:{index}", f"{source}; torch sees {n_cuda}"
 
 
-def use_allocated_device(requested: str = "auto") -> str:
-    """The device this job uses (:func:`job_device` on this process's environment), printed to the
-    job's log with the reason: ``device cuda:0 (CUDA_VISIBLE_DEVICES=1 from SLURM; torch sees 1)``."""
+def use_allocated_device(requested: str = "auto", report=functools.partial(print, flush=True)) -> str:
+    """The device this job uses (:func:`job_device` on this process's environment), reported with
+    the reason (``report``: print, to the job's output, or a logger's method):
+    ``device cuda:0 (CUDA_VISIBLE_DEVICES=1 from SLURM; torch sees 1)``."""
     import os
 
     import torch
 
     device, why = job_device(requested, os.environ, torch.cuda.device_count())
-    print(f"device {device} ({why})", flush=True)
+    report(f"device {device} ({why})")
     return device
 
 

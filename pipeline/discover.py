@@ -311,8 +311,8 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attr
     ready = prepare(model, dtype, device)
     try:
         for chunk in discover_plane_iter(ready, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
-                                         device=device, max_vertices=cfg.max_vertices, domain=cfg.planes.domain, keep_affine=cfg.store.keep_affine,
-                                         progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify,
+                                         device=device, max_vertices=cfg.max_vertices, domain=cfg.planes.domain,
+                                         keep_affine=cfg.store.keep_affine, progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify,
                                          on_certificate=cfg.on_certificate):
             writer.write(chunk)
             regions += chunk.total_regions

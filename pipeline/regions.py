@@ -107,8 +107,10 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
         raise ValueError(f"dtype must be torch.float64 (default, as the paper) or torch.float32, got {dtype}")
     if not (0.0 < eps < 1.0):
         raise ValueError(f"eps is a step in t (segment units) and must be in (0, 1); got {eps}")
-    if (batch_size is not None and batch_size < 1) or chunk_segments < 1 or (max_vertices is not None and max_vertices < 4):
-        raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4 (or None: sized for the device)")
+    if ((batch_size is not None and batch_size < 1) or chunk_segments < 1
+            or (max_vertices is not None and max_vertices < 4)):
+        raise ValueError("batch_size and chunk_segments must be >= 1, max_vertices >= 4 "
+                         "(or None: sized for the device)")
     if certify not in CERTIFY:
         raise ValueError(f"certify must be one of {CERTIFY}, got {certify!r}")
     if jvp not in ("stacked", "dual"):
@@ -137,8 +139,9 @@ def _chunks(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_size
                           certify=certify, progress=bar, certify_rows=sizes.certify_rows)
         else:
             chunks = subdivide(prepared, x0, x1, batch_size=sizes.batch_size, keep_affine=keep_affine,
-                               chunk_segments=chunk_segments, max_vertices=sizes.max_vertices, row_block=sizes.row_block,
-                               certify=certify, progress=bar, certify_rows=sizes.certify_rows)
+                               chunk_segments=chunk_segments, max_vertices=sizes.max_vertices,
+                               row_block=sizes.row_block, certify=certify, progress=bar,
+                               certify_rows=sizes.certify_rows)
         regions = 0
         for chunk in chunks:
             regions += chunk.n_regions

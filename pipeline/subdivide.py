@@ -501,7 +501,7 @@ def run_graph(plan: Plan, mode: SubdivideMode, chain, max_vertices: int, emit):
 
 def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, keep_affine: bool,
               chunk_segments: int, max_vertices: int, row_block: int = 0, certify: str = "all",
-              progress=None, certify_rows: int = 0) -> Iterator[RegionResult]:
+              certify_rows: int, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
     ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a batch of
     segments is redone with half the vertices per chain (and half the segments per batch)."""
@@ -515,7 +515,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
     length = torch.linalg.vector_norm(d_all.double().reshape(n_seg, -1), dim=1).numpy()
     bcast = (-1,) + (1,) * (x0.ndim - 1)
     step = max(1, min(batch_size, chunk_segments))
-    rows = certify_rows or max(max_vertices, CERTIFY_ROWS)
+    rows = certify_rows
     lo = 0
     while lo < n_seg:
         hi = min(n_seg, lo + max(chunk_segments, step))
@@ -544,13 +544,11 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
         seg, t, fv = (torch.cat(p).cpu().numpy() for p in zip(*parts))
         (result, rows) = shrink_on_oom(
             "subdivide: the certificate", rows,
-            lambda r: _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, r, keep_affine, tol, row_block, certify),
+            lambda r: _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, r, keep_affine, tol, row_block,
+                               certify),
             floor=1)
         yield result
         lo = hi
-
-
-CERTIFY_ROWS = 1024  # rows per certificate pass: chains got smaller (max_vertices 256), its passes did not
 
 
 def _regions(prepared, x0, d_all, lo, hi, seg, t, fv, length, rows_per_pass, keep_affine, tol, row_block, certify):

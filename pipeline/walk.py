@@ -46,7 +46,6 @@ from .worksize import shrink_on_oom
 __all__ = ["walk"]
 
 _STEPS_PER_FLUSH = 256
-_CERTIFY_ROWS = 1024  # midpoints per forward of the certificate (as subdivide's)
 
 
 class _RegionBuffer:
@@ -136,7 +135,7 @@ class _Slots:
 
 def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size: int, keep_affine: bool,
          chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous", row_block: int = 0,
-         certify: str = "all", progress=None, certify_rows: int = 0) -> Iterator[RegionResult]:
+         certify: str = "all", certify_rows: int, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
     ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a pass is
     redone in groups of half as many rows."""
@@ -214,7 +213,7 @@ def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size
         while ready - emitted >= chunk_segments or emitted < ready == n_seg:
             hi = min(ready, emitted + chunk_segments)
             yield _emit(prepared, buffer, x0, x1, d_all, emitted, hi, length, width, keep_affine, row_block, certify,
-                        eps, certify_rows or _CERTIFY_ROWS)
+                        eps, certify_rows)
             emitted = hi
         if ready == n_seg:
             return

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 from . import pwl
 
@@ -36,6 +37,9 @@ LIVE_FACTOR = 6
 # the walk holds 2 rows per segment (x and x + d) and their tangent bookkeeping
 WALK_FACTOR = 2 * LIVE_FACTOR
 MEMORY_FRACTION = 0.5  # of the free device memory, for the engine's own tensors
+# rows per forward of the 1-D certificate on the CPU (at least; chains of more vertices pass as
+# many): chains got smaller (256 vertices), its passes did not
+CPU_CERTIFY_ROWS = 1024
 
 
 class DeviceMemoryError(MemoryError):
@@ -54,8 +58,6 @@ class WorkSizes:
 def largest_activation(prepared, example: torch.Tensor) -> int:
     """Elements per row of the largest tensor a forward of one input of ``prepared`` makes
     (run once on ``example``'s first row; functional ops included)."""
-    from torch.overrides import TorchFunctionMode
-
     biggest = example[0].numel()
 
     class _Sizes(TorchFunctionMode):
@@ -94,7 +96,7 @@ def work_sizes(prepared, example: torch.Tensor, method: str, *, batch_size: int 
         if max_vertices is None:  # planes: tiles of at most 64 MiB of float64 activations
             max_vertices = (int(min(16384, max(256, 2 ** 23 // largest_activation(prepared, example))))
                             if method == "planes" else 256)
-        return WorkSizes(batch_size or 64, max_vertices, row_block, max(max_vertices, 1024),
+        return WorkSizes(batch_size or 64, max_vertices, row_block, max(max_vertices, CPU_CERTIFY_ROWS),
                          "CPU defaults (tuned for its caches)")
     if memory_bytes is None:
         memory_bytes = int(MEMORY_FRACTION * _free_bytes(device))
@@ -108,10 +110,6 @@ def work_sizes(prepared, example: torch.Tensor, method: str, *, batch_size: int 
                                          else vertices // 64)))
     return WorkSizes(batch, vertices, row_block, max(16, min(vertices, rows)),
                      f"{source}, {per_row / 2**10:.0f} KiB per row of this network")
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.OutOfMemoryError)
 
 
 def shrink_on_oom(what: str, size: int, attempt: Callable[[int], T], floor: int = 1) -> tuple[T, int]:
