@@ -27,7 +27,6 @@ at the first work size, which the equality checks need, always run; a row stops 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import importlib.util
 import json
 import math
@@ -51,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without installi
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import circular_path, closed_segments  # noqa: E402 - torch and numpy only at import
+from _common import machine_info as common_machine_info  # noqa: E402
 from pipeline.census import HostSyncCensus  # noqa: E402
 from pipeline.planes import discover_plane  # noqa: E402
 from pipeline.prepared import prepare  # noqa: E402
@@ -305,18 +305,10 @@ def run_cuda_tests(timeout_s: float) -> dict:
 
 
 def machine_info(device: torch.device) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"device": device.type, "device_name": cpu, "cpu": cpu, "cpu_cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "numpy": np.__version__, "cuda": torch.version.cuda,
-            "date": _dt.datetime.now().isoformat(timespec="seconds"), "host": platform.node()}
+    """bench/_common.machine_info (CPU model and cores, torch, threads, Python, numpy, date), with
+    the device's name, memory, capability and TF32 flags, and the host."""
+    info = {k: v for k, v in common_machine_info([]).items() if k != "command"}  # the report has its own
+    info.update(device=device.type, device_name=info["cpu"], cuda=torch.version.cuda, host=platform.node())
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
         info.update(device_name=p.name, device_memory_gib=p.total_memory / 2 ** 30,
@@ -461,7 +453,7 @@ def to_markdown(report: dict) -> str:
              f"({'--quick, ' if report['settings']['quick'] else ''}device {m['device']}).", "",
              "| machine | |", "|---|---|"]
     for k in ("device_name", "device_memory_gib", "capability", "cuda", "cudnn", "cudnn_allow_tf32",
-              "matmul_allow_tf32", "torch", "python", "numpy", "cpu", "cpu_cores", "torch_threads", "host", "date"):
+              "matmul_allow_tf32", "torch", "python", "numpy", "cpu", "cores", "threads", "host", "date"):
         if k in m:
             v = m[k]
             lines.append(f"| {k} | {v:.1f} |" if isinstance(v, float) else f"| {k} | {v} |")
@@ -486,7 +478,7 @@ def to_markdown(report: dict) -> str:
                      f"| {_fmt(coef, '.1e')} |")
     lines += ["", "## Regions per second (subdivide)", "",
               "regions/s: regions / median wall seconds of the timed runs; vs CPU: against the CPU baseline "
-              f"(work size {CPU_WORK_SIZE[0]}x{CPU_WORK_SIZE[1]}, {m['torch_threads']} threads) of the same "
+              f"(work size {CPU_WORK_SIZE[0]}x{CPU_WORK_SIZE[1]}, {m['threads']} threads) of the same "
               "network and dtype; host waits: calls that make the host wait for the device, counted in a "
               "separate untimed run.", "",
               "| network | workload | dtype | device | work size | regions | seconds | regions/s | vs CPU "
