@@ -8,7 +8,7 @@ A sweep is any folder holding training runs; each run folder has ``config.yaml``
 (``jobs/discover.py``). Each shard is read by one task (lazily: nothing is read until the graph
 runs, and only the per-segment arrays, never the region arrays); the tasks return per-path
 partial sums, which a per-store task adds up and turns into the measures of
-:meth:`pipeline.store.StoreReader.paths`; each task checks the arrays it reads against the
+:meth:`pipeline.store.lines.StoreReader.paths`; each task checks the arrays it reads against the
 shard's manifest first, so a damaged shard is an error, never data. With a cache folder the
 result is incremental: a store whose fingerprint (attributes, and for each complete shard its
 manifest and the size and modification time of each of its files) is unchanged since the last
@@ -30,8 +30,8 @@ import pandas as pd
 import yaml
 
 from pipeline.config import write_atomic
-from pipeline.measures import PATH_COLUMNS
-from pipeline.store import (StoreError, is_store, paths_table, shard_partials, shard_state, shard_status,
+from pipeline.engine.measures import PATH_COLUMNS
+from pipeline.store.lines import (StoreError, is_store, paths_table, shard_partials, shard_state, shard_status,
                             store_attrs, store_geometry)
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
@@ -46,7 +46,7 @@ LABEL_COLUMNS = ["run_id", "dataset", "model", "width", "setting", "noise", "see
                  "path_set"]
 MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
 METRIC_COLUMNS = ["train_error", "train_loss", "test_error", "test_loss", "epochs"]
-MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.paths_table
+MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.lines.paths_table
 # the table holds certified paths only (a path with a failing segment is left out, counted per
 # store in stores.csv as uncertified_paths): its n_uncertified would be 0 everywhere
 TABLE_COLUMNS = (LABEL_COLUMNS + [c for c in MEASURE_COLUMNS if c != "n_uncertified"] + METRIC_COLUMNS
@@ -96,7 +96,7 @@ def _geometry(store: Path) -> str:
 def store_fingerprint(store, status: dict | None = None) -> str:
     """A hash of what a store's per-path table depends on: its attributes and, for each complete
     shard, its index, its manifest and the current size and modification time of each of its
-    files (:func:`pipeline.store.shard_state`), so a rewritten, damaged or deleted chunk changes
+    files (:func:`pipeline.store.lines.shard_state`), so a rewritten, damaged or deleted chunk changes
     it. Reads the shards' metadata only, and stats their data files."""
     store = Path(store)
     status = status or shard_status(store)

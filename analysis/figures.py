@@ -220,7 +220,7 @@ def path_profile(store, path_id: int) -> dict:
     AnalysisError
         The path is in no complete shard, or the store kept no affine maps.
     """
-    from pipeline.store import open_store
+    from pipeline.store.lines import open_store
 
     store = Path(store)
     reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
@@ -365,7 +365,7 @@ def _image_rgb(img) -> tuple[np.ndarray, str | None]:
 
 def plane_figure(result, plane: int = 0, images=None, color: str = "class", logit: int | None = None,
                  title: str = "", labels=None, class_names=None, figsize=(6.4, 5.8)) -> Figure:
-    """The linear regions of one plane of a :class:`pipeline.planes.PlaneResult`, SplineCam style.
+    """The linear regions of one plane of a :class:`pipeline.engine.planes.PlaneResult`, SplineCam style.
 
     Each region is a polygon, mapped from ``(u, v)`` to an equilateral triangle (``x0`` bottom
     left, ``x1`` bottom right, ``x2`` on top; the unit square for a parallelogram domain),
@@ -462,7 +462,7 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
 
 
 def plane_labels(out: dict) -> list[str]:
-    """Inset captions for a :func:`pipeline.plane_run.run_plane` result: each image's index,
+    """Inset captions for a :func:`pipeline.stages.plane_run.run_plane` result: each image's index,
     label and predicted class (the shrunk corners say how far towards which image they are)."""
     idx, lab, pred, s = out["indices"], out["labels"], out["predicted"], out["scale"]
     text = [f"#{i}, label {y}" + (f" (pred. {p})" if p != y else "") for i, y, p in zip(idx, lab, pred)]
@@ -472,7 +472,7 @@ def plane_labels(out: dict) -> list[str]:
 
 
 def plane_caption(out: dict) -> str:
-    """One line for a :func:`pipeline.plane_run.run_plane` result: regions, density, time."""
+    """One line for a :func:`pipeline.stages.plane_run.run_plane` result: regions, density, time."""
     r = out["result"]
     shrunk = f", triangle shrunk by {out['scale']:g} towards x0" if out["scale"] < 1 else ""
     dom = "triangle" if out["domain"] == "triangle" else "parallelogram"
@@ -588,8 +588,8 @@ def draw_planes(table: pd.DataFrame, root: Path, out: Path, config: AnalysisConf
     import time
 
     from pipeline.config import write_atomic
-    from pipeline.discover import sha256
-    from pipeline.plane_run import run_plane
+    from pipeline.stages.discovery import sha256
+    from pipeline.stages.plane_run import run_plane
 
     out.mkdir(parents=True, exist_ok=True)
     meta_file = out / PLANES_JSON
@@ -631,7 +631,7 @@ def draw_planes(table: pd.DataFrame, root: Path, out: Path, config: AnalysisConf
 
 
 def _draw_paths(table, root: Path, out: Path, config: AnalysisConfig) -> list[Path]:
-    from pipeline.store import store_attrs
+    from pipeline.store.lines import store_attrs
 
     trained = table[table["checkpoint"] == config.trained]
     for store in sorted(trained["store"].unique()):

@@ -6,7 +6,7 @@
 
 Plane stores (``<run>/regions/<checkpoint>-planes-<id>.zarr``, written by discovery when its
 config has ``planes``) hold every linear region of each plane through one base image
-(``pipeline/plane_sets.py``); a plane's id is its base image's index in the split, as a circle
+(``pipeline/inputs/plane_sets.py``); a plane's id is its base image's index in the split, as a circle
 path's. So on one network, plane ``i`` and path ``i`` go through the same image, and the two
 densities can be compared image by image (Spearman over the shared images) and network by
 network (Spearman over the networks' medians). Each shard is read by one Dask task, which
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.plane_store import PLANE_COLUMNS, plane_table
-from pipeline.store import StoreError, store_attrs, store_geometry
+from pipeline.store.planes import PLANE_COLUMNS, plane_table
+from pipeline.store.lines import StoreError, store_attrs, store_geometry
 
 from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, compute_tasks, find_stores, run_labels, stores_info,
                       stores_report)
@@ -62,7 +62,7 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
     -------
     table : pandas.DataFrame
         ``PLANE_TABLE_COLUMNS``: the network's labels (``paths`` is ``planes-<kind>/<split>``,
-        ``path_set`` the plane set's id), :data:`pipeline.plane_store.PLANE_COLUMNS`, the run's
+        ``path_set`` the plane set's id), :data:`pipeline.store.planes.PLANE_COLUMNS`, the run's
         metrics, the store and whether it is complete. Empty when the sweep has no plane store.
     stores : pandas.DataFrame
         As :func:`analysis.collect.collect`'s, for the plane stores (``n_paths``: planes).

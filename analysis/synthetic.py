@@ -118,7 +118,7 @@ def _metrics(run: SyntheticRun, cfg: dict):
 
 
 def _write_store(store: Path, net, paths, n_shards: int, attrs: dict, write_shards=None, on_certificate="raise"):
-    from pipeline.discover import DiscoverConfig, write_shards as write
+    from pipeline.stages.discovery import DiscoverConfig, write_shards as write
 
     x0, x1, path_id, segment_index, config = paths
     # walk is pinned: the golden tables were made with it
@@ -155,7 +155,7 @@ def make_sweep(root, runs=DEFAULT_RUNS, n_paths: int = 8, anchors: int = 4, n_sh
 
     root = Path(root)
     paths = make_paths(n_paths, anchors)
-    from pipeline.paths import path_set_id
+    from pipeline.inputs.paths import path_set_id
 
     path_hash = path_set_id(paths[4])
     out = []

@@ -45,14 +45,14 @@ class WideMLP(nn.Module):
 
 
 NETWORKS = {
-    "vgg8": "pipeline.models.VGG8() (paper Appendix B), random He init",
-    "resnet18k8": "pipeline.models.ResNet18(k=8), FixUp-style init",
+    "vgg8": "pipeline.inputs.models.VGG8() (paper Appendix B), random He init",
+    "resnet18k8": "pipeline.inputs.models.ResNet18(k=8), FixUp-style init",
     "mlp1024": "WideMLP: flatten 3072 -> 1024 -> ReLU -> 1024 -> ReLU -> 10, He init",
 }
 
 
 def build_network(name: str, seed: int = 0) -> nn.Module:
-    from pipeline.models import VGG8, ResNet18
+    from pipeline.inputs.models import VGG8, ResNet18
 
     torch.manual_seed(seed)
     if name == "vgg8":

@@ -3,7 +3,7 @@
     .venv/bin/python bench/ablation.py --reps 3
     .venv/bin/python bench/ablation.py --reps 3 --only MLP
 
-* dense layers in blocks of at least 256 rows (``pipeline.pwl.LINEAR_BLOCK``) against the
+* dense layers in blocks of at least 256 rows (``pipeline.engine.pwl.LINEAR_BLOCK``) against the
   convolutions' 16, on the MLP 3072-1024x3-10 over 16 lines between digit images;
 * max_vertices 256 (default) against 1024 on VGG8 (4 segments) and ResNet18 k=8 (1 segment);
 * the certificate: all (float32 screen, default), strict (every midpoint in float64), sample.
@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WideMLP, build_network, digit_images, path_segments  # noqa: E402
 
-import pipeline.pwl as pwl  # noqa: E402
-from pipeline.regions import discover, prepare  # noqa: E402
+import pipeline.engine.pwl as pwl  # noqa: E402
+from pipeline.engine.lines import discover, prepare  # noqa: E402
 
 
 def main(argv=None):

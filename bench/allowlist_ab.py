@@ -32,8 +32,8 @@ def once() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import build_network, path_segments, take_segments
 
-    from pipeline.planes import discover_plane
-    from pipeline.regions import discover
+    from pipeline.engine.planes import discover_plane
+    from pipeline.engine.lines import discover
 
     torch.set_num_threads(1)
     x0, x1 = take_segments(*path_segments(2), 8)

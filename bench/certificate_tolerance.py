@@ -1,4 +1,4 @@
-"""The certificate's pass/fail tolerance (pipeline.certificate.GAP_RTOL, WALK_SLIVER): how large
+"""The certificate's pass/fail tolerance (pipeline.engine.certificate.GAP_RTOL, WALK_SLIVER): how large
 ``continuity_gap`` is on correct results, relative to the scale ``gap_tol`` is built on.
 
     PYTHONPATH=. .venv/bin/python bench/certificate_tolerance.py [nets] [models] [tv] [planes] [walk-cost]
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
-from pipeline.certificate import GAP_RTOL, WALK_SLIVER  # noqa: E402
-from pipeline.models import build  # noqa: E402
-from pipeline.planes import discover_plane  # noqa: E402
-from pipeline.regions import discover, prepare  # noqa: E402
+from pipeline.engine.certificate import GAP_RTOL, WALK_SLIVER  # noqa: E402
+from pipeline.inputs.models import build  # noqa: E402
+from pipeline.engine.planes import discover_plane  # noqa: E402
+from pipeline.engine.lines import discover, prepare  # noqa: E402
 from tests.nets import zoo  # noqa: E402
 
 warnings.simplefilter("ignore")
@@ -92,7 +92,7 @@ def main(which):
                     print(f"plane {name:12s} {str(dt)[6:]:8s} {cert:6s} regions {p.n_regions.sum():6d} "
                           f"gap/scale {(p.continuity_gap / (p.gap_tol / GAP_RTOL[dt])).max():.2e}", flush=True)
     if "walk-cost" in which:  # the midpoint check's share of the walk's time (the machine is shared:
-        import pipeline.walk as W  # timing it inside one run is steadier than two runs side by side)
+        import pipeline.engine.walk as W  # timing it inside one run is steadier than two runs side by side)
 
         net = models()[0][1]
         x0, x1 = seg((1, 8, 8), 32, 8.0, seed=1)

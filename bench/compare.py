@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WideMLP, build_network, digit_images, path_segments  # noqa: E402
 
-import pipeline.walk as walk_module  # noqa: E402
-from pipeline.linearize import bare_pass  # noqa: E402
-from pipeline.regions import discover  # noqa: E402
+import pipeline.engine.walk as walk_module  # noqa: E402
+from pipeline.engine.linearize import bare_pass  # noqa: E402
+from pipeline.engine.lines import discover  # noqa: E402
 
 LINEARIZE = walk_module.linearize
 

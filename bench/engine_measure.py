@@ -45,7 +45,7 @@ def segments(n: int, frac: float = 1.0, offset: int = 0, fracs=None, spread: boo
 
 def prepared(net, dtype):
     """The network as the engine runs it: a private copy in ``dtype``, eval, no grad."""
-    from pipeline.fastops import with_fast_layers
+    from pipeline.engine.fastops import with_fast_layers
 
     m = with_fast_layers(copy.deepcopy(net).to(dtype).eval(), "cpu")
     for p in m.parameters():
@@ -93,11 +93,11 @@ def per_call(fn, *, target=0.05, min_calls=2):
 
 
 class StepCounter:
-    """Counts and times the walk's linearising passes by wrapping ``pipeline.walk.linearize``
+    """Counts and times the walk's linearising passes by wrapping ``pipeline.engine.walk.linearize``
     (bench-side instrumentation, the engine is not edited). ``extra`` runs before each pass."""
 
     def __init__(self, extra=None):
-        import pipeline.walk as W
+        import pipeline.engine.walk as W
 
         self.W = W
         self.orig = getattr(W, "linearize", None)
@@ -155,7 +155,7 @@ def pass_kw(fn, dtype):
     import inspect
 
     try:
-        from pipeline.pwl import default_row_block
+        from pipeline.engine.pwl import default_row_block
 
         if "row_block" in inspect.signature(fn).parameters:
             return {"row_block": default_row_block("cpu", dtype)}
@@ -167,13 +167,13 @@ def pass_kw(fn, dtype):
 def engine_defaults():
     import inspect
 
-    from pipeline.regions import discover_iter
+    from pipeline.engine.lines import discover_iter
 
     out = {k: (v.default if isinstance(v.default, (int, float, str, type(None))) else str(v.default))
            for k, v in inspect.signature(discover_iter).parameters.items() if v.default is not inspect._empty}
     try:
         import torch
-        from pipeline.pwl import default_row_block
+        from pipeline.engine.pwl import default_row_block
 
         out["row_block (cpu, float64 / float32)"] = [default_row_block("cpu", torch.float64),
                                                     default_row_block("cpu", torch.float32)]
@@ -183,7 +183,7 @@ def engine_defaults():
 
 
 def run_discover(net, x0, x1, kw, extra=None):
-    from pipeline.regions import discover
+    from pipeline.engine.lines import discover
 
     with StepCounter(extra) as sc:
         res = discover(net, x0, x1, **kw)

@@ -46,7 +46,7 @@ def op_setup(state, c):
 
 def op_run(state, c):
     from _common import peak_rss_mib
-    from pipeline.linearize import bare_pass
+    from pipeline.engine.linearize import bare_pass
 
     net, kw, x0, x1 = state["net"], state["kw"], state["x0"], state["x1"]
     walk = state["c"]["variant"].startswith("walk")
@@ -87,7 +87,7 @@ def op_passlevel(state, c):
     """bare_pass vs linearize(track=False) vs linearize(track=True), interleaved, per batch and jvp."""
     import torch
     from _common import Meter, build_network
-    from pipeline.linearize import bare_pass, linearize
+    from pipeline.engine.linearize import bare_pass, linearize
 
     model = prepared(build_network(c["net"]), torch.float64)
     x0, x1 = segments(64, c["frac"])
@@ -155,10 +155,10 @@ def op_scheduling(state, c):
 def op_profile(state, c):
     """Where the time goes in one subdivide and one walk run: stage timers + layer hooks, cProfile."""
     from _common import build_network
-    import pipeline.linearize as L
-    import pipeline.pwl as P
-    import pipeline.subdivide as S
-    import pipeline.walk as W
+    import pipeline.engine.linearize as L
+    import pipeline.engine.pwl as P
+    import pipeline.engine.subdivide as S
+    import pipeline.engine.walk as W
 
     net = build_network(c["net"])
     x0, x1 = segments(c["batch"], c["frac"])
@@ -197,7 +197,7 @@ def op_precision(state, c):
     import torch
     from torch.profiler import ProfilerActivity, profile
     from _common import build_network
-    from pipeline.linearize import bare_pass
+    from pipeline.engine.linearize import bare_pass
 
     net = build_network(c["net"])
     x0, x1 = segments(c["batch"], c["frac"])
@@ -309,7 +309,7 @@ def op_published(state, c):
     stacked ``[x; x + d]`` batch, the pattern pass) before every linearising pass: two stacked
     forwards per step plus the same exit computation, same regions, same scheduling."""
     from _common import build_network
-    from pipeline.linearize import bare_pass
+    from pipeline.engine.linearize import bare_pass
 
     net = build_network(c["net"])
     b = c["batch"]
@@ -337,9 +337,7 @@ def op_published(state, c):
 def op_census(state, c):
     import numpy as np
     from _common import build_network
-    from pipeline.regions import discover
-
-    from pipeline.regions import DEFAULT_METHOD
+    from pipeline.engine.lines import discover, DEFAULT_METHOD
 
     net = build_network(c["net"])
     method = c.get("method") or DEFAULT_METHOD

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 
 from _common import build_network, path_segments  # noqa: E402
 
-from pipeline.regions import discover  # noqa: E402
+from pipeline.engine.lines import discover  # noqa: E402
 
 net = build_network(sys.argv[1] if len(sys.argv) > 1 else "vgg8")
 frac = float(sys.argv[2]) if len(sys.argv) > 2 else 1 / 16

@@ -12,7 +12,7 @@ It writes ``OUT/gpu-check.json`` and ``OUT/gpu-check.md`` and prints the Markdow
   largest value, and the same region counts per segment);
 * regions/s of subdivide on VGG8 (the 4 segments of ``bench/compare.py``) and ResNet18 k=8 (its first
   segment), in float64 and float32, at each work size ``batch_size x max_vertices``, with peak GPU
-  memory and the host-wait count (:class:`pipeline.census.HostSyncCensus`, in an untimed run that
+  memory and the host-wait count (:class:`pipeline.engine.census.HostSyncCensus`, in an untimed run that
   also warms up); the same workloads on the node's CPU in the same run, and the ratio;
 * the machine: device name, CUDA, torch, Python, CPU model, threads.
 
@@ -51,11 +51,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _common import circular_path, closed_segments  # noqa: E402 - torch and numpy only at import
 from _common import machine_info as common_machine_info  # noqa: E402
-from pipeline.census import HostSyncCensus  # noqa: E402
-from pipeline.planes import discover_plane  # noqa: E402
-from pipeline.prepared import prepare  # noqa: E402
-from pipeline.regions import discover  # noqa: E402
-from pipeline.worksize import work_sizes  # noqa: E402
+from pipeline.engine.census import HostSyncCensus  # noqa: E402
+from pipeline.engine.planes import discover_plane  # noqa: E402
+from pipeline.engine.prepared import prepare  # noqa: E402
+from pipeline.engine.lines import discover  # noqa: E402
+from pipeline.engine.worksize import work_sizes  # noqa: E402
 
 RTOL = 1e-9  # float64 results on the device against the CPU's, relative to each array's largest value
 CPU_WORK_SIZE = (64, 256)  # the engine's CPU defaults (batch_size, max_vertices)
@@ -98,7 +98,7 @@ class Workload:
 
 
 def _network(name: str) -> torch.nn.Module:
-    from pipeline.models import VGG8, ResNet18
+    from pipeline.inputs.models import VGG8, ResNet18
 
     torch.manual_seed(0)
     return (VGG8() if name == "vgg8" else ResNet18(k=8)).eval()
@@ -122,10 +122,10 @@ def workloads(quick: bool, vgg_segments: int = 4, resnet_segments: int = 1) -> l
 
 def parse_work_sizes(text: str) -> list[tuple[int, int]]:
     """``"auto,64x256,256x4096"`` -> ``[(0, 0), (64, 256), (256, 4096)]`` (batch_size x max_vertices;
-    ``auto``, kept as 0 x 0: the engine's own sizes for the device, :mod:`pipeline.worksize`)."""
+    ``auto``, kept as 0 x 0: the engine's own sizes for the device, :mod:`pipeline.engine.worksize`)."""
     out = []
     for item in text.split(","):
-        if item.strip() == "auto":  # sized for the device by the engine (pipeline/worksize.py)
+        if item.strip() == "auto":  # sized for the device by the engine (pipeline/engine/worksize.py)
             out.append((0, 0))
             continue
         bs, _, mv = item.strip().partition("x")
@@ -162,7 +162,7 @@ def _largest_rel(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_lines(ref, got) -> dict:
-    """Two :class:`pipeline.result.RegionResult` of the same segments: equal region counts per
+    """Two :class:`pipeline.engine.result.RegionResult` of the same segments: equal region counts per
     segment, and the largest difference of each array (the maps: their values at both ends of
     each region) relative to its largest value."""
     out = {"regions": [ref.n_regions, got.n_regions], "diff": {}}
@@ -182,7 +182,7 @@ def compare_lines(ref, got) -> dict:
 
 
 def compare_planes(ref, got) -> dict:
-    """Two :class:`pipeline.planes.PlaneResult` of the same planes, as :func:`compare_lines`."""
+    """Two :class:`pipeline.engine.planes.PlaneResult` of the same planes, as :func:`compare_lines`."""
     out = {"regions": [int(ref.n_regions.sum()), int(got.n_regions.sum())], "diff": {}}
     if not np.array_equal(ref.n_regions, got.n_regions):
         out.update(equal=False, why="region counts per plane differ")

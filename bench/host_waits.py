@@ -1,4 +1,4 @@
-"""How often the engine would make the host wait for a GPU, counted on the CPU (pipeline/census.py).
+"""How often the engine would make the host wait for a GPU, counted on the CPU (pipeline/engine/census.py).
 
     .venv/bin/python bench/host_waits.py bench/results/host-waits.json
     (cd ../before && PYTHONPATH=$PWD ../main/.venv/bin/python ../main/bench/host_waits.py /tmp/before.json)
@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import build_network, path_segments  # noqa: E402
 
-from pipeline.census import HostSyncCensus  # noqa: E402
-from pipeline.planes import discover_plane  # noqa: E402
-from pipeline.regions import discover  # noqa: E402
+from pipeline.engine.census import HostSyncCensus  # noqa: E402
+from pipeline.engine.planes import discover_plane  # noqa: E402
+from pipeline.engine.lines import discover  # noqa: E402
 
 
 def main(out_path: str):

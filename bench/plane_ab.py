@@ -24,10 +24,10 @@ def main(argv=None) -> int:
 
     import pipeline
     from pipeline.config import from_dict
-    from pipeline.data import DataConfig, load
-    from pipeline.plane_sets import PlaneSetConfig, bundle_planes
-    from pipeline.planes import discover_plane
-    from pipeline.train import load_checkpoint
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
+    from pipeline.engine.planes import discover_plane
+    from pipeline.stages.train import load_checkpoint
 
     torch.set_num_threads(1)
     out = []

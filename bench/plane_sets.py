@@ -3,8 +3,8 @@
     .venv/bin/python bench/plane_sets.py sweeps/demo/runs/noise-1.0-<id> sweeps/demo/runs/vanilla-<id> ...
 
 For each run folder and each of its ``init`` and ``final`` checkpoints, builds the plane sets
-below with :func:`pipeline.plane_sets.bundle_planes` (``n_planes`` 8, seed 0, the run's data)
-and times :func:`pipeline.planes.discover_plane` on them (float64, one plane per chunk, as
+below with :func:`pipeline.inputs.plane_sets.bundle_planes` (``n_planes`` 8, seed 0, the run's data)
+and times :func:`pipeline.engine.planes.discover_plane` on them (float64, one plane per chunk, as
 discovery writes them), one torch thread. Prints one Markdown row per (run, checkpoint, plane
 set): the median and largest region count over the planes and the mean seconds per plane.
 Chooses ``scale`` / ``radius`` of a sweep's ``planes:`` for its budget.
@@ -29,10 +29,10 @@ def main(argv=None) -> int:
     import yaml
 
     from pipeline.config import from_dict
-    from pipeline.data import DataConfig, load
-    from pipeline.plane_sets import PlaneSetConfig, bundle_planes
-    from pipeline.planes import discover_plane
-    from pipeline.train import load_checkpoint
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
+    from pipeline.engine.planes import discover_plane
+    from pipeline.stages.train import load_checkpoint
 
     torch.set_num_threads(1)
     print("| run | model | checkpoint | planes | regions per plane (median, max) | s per plane |")

@@ -1,4 +1,4 @@
-"""Exact 2-D slices (pipeline.planes.discover_plane): regions/s and peak RSS.
+"""Exact 2-D slices (pipeline.engine.planes.discover_plane): regions/s and peak RSS.
 
     .venv/bin/python bench/planes.py [--reps 3] [--skip-cifar] [--out bench/results/planes-DATE.json]
 
@@ -64,8 +64,8 @@ def worker(kind: str, arg: str, engine: str) -> dict:
             wall = time.perf_counter() - t0
             extra = {"area_sum_uv": float(sum(f.area for f in rc.faces)) / 4}
         else:
-            from pipeline.planes import discover_plane
-            from pipeline.regions import prepare
+            from pipeline.engine.planes import discover_plane
+            from pipeline.engine.lines import prepare
 
             ready = prepare(net)
             x0, x1, x2 = (torch.tensor([p], dtype=torch.float64) for p in ([-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0]))
@@ -78,8 +78,8 @@ def worker(kind: str, arg: str, engine: str) -> dict:
                      "dropped_pieces": int(res.dropped_pieces[0]), "continuity_gap": float(res.continuity_gap[0])}
     else:
         from bench._common import build_network, digit_images
-        from pipeline.planes import discover_plane
-        from pipeline.regions import prepare
+        from pipeline.engine.planes import discover_plane
+        from pipeline.engine.lines import prepare
 
         s = float(arg)
         net = build_network(kind)

@@ -24,8 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import build_network, path_segments  # noqa: E402
 
-from pipeline.linearize import forward_blocked  # noqa: E402
-from pipeline.regions import discover, prepare  # noqa: E402
+from pipeline.engine.linearize import forward_blocked  # noqa: E402
+from pipeline.engine.lines import discover, prepare  # noqa: E402
 
 
 def main(argv=None):

@@ -17,10 +17,10 @@ import numpy as np
 import zarr
 
 from analysis.collect import store_fingerprint
-from pipeline import store as st
-from pipeline.measures import path_partials
-from pipeline.result import RegionResult
-from pipeline.store import ShardWriter, StoreConfig, open_or_create, open_store, shard_partials, shard_status, verify_shard
+from pipeline.store.lines import lines as st
+from pipeline.engine.measures import path_partials
+from pipeline.engine.result import RegionResult
+from pipeline.store.lines import ShardWriter, StoreConfig, open_or_create, open_store, shard_partials, shard_status, verify_shard
 
 S, R_PER, K, CHUNK = 1000, 100, 10, 64
 rng = np.random.default_rng(0)

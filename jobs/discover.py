@@ -1,10 +1,10 @@
-"""Region discovery for one trained run, from the command line (``pipeline/discover.py``).
+"""Region discovery for one trained run, from the command line (``pipeline/stages/discovery.py``).
 
     python -m jobs discover runs/digits-vgg8 --config configs/discover/digits.yaml --shard 0/4
     python -m jobs discover runs/digits-vgg8 --from-store runs/digits-vgg8/regions/final-6b2d1440.zarr
 
 Each shard holds a contiguous block of the path set; a complete shard is skipped, any other
-(missing, interrupted or damaged) is written again from scratch (see ``pipeline/store.py``).
+(missing, interrupted or damaged) is written again from scratch (see ``pipeline/store/lines.py``).
 Without ``--shard`` every missing shard is written in turn. The store goes to
 ``<run>/regions/<checkpoint>-<path set id>.zarr``. ``--from-store`` rewrites the shards of an
 existing store with the discovery config it was written with (``python -m jobs verify`` prints
@@ -17,8 +17,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from pipeline.discover import DiscoverConfig, discover_run
-from pipeline.store import StoreError
+from pipeline.stages.discovery import DiscoverConfig, discover_run
+from pipeline.store.lines import StoreError
 
 log = logging.getLogger("jobs.discover")
 
@@ -36,7 +36,7 @@ def _parse_shard(text: str):
 def _config_from_store(store: Path) -> DiscoverConfig:
     """The discovery config a store records (its ``discover_config`` attribute)."""
     from pipeline.config import from_dict
-    from pipeline.store import store_attrs
+    from pipeline.store.lines import store_attrs
 
     recorded = store_attrs(store).get("discover_config")
     if not recorded:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     if a.shard:
         cfg = replace(cfg, n_shards=a.shard[1])
         shards = [a.shard[0]]
-    from pipeline.store import store_attrs, store_geometry
+    from pipeline.store.lines import store_attrs, store_geometry
 
     # a plane store's path follows from the config; --from-store names the segment store only if it is one
     segments = a.from_store if a.from_store and store_geometry(store_attrs(a.from_store)) == "line" else None

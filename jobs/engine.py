@@ -42,9 +42,9 @@ def digits_loops(cfg: DemoConfig) -> tuple[torch.Tensor, torch.Tensor, np.ndarra
 
 def discover_loops(cfg: DemoConfig) -> dict[str, tuple]:
     """Per method (in the order walk, subdivide): ``(RegionResult, path measures)`` on the loops."""
-    from pipeline.measures import path_measures
-    from pipeline.models import VGG8
-    from pipeline.regions import discover
+    from pipeline.engine.measures import path_measures
+    from pipeline.inputs.models import VGG8
+    from pipeline.engine.lines import discover
 
     torch.manual_seed(cfg.seed)
     model = VGG8(num_classes=10, in_channels=1, input_size=8, widths=(6, 16)).eval()

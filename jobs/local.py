@@ -147,7 +147,7 @@ class LocalPool:
 
 def _shard_regions(store: Path, shard: int) -> int:
     """Regions in a complete shard (its attributes), 0 if unreadable: for the progress bar only."""
-    from pipeline.store import shard_info
+    from pipeline.store.lines import shard_info
 
     try:
         return int(shard_info(store, shard).get("n_regions", 0))
@@ -170,7 +170,7 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysi
     from pipeline.config import to_dict
     from tqdm.auto import tqdm
 
-    from pipeline.discover import store_paths
+    from pipeline.stages.discovery import store_paths
 
     from .ledger import record
     from .tasks import AggregateJob, DiscoverJob, TrainJob

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.discover import store_paths
+from pipeline.stages.discovery import store_paths
 
 from .ledger import records
 from .sweepconfig import SweepConfig, discover_config, expand
@@ -33,11 +33,11 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         ``runs``; ``train``, ``discover`` and ``aggregate``, each ``{"done", "incomplete",
         "todo"}`` (discovery items are ``(run, discover config, shard)``; a damaged shard is
         incomplete); ``damaged``: ``(run, discover config, shard, error)`` of each damaged
-        shard (the cheap check of :func:`pipeline.store.shard_status`); ``uncertified``:
+        shard (the cheap check of :func:`pipeline.store.lines.shard_status`); ``uncertified``:
         ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
         failed (written with ``on_certificate: warn``; from the shards' attributes).
     """
-    from pipeline.store import shard_info, shard_status
+    from pipeline.store.lines import shard_info, shard_status
 
     runs = expand(sweep, base)
     train = {"done": [], "incomplete": [], "todo": []}

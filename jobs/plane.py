@@ -6,7 +6,7 @@
 
 Loads the run's checkpoint and its data, takes three images of ``--split`` (default: three of
 different classes chosen by ``--seed``), optionally shrinks the triangle towards the first one
-(``--scale``), finds every linear region exactly (``pipeline/planes.py``) and draws them
+(``--scale``), finds every linear region exactly (``pipeline/engine/planes.py``) and draws them
 (``analysis.figures.plane_figure``). A full triangle on the demo's networks takes a minute or
 more (about 10^5 regions); ``--scale 0.25`` takes seconds. ``--store`` draws a plane a sweep's
 discovery already stored (``planes:`` in its discovery config), without discovering it again.
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
         p.error(f"--scale must be in (0, 1], got {a.scale}")
 
     from analysis.figures import plane_caption, plane_figure, plane_labels
-    from pipeline.plane_run import run_plane
+    from pipeline.stages.plane_run import run_plane
 
     try:
         out = run_plane(a.run, a.checkpoint, a.images, split=a.split, domain=a.domain, scale=a.scale, seed=a.seed,
@@ -89,8 +89,8 @@ def _stored(a, p) -> int:
     """Draw plane ``a.plane`` of the plane store ``a.store``: its regions as stored, its corners
     rebuilt from the store's plane set and the run's data."""
     from analysis.figures import plane_figure
-    from pipeline.plane_run import stored_plane
-    from pipeline.store import StoreError
+    from pipeline.stages.plane_run import stored_plane
+    from pipeline.store.lines import StoreError
 
     try:
         out = stored_plane(a.store, a.plane)

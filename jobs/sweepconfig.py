@@ -23,8 +23,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, config_hash, from_dict, to_dict, write_atomic
-from pipeline.discover import DiscoverConfig
-from pipeline.train import TrainConfig
+from pipeline.stages.discovery import DiscoverConfig
+from pipeline.stages.train import TrainConfig
 
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
            "analysis_config", "claim_root"]

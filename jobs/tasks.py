@@ -19,8 +19,8 @@ from pathlib import Path
 import submitit
 
 from pipeline.config import from_dict, write_atomic
-from pipeline.discover import DiscoverConfig, discover_run, shard_done
-from pipeline.train import TrainConfig
+from pipeline.stages.discovery import DiscoverConfig, discover_run, shard_done
+from pipeline.stages.train import TrainConfig
 
 __all__ = ["TrainJob", "DiscoverJob", "AggregateJob", "use_allocated_cpus", "use_allocated_device", "job_device",
            "ignore_preemption"]
@@ -33,7 +33,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         self.run_dir, self.config = str(run_dir), config
 
     def __call__(self):
-        from pipeline.train import train
+        from pipeline.stages.train import train
 
         use_allocated_cpus()
         train(from_dict(TrainConfig, self.config), self.run_dir, progress=False)

@@ -26,8 +26,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
     from pipeline.config import ConfigError, config_hash, load_config
-    from pipeline.models import summary
-    from pipeline.train import TrainConfig, build_model, train
+    from pipeline.inputs.models import summary
+    from pipeline.stages.train import TrainConfig, build_model, train
 
     try:
         cfg = load_config(a.config, TrainConfig)
@@ -37,7 +37,7 @@ def main(argv=None) -> int:
         cfg = replace(cfg, seed=a.seed)
     out = a.out or Path("runs") / f"{a.config.stem}-{config_hash(cfg)}"
     metrics = train(cfg, out, progress=True)
-    from pipeline.data import load
+    from pipeline.inputs.data import load
 
     data = load(cfg.data)
     log.info("%s", summary(build_model(cfg, data.num_classes, data.input_shape)))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .atomic import fsync_dir, write_atomic  # re-exported: the atomic writes live in pipeline/atomic.py
+from pipeline.atomic import fsync_dir, write_atomic  # re-exported: the atomic writes live in pipeline/atomic.py
 
 __all__ = ["ConfigError", "from_dict", "to_dict", "identity_dict", "load_config", "save_config", "config_hash",
            "write_atomic", "fsync_dir", "local_field", "short_id"]

@@ -28,8 +28,8 @@ def sweep(tmp_path_factory):
 def digits_run(tmp_path_factory):
     """A training run folder of a tiny VGG8 (widths 4, 8) trained one epoch on the digits; read
     only (copy it to write stores into it)."""
-    from pipeline.data import DataConfig
-    from pipeline.train import ModelConfig, TrainConfig, train
+    from pipeline.inputs.data import DataConfig
+    from pipeline.stages.train import ModelConfig, TrainConfig, train
 
     run_dir = tmp_path_factory.mktemp("digits-run") / "vgg8"
     cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,

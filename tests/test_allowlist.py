@@ -1,6 +1,6 @@
 """Networks as people write them: every op found, a constant, or refused by name before any work.
 
-The engine keeps an allowlist of affine ops (pipeline.allowlist) and follows which values carry
+The engine keeps an allowlist of affine ops (pipeline.engine.allowlist) and follows which values carry
 the input: anything else applied to an input-derived value is refused, naming the op, in the
 walk, the subdivision and the planes alike; what touches only parameters and constants is a
 constant whatever the op; sizes read from the batch follow it; a forward that branches on a
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.planes import discover_plane
-from pipeline.regions import UnsupportedOpError, discover, prepare
+from pipeline.engine.planes import discover_plane
+from pipeline.engine.lines import UnsupportedOpError, discover, prepare
 
 ENGINES = ["walk", "subdivide", "plane"]
 
@@ -74,7 +74,7 @@ def test_refused_by_name(name, engine):
 
 def test_refused_before_any_work(monkeypatch):
     """The refusal comes from the preflight pass, before the engine starts."""
-    import pipeline.subdivide as sub
+    import pipeline.engine.subdivide as sub
 
     started = []
     real = sub.run_graph
@@ -124,7 +124,7 @@ def test_constants_are_constants(engine):
 def test_escape_hatch_runs_and_the_certificate_still_checks():
     """assume_affine lets a refused op through; a wrong declaration fails the certificate, which
     names the op, in every engine."""
-    from pipeline.regions import CertificateError, CertificateWarning
+    from pipeline.engine.lines import CertificateError, CertificateWarning
 
     net = Body(lambda z: torch.where(z > 0, z, 0.0))
     declared = (torch.where, torch.Tensor.gt)

@@ -11,7 +11,7 @@ from scipy import stats
 from analysis import AnalysisConfig, AnalysisError, aggregate
 from analysis import tables as T
 from analysis.collect import TABLE_COLUMNS, collect, find_stores
-from pipeline.store import open_store
+from pipeline.store.lines import open_store
 
 SYNC = AnalysisConfig(scheduler="synchronous", figures=False)
 

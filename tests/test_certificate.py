@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-import pipeline.pwl as pwl
-import pipeline.certificate as certificate
-from pipeline.regions import CertificateError, CertificateWarning, UnsupportedOpError, discover
+import pipeline.engine.pwl as pwl
+import pipeline.engine.certificate as certificate
+from pipeline.engine.lines import CertificateError, CertificateWarning, UnsupportedOpError, discover
 from tests.conftest import segments
 from tests.nets import MaxCNN
 
@@ -175,7 +175,7 @@ def test_float32_mode_has_no_screen(certify):
 def test_resumed_screen_equals_a_whole_float32_forward(nets, name):
     """The screen starts at the first piecewise-linear op from values interpolated between the
     segment's ends (skip connections included): it must give the network's float32 outputs."""
-    from pipeline.prepared import prepare
+    from pipeline.engine.prepared import prepare
 
     net, shape = next((m, s) for n, m, s in nets if n == name)
     x0, x1 = segments(shape, 3, seed=9)

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.certificate import GAP_RTOL, CertificateWarning, gap_tolerance
-from pipeline.planes import discover_plane, discover_plane_iter
-from pipeline.regions import CertificateError, discover, discover_iter, prepare
+from pipeline.engine.certificate import GAP_RTOL, CertificateWarning, gap_tolerance
+from pipeline.engine.planes import discover_plane, discover_plane_iter
+from pipeline.engine.lines import CertificateError, discover, discover_iter, prepare
 from tests.nets import zoo
 
 
@@ -131,7 +131,7 @@ def test_correct_networks_pass(method, dtype):
 
 
 def test_vgg8_like_passes_both_dtypes():
-    from pipeline.models import build
+    from pipeline.inputs.models import build
 
     torch.manual_seed(0)
     net = build("vgg8", num_classes=10, in_channels=1, input_size=8, widths=(8, 16)).eval()
@@ -156,7 +156,7 @@ def test_tolerance_is_relative_and_concatenates():
     whole = discover(net, x0, x1)
     parts = list(discover_iter(net, x0, x1, chunk_segments=2))
     assert len(parts) == 3
-    from pipeline.result import RegionResult
+    from pipeline.engine.result import RegionResult
 
     np.testing.assert_allclose(RegionResult.concat(parts).gap_tol, whole.gap_tol, rtol=1e-12)
     # the walk's tolerance allows its merged slivers: 4 eps x the largest |slope|

@@ -16,9 +16,9 @@ import torch
 from analysis import AnalysisConfig, aggregate
 from analysis.document import write_report
 from analysis.synthetic import DEFAULT_RUNS, SyntheticRun, _HiddenReLU, _network, make_paths, make_sweep
-from pipeline.certificate import CertificateError
-from pipeline.discover import DiscoverConfig, write_shards
-from pipeline.store import open_store, shard_info, shard_status
+from pipeline.engine.certificate import CertificateError
+from pipeline.stages.discovery import DiscoverConfig, write_shards
+from pipeline.store.lines import open_store, shard_info, shard_status
 from tests.test_certificate_loud import hidden_relu
 
 torch.fx.wrap("hidden_relu")  # opaque to subdivide's tracing too (analysis.synthetic's is for the walk)
@@ -111,7 +111,7 @@ def test_aggregation_and_report_leave_the_failing_paths_out(tmp_path, caplog):
 def test_sweep_status_names_the_network(tmp_path):
     from jobs.sweep import expand, load_sweep, status
     from jobs.sweepconfig import discover_config
-    from pipeline.discover import store_path
+    from pipeline.stages.discovery import store_path
     from tests.sweeps import tiny_sweep
 
     sweep, base = load_sweep(tiny_sweep(tmp_path))

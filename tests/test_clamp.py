@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import pwl
-from pipeline.regions import discover
+from pipeline.engine import pwl
+from pipeline.engine.lines import discover
 from tests.compare import EPS, nearest
 from tests.conftest import segments
 from tests.nets import patterns, true_breakpoints

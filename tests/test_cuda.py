@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import VGG8
-from pipeline.planes import discover_plane
-from pipeline.regions import discover
+from pipeline.inputs.models import VGG8
+from pipeline.engine.planes import discover_plane
+from pipeline.engine.lines import discover
 from tests.conftest import segments
 
 pytestmark = [pytest.mark.cuda,

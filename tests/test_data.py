@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100
 
-from pipeline.data import (DATASETS, DataConfig, DatasetNotFoundError, corrupt_labels, load,
+from pipeline.inputs.data import (DATASETS, DataConfig, DatasetNotFoundError, corrupt_labels, load,
                            shift_and_flip)
 
 N_PER_BATCH, N_TEST = 12, 20  # fake CIFAR-10: 5 x 12 = 60 training images, 20 test images

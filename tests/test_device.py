@@ -3,7 +3,7 @@
 * Every tensor the engine makes is on the working device or deliberately on the host: with
   torch's default device set to ``meta``, a tensor made without a device would be a meta
   tensor, and mixing it with real ones fails. Results must equal a plain run.
-* Host waits (pipeline.census): their count grows with the piecewise-linear ops and the chunks
+* Host waits (pipeline.engine.census): their count grows with the piecewise-linear ops and the chunks
   of work, not with the regions.
 * Out of memory: a simulated small device (an op that raises ``torch.OutOfMemoryError`` past a
   number of rows) makes the engine redo its work smaller, with a warning, and the same result.
@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from pipeline.census import HostSyncCensus, classify
-from pipeline.discover import DiscoverConfig
+from pipeline.engine.census import HostSyncCensus, classify
+from pipeline.stages.discovery import DiscoverConfig
 from pipeline.config import identity_dict
-from pipeline.models import VGG8, ResNet18
-from pipeline.planes import discover_plane
-from pipeline.prepared import prepare
-from pipeline.regions import discover
-from pipeline.worksize import DeviceMemoryError, largest_activation, shrink_on_oom, work_sizes
-import pipeline.walk as walk_module
+from pipeline.inputs.models import VGG8, ResNet18
+from pipeline.engine.planes import discover_plane
+from pipeline.engine.prepared import prepare
+from pipeline.engine.lines import discover
+from pipeline.engine.worksize import DeviceMemoryError, largest_activation, shrink_on_oom, work_sizes
+import pipeline.engine.walk as walk_module
 from tests.nets import MaxCNN, zoo
 
 
@@ -211,7 +211,7 @@ def test_out_of_memory_is_redone_smaller(method, caplog):
     x0, x1 = torch.randn(2, 6, 2, 6, 6, dtype=torch.float64)
     ref = discover(net, x0, x1, method=method)
     device = SmallDevice(rows=40)
-    with caplog.at_level(logging.WARNING, logger="pipeline.worksize"), device:
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine.worksize"), device:
         got = discover(net, x0, x1, method=method, batch_size=6, max_vertices=4096, row_block=0)
     assert device.refused > 0
     assert "out of memory" in caplog.text and "redoing it at" in caplog.text
@@ -224,7 +224,7 @@ def test_planes_out_of_memory_is_redone_smaller(caplog):
     x0, x1, x2 = torch.randn(3, 2, 2, 6, 6, dtype=torch.float64)
     ref = discover_plane(net, x0, x1, x2)
     device = SmallDevice(rows=300)
-    with caplog.at_level(logging.WARNING, logger="pipeline.worksize"), device:
+    with caplog.at_level(logging.WARNING, logger="pipeline.engine.worksize"), device:
         got = discover_plane(net, x0, x1, x2, max_vertices=8192, row_block=0)
     assert device.refused > 0 and "planes: a chunk of planes" in caplog.text
     _same_plane(ref, got)

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.discover import DiscoverConfig, store_path
-from pipeline.discover import discover_run as run
+from pipeline.stages.discovery import DiscoverConfig, store_path
+from pipeline.stages.discovery import discover_run as run
 from pipeline.config import to_dict
-from pipeline.data import DataConfig
-from pipeline.paths import PathConfig
-from pipeline.store import DamagedShardError, StoreError, open_store, shard_status
-from pipeline.train import ModelConfig, TrainConfig, train
+from pipeline.inputs.data import DataConfig
+from pipeline.inputs.paths import PathConfig
+from pipeline.store.lines import DamagedShardError, StoreError, open_store, shard_status
+from pipeline.stages.train import ModelConfig, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = DiscoverConfig(paths=PathConfig(kind="circle", n_paths=10, anchors=4, seed=1), n_shards=2, batch_size=16,

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.regions import CertificateError, CertificateWarning, RegionResult, UnsupportedOpError, discover, discover_iter
+from pipeline.engine.lines import CertificateError, CertificateWarning, RegionResult, UnsupportedOpError, discover, discover_iter
 from tests.conftest import segments
 from tests.nets import MLP, MaxCNN, ResLeaky
 
@@ -142,7 +142,7 @@ def test_inplace_op_with_discarded_result(op):
 
 
 def test_dual_linearize_leaves_its_arguments_alone():
-    from pipeline.linearize import linearize
+    from pipeline.engine.linearize import linearize
 
     class RectifiesItsInput(nn.Module):
         def __init__(self):

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.pwl import UnsupportedOpError
-from pipeline.regions import discover
+from pipeline.engine.pwl import UnsupportedOpError
+from pipeline.engine.lines import discover
 from tests.nets import MLP, FunctionalMix, ResLeaky
 
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.fastops import PairAvgPool2d, with_fast_layers
-from pipeline.regions import discover
-from pipeline.subdivide import trace
+from pipeline.engine.fastops import PairAvgPool2d, with_fast_layers
+from pipeline.engine.lines import discover
+from pipeline.engine.subdivide import trace
 
 
 @pytest.mark.parametrize("shape", [(3, 4, 8, 8), (2, 5, 9, 7), (4, 6, 6), (1, 1, 3, 2)])

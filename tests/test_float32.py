@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.models import VGG8
-from pipeline.regions import discover
+from pipeline.inputs.models import VGG8
+from pipeline.engine.lines import discover
 
 
 def _short_segment():
@@ -78,7 +78,7 @@ def test_pattern_hashes_agree_across_hashers_and_weights_are_drawn_once():
     """The walk keeps one PatternHash per call (no module-level memo): two hashers give the
     same hash, a second pass draws no new weights, and a pattern changed in one unit changes
     the hash."""
-    from pipeline.linearize import PatternHash, linearize
+    from pipeline.engine.linearize import PatternHash, linearize
 
     torch.manual_seed(0)
     net = VGG8().eval().double()

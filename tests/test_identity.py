@@ -9,11 +9,11 @@ import torch
 import yaml
 
 from pipeline.config import ConfigError, config_hash, identity_dict, to_dict
-from pipeline.data import DataConfig
-from pipeline.discover import DiscoverConfig, store_path, write_shards
-from pipeline.paths import PathConfig, path_set_id
-from pipeline.store import StoreError, open_store
-from pipeline.train import TrainConfig
+from pipeline.inputs.data import DataConfig
+from pipeline.stages.discovery import DiscoverConfig, store_path, write_shards
+from pipeline.inputs.paths import PathConfig, path_set_id
+from pipeline.store.lines import StoreError, open_store
+from pipeline.stages.train import TrainConfig
 from tests.sweeps import tiny_sweep
 
 
@@ -59,7 +59,7 @@ def test_moving_the_dataset_keeps_the_sweep(tmp_path):
 
 
 def test_a_run_folder_accepts_its_config_with_the_data_moved(tmp_path):
-    from pipeline.train import train
+    from pipeline.stages.train import train
 
     cfg = TrainConfig(model=replace(TrainConfig().model, name="vgg8", widths=(2, 2)), stop="epochs", max_epochs=1,
                       batch_size=256)

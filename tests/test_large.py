@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import VGG8
-from pipeline.regions import discover
+from pipeline.inputs.models import VGG8
+from pipeline.engine.lines import discover
 from tests.compare import assert_walk_matches_exact
 from tests.nets import true_breakpoints
 

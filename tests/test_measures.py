@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.measures import abs_linear_integral, absolute_deviation, continuity_gap, path_measures, total_variation
+from pipeline.engine.measures import abs_linear_integral, absolute_deviation, continuity_gap, path_measures, total_variation
 
 
 def test_abs_linear_integral_exact():

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models import MODELS, ResNet18, VGG8, build, count_parameters
-from pipeline.regions import discover
+from pipeline.inputs.models import MODELS, ResNet18, VGG8, build, count_parameters
+from pipeline.engine.lines import discover
 from tests.compare import assert_walk_matches_exact
 
 
@@ -73,7 +73,7 @@ def test_vgg8_init_and_summary():
             fan_out = m.out_channels * 9
             np.testing.assert_allclose(m.weight.std().item(), (2 / fan_out) ** 0.5, rtol=0.15)
             assert torch.count_nonzero(m.bias) == 0
-    from pipeline.models import summary
+    from pipeline.inputs.models import summary
 
     text = summary(net)
     assert "total parameters: 174,116" in text and "features.0" in text

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.regions import discover
+from pipeline.engine.lines import discover
 from tests.conftest import segments
 from tests.compare import EPS, assert_walk_matches_exact, nearest
 from tests.nets import MLP, patterns, true_breakpoints

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.data import DataConfig, load
-from pipeline.paths import (PathConfig, build_paths, bundle_paths, choose_bases, circle_path, pixel_stats,
+from pipeline.inputs.data import DataConfig, load
+from pipeline.inputs.paths import (PathConfig, build_paths, bundle_paths, choose_bases, circle_path, pixel_stats,
                             translate)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from analysis.planes import COMPARE_COLUMNS, plane_findings, plane_vs_line
 from jobs.sweep import load_sweep, plan, status, submit
-from pipeline.discover import plane_store_path
-from pipeline.plane_store import open_plane_store
+from pipeline.stages.discovery import plane_store_path
+from pipeline.store.planes import open_plane_store
 from tests.sweeps import tiny_sweep
 
 

@@ -1,14 +1,14 @@
 """The planes' default certificate: a float32 screen of every region's centroid, float64 on a
 sample of 16 regions per plane and wherever the screen is inconclusive (the 1-D scheme,
-pipeline.certificate.screen). It must report what a float64 check of every centroid reports."""
+pipeline.engine.certificate.screen). It must report what a float64 check of every centroid reports."""
 
 import numpy as np
 import pytest
 import torch
 
-import pipeline.certificate as certificate
-import pipeline.planes as planes
-from pipeline.planes import CertificateError, CertificateWarning, discover_plane
+import pipeline.engine.certificate as certificate
+import pipeline.engine.planes as planes
+from pipeline.engine.planes import CertificateError, CertificateWarning, discover_plane
 from tests.nets import MaxCNN, ResLeaky
 
 

@@ -1,14 +1,14 @@
-"""Planes through training images (pipeline/plane_sets.py): their geometry, their images, their ids."""
+"""Planes through training images (pipeline/inputs/plane_sets.py): their geometry, their images, their ids."""
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.config import ConfigError, from_dict
-from pipeline.data import DataConfig, load
-from pipeline.discover import DiscoverConfig
-from pipeline.paths import PathConfig, bundle_paths, translate
-from pipeline.plane_sets import PlaneSetConfig, build_planes, bundle_planes, plane_set_id
+from pipeline.inputs.data import DataConfig, load
+from pipeline.stages.discovery import DiscoverConfig
+from pipeline.inputs.paths import PathConfig, bundle_paths, translate
+from pipeline.inputs.plane_sets import PlaneSetConfig, build_planes, bundle_planes, plane_set_id
 
 
 @pytest.fixture(scope="module")

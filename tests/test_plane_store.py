@@ -1,4 +1,4 @@
-"""Planes as a discovery path set: the plane store (pipeline/plane_store.py), written by
+"""Planes as a discovery path set: the plane store (pipeline/store/planes.py), written by
 discovery next to the segments, resumed, verified, and read back equal to the engine's result."""
 
 import shutil
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import DataConfig, load
-from pipeline.discover import DiscoverConfig, discover_run, plane_store_path, shard_done, store_path
-from pipeline.paths import PathConfig
-from pipeline.plane_sets import PlaneSetConfig, bundle_planes
-from pipeline.plane_store import PLANE_COLUMNS, open_plane_store
-from pipeline.planes import discover_plane
-from pipeline.store import DamagedShardError, StoreError, open_or_create, open_store, shard_status, store_attrs
-from pipeline.train import load_checkpoint
+from pipeline.inputs.data import DataConfig, load
+from pipeline.stages.discovery import DiscoverConfig, discover_run, plane_store_path, shard_done, store_path
+from pipeline.inputs.paths import PathConfig
+from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
+from pipeline.store.planes import PLANE_COLUMNS, open_plane_store
+from pipeline.engine.planes import discover_plane
+from pipeline.store.lines import DamagedShardError, StoreError, open_or_create, open_store, shard_status, store_attrs
+from pipeline.stages.train import load_checkpoint
 
 PLANES = PlaneSetConfig(kind="images", n_planes=4, scale=0.2, seed=1)
 CFG = DiscoverConfig(paths=PathConfig(kind="circle", n_paths=4, anchors=4, seed=1), n_shards=2, batch_size=16,
@@ -111,7 +111,7 @@ def test_a_damaged_plane_shard_is_refused_then_rewritten(run):
 def test_segment_and_plane_stores_are_never_mixed(written, tmp_path):
     run = written[0]
     planes, lines = plane_store_path(run, CFG), store_path(run, CFG)
-    with pytest.raises(StoreError, match="not of segments: read it with pipeline.plane_store"):
+    with pytest.raises(StoreError, match="not of segments: read it with pipeline.store.planes"):
         open_store(planes)
     with pytest.raises(StoreError, match="not of planes"):
         open_plane_store(lines)

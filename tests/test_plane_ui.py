@@ -8,7 +8,7 @@ import torch
 
 from analysis import AnalysisConfig, AnalysisError, aggregate
 from analysis.figures import draw_planes, plane_colors, plane_figure
-from pipeline.planes import discover_plane
+from pipeline.engine.planes import discover_plane
 from tests.nets import MLP
 
 
@@ -56,8 +56,8 @@ def test_figure_polygons_colours_and_insets(plane, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from pipeline.data import DataConfig
-    from pipeline.train import ModelConfig, TrainConfig, train
+    from pipeline.inputs.data import DataConfig
+    from pipeline.stages.train import ModelConfig, TrainConfig, train
 
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
     cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,
@@ -82,7 +82,7 @@ def test_cli_writes_the_figure(trained, tmp_path, capsys):
 
 
 def test_choose_images_has_three_classes():
-    from pipeline.plane_run import choose_images, shrink
+    from pipeline.stages.plane_run import choose_images, shrink
 
     labels = np.repeat(np.arange(5), 7)
     idx = choose_images(labels, seed=3)

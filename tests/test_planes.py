@@ -1,4 +1,4 @@
-"""Exact 2-D slices (pipeline.planes) against the network, the 1-D engine, dense sampling and
+"""Exact 2-D slices (pipeline.engine.planes) against the network, the 1-D engine, dense sampling and
 regioncam's 2-D mode."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.planes import discover_plane
-from pipeline.pwl import UnsupportedOpError
-from pipeline.regions import discover
+from pipeline.engine.planes import discover_plane
+from pipeline.engine.pwl import UnsupportedOpError
+from pipeline.engine.lines import discover
 from tests.nets import MLP, FunctionalMix, MaxCNN, ResLeaky, patterns
 
 # (name, model, input shape, corner scale): region counts of a few hundred to a few thousand
@@ -336,7 +336,7 @@ def test_sliver_maps_pass_through_their_vertices():
     on the slivers of this ResNet18's plane (FixUp init, outputs about 3e-7) it missed its own
     vertices by 8e-10 of the outputs (the 2x2 determinant cancels: conditioning squared);
     by Gram-Schmidt, by rounding."""
-    from pipeline.models import build
+    from pipeline.inputs.models import build
 
     torch.manual_seed(0)
     net = build("resnet18", num_classes=10, in_channels=1, k=4, input_size=8).eval()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.regions import discover, prepare
+from pipeline.engine.lines import discover, prepare
 from tests.conftest import segments
 from tests.nets import MaxCNN, ResLeaky
 

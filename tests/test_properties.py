@@ -6,7 +6,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.regions import discover
+from pipeline.engine.lines import discover
 from tests.nets import MLP, AvgCNN
 
 EPS = 1e-6

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.planes import discover_plane
-from pipeline.regions import discover
+from pipeline.engine.planes import discover_plane
+from pipeline.engine.lines import discover
 from tests.compare import assert_walk_matches_exact
 from tests.test_planes import _line_breakpoints, _triangle_points, _x
 

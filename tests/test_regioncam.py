@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.regions import discover
+from pipeline.engine.lines import discover
 
 regioncam = pytest.importorskip("regioncam")
 

@@ -117,8 +117,8 @@ def test_gpus_asked_of_a_machine_without_one(tmp_path):
     with pytest.raises(RuntimeError, match="discover_resources ask for GPUs.*gpus: 0"):
         submit(replace(sweep, discover_resources=Resources(gpus=1)), base, executor="debug")
     assert not (tmp_path / "out").exists()
-    from pipeline.discover import DiscoverConfig
-    from pipeline.discover import discover_run as discover
+    from pipeline.stages.discovery import DiscoverConfig
+    from pipeline.stages.discovery import discover_run as discover
 
     with pytest.raises(RuntimeError, match="device: cuda asked for.*no GPU"):
         discover(tmp_path / "no-run", DiscoverConfig(device="cuda"))
@@ -128,7 +128,7 @@ def test_gpus_asked_of_a_machine_without_one(tmp_path):
 
 def test_unknown_model_is_named_with_the_closest():
     from pipeline.config import from_dict
-    from pipeline.train import TrainConfig
+    from pipeline.stages.train import TrainConfig
 
     with pytest.raises(ConfigError, match="unknown model 'vgg9'. Did you mean 'vgg8'"):
         from_dict(TrainConfig, {"model": {"name": "vgg9"}})

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.discover import discover_run
+from pipeline.stages.discovery import discover_run
 from jobs.sweep import expand, load_sweep, plan, status, submit
-from pipeline.store import open_store
+from pipeline.store.lines import open_store
 from tests.sweeps import tiny_sweep
 
 pytestmark = pytest.mark.slow
@@ -198,7 +198,7 @@ def test_training_past_its_time_limit_resumes_to_the_same_weights(cluster, tmp_p
 
     from jobs.tasks import TrainJob
     from pipeline.config import from_dict, to_dict
-    from pipeline.train import TrainConfig, train
+    from pipeline.stages.train import TrainConfig, train
 
     cfg = from_dict(TrainConfig, LONG_TRAIN)
     run_dir = tmp_path / "run"
@@ -284,9 +284,9 @@ def test_preempted_discovery_resumes_to_an_equal_store(cluster, tmp_path, cancel
 
     from jobs.tasks import DiscoverJob
     from pipeline.config import from_dict, to_dict
-    from pipeline.discover import DiscoverConfig, store_path
-    from pipeline.store import shard_status
-    from pipeline.train import TrainConfig, train
+    from pipeline.stages.discovery import DiscoverConfig, store_path
+    from pipeline.store.lines import shard_status
+    from pipeline.stages.train import TrainConfig, train
 
     run_dir = tmp_path / "run"
     train(from_dict(TrainConfig, {**LONG_TRAIN, "max_epochs": 1, "batch_size": 64}), run_dir, device="cpu")

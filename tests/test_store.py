@@ -5,8 +5,8 @@ import pytest
 import torch
 import zarr
 
-from pipeline.regions import discover_iter
-from pipeline.store import SCHEMA_VERSION, ShardWriter, StoreConfig, StoreError, open_or_create, open_store, open_stores, shard_status
+from pipeline.engine.lines import discover_iter
+from pipeline.store.lines import SCHEMA_VERSION, ShardWriter, StoreConfig, StoreError, open_or_create, open_store, open_stores, shard_status
 from tests.conftest import segments
 from tests.nets import MaxCNN
 

@@ -21,8 +21,8 @@ import zarr
 from analysis import AnalysisConfig, AnalysisError
 from analysis.collect import collect, store_fingerprint
 from analysis.synthetic import SyntheticRun, make_paths, make_sweep
-from pipeline.discover import DiscoverConfig, shard_paths, write_shards
-from pipeline.store import (REGION_ARRAYS, SEGMENT_SCALARS, SEGMENT_VECTORS, DamagedShardError, ShardWriter,
+from pipeline.stages.discovery import DiscoverConfig, shard_paths, write_shards
+from pipeline.store.lines import (REGION_ARRAYS, SEGMENT_SCALARS, SEGMENT_VECTORS, DamagedShardError, ShardWriter,
                             StoreConfig, StoreError, open_store, shard_status, verify_shard)
 
 CFG = DiscoverConfig(n_shards=2, batch_size=8, chunk_segments=4, device="cpu", store=StoreConfig(region_chunk=16))
@@ -157,7 +157,7 @@ def test_manifest_records_every_array_and_file(store):
 
 
 def test_certificate_tol_is_stored_per_segment(pristine):
-    from pipeline.regions import discover_iter
+    from pipeline.engine.lines import discover_iter
 
     x0, x1, pid, _, _ = make_paths(N_PATHS, ANCHORS)
     ids = np.unique(pid)
@@ -195,7 +195,7 @@ def test_an_incomplete_shard_under_the_final_name_is_replaced(pristine, store):
 
 
 def test_commit_flushes_a_marked_shard_before_publishing_it(store, monkeypatch):
-    import pipeline.store as store_mod
+    import pipeline.store.lines as store_mod
 
     seen = []
 
@@ -213,7 +213,7 @@ def test_commit_flushes_a_marked_shard_before_publishing_it(store, monkeypatch):
 
 def _shard_chunks(shard):
     """The discovery results of one shard of the test store, as write_shards computes them."""
-    from pipeline.regions import discover_iter
+    from pipeline.engine.lines import discover_iter
 
     x0, x1, pid, sidx, _ = make_paths(N_PATHS, ANCHORS)
     ids = np.unique(pid)

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.regions import discover
+from pipeline.engine.lines import discover
 from tests.conftest import segments
 
 

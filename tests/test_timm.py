@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.pwl import UnsupportedOpError
-from pipeline.regions import discover
+from pipeline.engine.pwl import UnsupportedOpError
+from pipeline.engine.lines import discover
 from tests.compare import EPS, assert_walk_matches_exact
 from tests.nets import patterns
 from tests.test_zoo import _check_maps, calibrate_batchnorm

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ConfigError, config_hash, from_dict, load_config
-from pipeline.data import DataConfig, load
-from pipeline.regions import discover
-from pipeline.train import ModelConfig, TrainConfig, load_checkpoint, train
+from pipeline.inputs.data import DataConfig, load
+from pipeline.engine.lines import discover
+from pipeline.stages.train import ModelConfig, TrainConfig, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,

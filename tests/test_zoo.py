@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.regions import discover
+from pipeline.engine.lines import discover
 from tests.compare import EPS, assert_walk_matches_exact
 from tests.nets import patterns
 

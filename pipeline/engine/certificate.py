@@ -39,8 +39,8 @@ import torch
 from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
-from . import pwl
-from .linearize import forward_blocked
+from pipeline.engine import pwl
+from pipeline.engine.linearize import forward_blocked
 
 __all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
            "CertificateWarning", "ON_CERTIFICATE", "GAP_RTOL", "WALK_SLIVER", "gap_tolerance", "enforce"]
@@ -111,7 +111,7 @@ def enforce(gap, tol, index, what: str, prepared, on_certificate: str, context: 
     (:class:`CertificateWarning`, ``"warn"``) when any ``gap > tol`` or a gap is not finite.
 
     ``index`` names the segments / planes in the caller's numbering; ``what`` is "segment" or
-    "plane"; ``prepared`` the :class:`pipeline.prepared.PreparedModel` (its
+    "plane"; ``prepared`` the :class:`pipeline.engine.prepared.PreparedModel` (its
     ``assumed_affine_report()``, where it has one, names ops the user declared affine)."""
     gap, tol = np.asarray(gap, dtype=np.float64), np.asarray(tol, dtype=np.float64)
     bad = ~(gap <= tol)

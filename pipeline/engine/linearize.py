@@ -23,7 +23,7 @@ import torch
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
-from . import allowlist, pwl
+from pipeline.engine import allowlist, pwl
 
 __all__ = ["LinearizeMode", "PatternHash", "linearize", "bare_pass", "forward_blocked"]
 
@@ -300,9 +300,9 @@ def linearize(model, x: torch.Tensor, d: torch.Tensor, *, jvp: str = "stacked", 
     on a kink is the one just ahead (``z > 0``, or ``z == 0`` and ``zdot > 0``).
     With ``pattern`` (true, or a :class:`PatternHash` to reuse), a fourth array ``(B,)``
     int64 hashes each row's activation pattern (see :class:`LinearizeMode`): the walk uses it to recognise a step that did not get past
-    the kink it aimed at (rounding, see :mod:`pipeline.walk`).
+    the kink it aimed at (rounding, see :mod:`pipeline.engine.walk`).
     ``out`` optionally provides a ``(2B, *input_shape)`` buffer for the stacked input.
-    ``assumed``: functions the user declared affine (see :mod:`pipeline.allowlist`).
+    ``assumed``: functions the user declared affine (see :mod:`pipeline.engine.allowlist`).
     ``check_output``: raise if the output does not carry the input as the engine sees it (an op
     ran with torch's function dispatch disabled, so the engine never saw it).
     """

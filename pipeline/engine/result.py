@@ -6,8 +6,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from . import measures
-from .certificate import WALK_SLIVER, gap_tolerance
+from pipeline.engine import measures
+from pipeline.engine.certificate import WALK_SLIVER, gap_tolerance
 
 __all__ = ["RegionResult", "assemble"]
 
@@ -23,7 +23,7 @@ class RegionResult:
     ``certificate_tol (S,)``: 0 where every region was checked in the working precision; with
     subdivide's float32 screen (``certify="all"`` in float64) the tolerance within which the
     regions it alone checked agree with the network (``continuity_gap`` covers the rest).
-    ``gap_tol (S,)`` the certificate's pass/fail tolerance (:func:`pipeline.certificate.gap_tolerance`:
+    ``gap_tol (S,)`` the certificate's pass/fail tolerance (:func:`pipeline.engine.certificate.gap_tolerance`:
     relative to the outputs' scale and the working dtype, plus the walk's merged slivers) and
     ``certified (S,)`` ``continuity_gap <= gap_tol`` (``discover`` raises unless every segment is).
     Per region: ``t_start, t_end (R,)`` and, unless ``keep_affine=False``, ``intercept,
@@ -110,7 +110,7 @@ def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0,
     is a further certificate to fold into ``continuity_gap`` (subdivide's midpoint check);
     ``certificate_tol`` (S,) the float32 screen's tolerance where it vouched for regions;
     ``dtype`` the working precision and ``sliver_eps`` the walk's ``eps`` set ``gap_tol``
-    (:func:`pipeline.certificate.gap_tolerance`; none without ``dtype``).
+    (:func:`pipeline.engine.certificate.gap_tolerance`; none without ``dtype``).
     """
     s = len(segment_index)
     flat = (np.asarray(length) == 0)[seg_of_region]  # x1 == x0: f is constant along the segment

@@ -1,16 +1,16 @@
-"""Data-driven planes in input space: the 2-D analogue of :mod:`pipeline.paths`.
+"""Data-driven planes in input space: the 2-D analogue of :mod:`pipeline.inputs.paths`.
 
 A plane set is ``n_planes`` planes ``x(u, v) = x0 + u (x1 - x0) + v (x2 - x0)``, each through
-one *base* training image, on which :func:`pipeline.planes.discover_plane` finds every linear
-region; the sweep's discovery stage stores them as Zarr shards (``pipeline/plane_store.py``)
+one *base* training image, on which :func:`pipeline.engine.planes.discover_plane` finds every linear
+region; the sweep's discovery stage stores them as Zarr shards (``pipeline/store/planes.py``)
 next to the 1-D paths, so the analysis can compare 2-D with 1-D density on the same networks::
 
-    from pipeline.data import DataConfig, load
-    from pipeline.plane_sets import PlaneSetConfig, bundle_planes
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
     planes = bundle_planes(load(DataConfig(name="digits")), PlaneSetConfig(kind="translate", n_planes=8))
     res = discover_plane(model, planes.x0, planes.x1, planes.x2, domain=planes.config.domain)
 
-Base images are chosen exactly as the bases of the 1-D paths (:func:`pipeline.paths.choose_bases`
+Base images are chosen exactly as the bases of the 1-D paths (:func:`pipeline.inputs.paths.choose_bases`
 with the same ``n``, ``split``, ``seed`` and ``class_balanced``), and a plane's id is its base
 image's index in the split, as a circle path's: plane ``i`` and path ``i`` go through the same
 image, so the two tables join on ``(network, image)``.
@@ -19,7 +19,7 @@ Kinds:
 
 ``"translate"`` (domain: the parallelogram)
     The plane of the image's translations: with ``a = T(r, 0) - x`` and ``b = T(0, r) - x``
-    (``T(dx, dy)`` the sub-pixel translation of :func:`pipeline.paths.translate`, ``r`` the
+    (``T(dx, dy)`` the sub-pixel translation of :func:`pipeline.inputs.paths.translate`, ``r`` the
     radius), the square ``x + s a + t b`` for ``s, t`` in ``[-1, 1]``, i.e. ``(u, v) = ((s + 1) / 2,
     (t + 1) / 2)``: the first-order span of the shifts within ``r`` px, where the circle paths
     of radius ``r`` run. It holds the image at its centre, and the image shifted by ``r`` right
@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from .paths import SPLITS, PathConfig, check_split, choose_bases, translate
+from pipeline.inputs.paths import SPLITS, PathConfig, check_split, choose_bases, translate
 
 __all__ = ["PLANE_KINDS", "PlaneSetConfig", "PlaneSet", "build_planes", "bundle_planes", "plane_set_id"]
 
@@ -67,7 +67,7 @@ class PlaneSetConfig:
         ``"images"``: the triangle shrunk towards the base image, in ``(0, 1]``. Ignored by
         ``"translate"``.
     split, seed, class_balanced
-        Choose the base images as :class:`pipeline.paths.PathConfig` does: keep them equal to
+        Choose the base images as :class:`pipeline.inputs.paths.PathConfig` does: keep them equal to
         the 1-D path set's to compare the two on the same images.
     """
 
@@ -100,10 +100,10 @@ class PlaneSetConfig:
 
 
 def plane_set_id(cfg) -> str:
-    """The one id of a plane set (8 hex digits), as :func:`pipeline.paths.path_set_id` for
+    """The one id of a plane set (8 hex digits), as :func:`pipeline.inputs.paths.path_set_id` for
     paths: it names the plane store (``<checkpoint>-planes-<id>.zarr``) and is its ``path_set``
     attribute."""
-    from .config import short_id
+    from pipeline.config import short_id
 
     return short_id(cfg, PlaneSetConfig, "plane_set_id")
 
@@ -189,6 +189,6 @@ def build_planes(images: torch.Tensor, labels: np.ndarray, cfg: PlaneSetConfig) 
 
 def bundle_planes(bundle, cfg: PlaneSetConfig) -> PlaneSet:
     """:func:`build_planes` on ``bundle.images(cfg.split)``, bases chosen by the clean labels of
-    the training split (as :func:`pipeline.paths.bundle_paths`)."""
+    the training split (as :func:`pipeline.inputs.paths.bundle_paths`)."""
     labels = bundle.clean_labels if cfg.split == "train" else bundle.labels(cfg.split)
     return build_planes(bundle.images(cfg.split), labels, cfg)

@@ -1,4 +1,4 @@
-"""The Zarr store of plane regions: the 2-D counterpart of :mod:`pipeline.store`'s segments.
+"""The Zarr store of plane regions: the 2-D counterpart of :mod:`pipeline.store.lines`'s segments.
 
 Layout (the store's ``geometry`` attribute is ``"plane"``)::
 
@@ -12,8 +12,8 @@ Layout (the store's ``geometry`` attribute is ``"plane"``)::
         regions/   area, region_gap, centroid (R,2), vertex_offset (R+1), intercept (R,K), grad (R,2,K)
         vertices/  uv (V,2)
 
-The fields are those of :class:`pipeline.planes.PlaneResult`. Shards are written, published,
-verified and rewritten exactly as segment shards (:class:`pipeline.store.ShardFolder`: a
+The fields are those of :class:`pipeline.engine.planes.PlaneResult`. Shards are written, published,
+verified and rewritten exactly as segment shards (:class:`pipeline.store.lines.ShardFolder`: a
 temporary, a manifest of sizes and CRC-32s, one rename); this module knows only the layout.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .store import (LATER_ARRAYS, SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array, shard_state,
+from pipeline.store.lines import (LATER_ARRAYS, SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array, shard_state,
                     shard_status, store_attrs, store_geometry, uncertified, verify_shard)
 
 __all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
@@ -45,7 +45,7 @@ class PlaneShardWriter(ShardFolder):
     publishes it.
 
     ``plane_id``, ``label`` (``(P,)``) and ``corner_index`` (``(P, 3)``) describe the shard's
-    planes in order; each :meth:`write` takes a :class:`pipeline.planes.PlaneResult` whose
+    planes in order; each :meth:`write` takes a :class:`pipeline.engine.planes.PlaneResult` whose
     ``plane_index`` are positions ``0..P-1`` in this shard. ``corners`` is 3 for triangles, 4
     for parallelograms (the rows of ``f_corners``).
     """
@@ -80,7 +80,7 @@ class PlaneShardWriter(ShardFolder):
             self.reg["grad"] = self.array("regions/grad", (0, 2, k), cfg.affine_dtype, (max(1, rc // 2), 2, k))
 
     def write(self, res) -> None:
-        """Append the next chunk of planes (a :class:`pipeline.planes.PlaneResult`)."""
+        """Append the next chunk of planes (a :class:`pipeline.engine.planes.PlaneResult`)."""
         lo, hi = self._chunk(res.plane_index, res.n_planes)
         for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
             val = getattr(res, name)
@@ -106,7 +106,7 @@ def _check_plane_store(path: Path, attrs: dict) -> None:
         raise StoreError(f"{path} has schema version {attrs.get('schema')}; this reader reads {SCHEMA_VERSION}")
     if store_geometry(attrs) != "plane":
         raise StoreError(f"{path} is a store of {store_geometry(attrs)}s, not of planes: read it with "
-                         "pipeline.store.open_store")
+                         "pipeline.store.lines.open_store")
 
 
 def plane_table(store, shard: int) -> pd.DataFrame:
@@ -117,7 +117,7 @@ def plane_table(store, shard: int) -> pd.DataFrame:
 
     Raises
     ------
-    pipeline.store.DamagedShardError
+    pipeline.store.lines.DamagedShardError
         The arrays differ from the manifest or cannot be decoded.
     """
     store = Path(store)
@@ -140,10 +140,10 @@ def plane_table(store, shard: int) -> pd.DataFrame:
 
 class PlaneStoreReader:
     """Read the complete shards of one plane store: the per-plane table, and any plane's
-    regions as a :class:`pipeline.planes.PlaneResult` (for figures and notebooks).
+    regions as a :class:`pipeline.engine.planes.PlaneResult` (for figures and notebooks).
 
     Opening checks every shard cheaply: a damaged one raises
-    :class:`pipeline.store.DamagedShardError`
+    :class:`pipeline.store.lines.DamagedShardError`
     unless ``allow_incomplete`` (it is then left out, like a missing one).
     """
 
@@ -182,7 +182,7 @@ class PlaneStoreReader:
         return sorted(self._locate())
 
     def plane(self, plane_id: int):
-        """Every region of plane ``plane_id`` as a :class:`pipeline.planes.PlaneResult` of one
+        """Every region of plane ``plane_id`` as a :class:`pipeline.engine.planes.PlaneResult` of one
         plane (``plane_index`` 0; ``intercept`` and ``grad`` ``None`` without affine maps).
 
         Raises
@@ -190,7 +190,7 @@ class PlaneStoreReader:
         KeyError
             No complete shard holds that plane.
         """
-        from .planes import PlaneResult
+        from pipeline.engine.planes import PlaneResult
 
         try:
             shard, row = self._locate()[int(plane_id)]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .config import local_field
+from pipeline.config import local_field
 
 __all__ = [
     "DataConfig",

@@ -1,12 +1,12 @@
 """A network made ready for the engine once: its private copy, traced graph and float32 screen.
 
-Every call of :func:`pipeline.regions.discover` on a plain module copies it into the working
+Every call of :func:`pipeline.engine.lines.discover` on a plain module copies it into the working
 dtype, swaps in the engine's fast layers, traces it (``method="subdivide"``) and makes the
 float32 copy its certificate screens with. On a short segment that set-up is a large part of
 the time (the MLP 3072-1024x3-10: about 60 ms against 100 ms of work). Prepare once and pass
 the result instead of the module::
 
-    from pipeline.regions import discover, prepare
+    from pipeline.engine.lines import discover, prepare
     ready = prepare(net)                  # float64, the device of net's parameters
     for x0, x1 in lines:
         res = discover(ready, x0, x1)     # no copy, no trace
@@ -22,8 +22,8 @@ import copy
 
 import torch
 
-from .allowlist import Assumed
-from .fastops import with_fast_layers
+from pipeline.engine.allowlist import Assumed
+from pipeline.engine.fastops import with_fast_layers
 
 __all__ = ["PreparedModel", "prepare", "as_prepared", "preflight"]
 
@@ -113,7 +113,7 @@ class PreparedModel:
                 self._trace_error = err
         key = tuple(example.shape[1:])
         if key not in self._concrete:
-            from .subdivide import Plan, trace_concrete
+            from pipeline.engine.subdivide import Plan, trace_concrete
 
             self._concrete[key] = Plan(trace_concrete(self.work, example[:1], self._trace_error))
         return self._concrete[key]
@@ -128,7 +128,7 @@ class PreparedModel:
     @property
     def plan(self):
         if self._plan is None:
-            from .subdivide import Plan, trace
+            from pipeline.engine.subdivide import Plan, trace
 
             self._plan = Plan(trace(self.work))
         return self._plan
@@ -137,7 +137,7 @@ class PreparedModel:
     def screen_plan(self):
         """The traced graph of :attr:`screen`."""
         if self._screen_plan is None:
-            from .subdivide import Plan, trace
+            from pipeline.engine.subdivide import Plan, trace
 
             self._screen_plan = self.plan if self.dtype == torch.float32 else Plan(trace(self.screen))
         return self._screen_plan
@@ -151,7 +151,7 @@ class PreparedModel:
 
 
 def prepare(model: torch.nn.Module, dtype=torch.float64, device=None, assume_affine=()) -> PreparedModel:
-    """Make ``model`` ready for repeated :func:`pipeline.regions.discover` calls (see the
+    """Make ``model`` ready for repeated :func:`pipeline.engine.lines.discover` calls (see the
     module docstring). ``dtype``, ``device`` and ``assume_affine`` as in ``discover``."""
     return PreparedModel(model, dtype, device, assume_affine)
 
@@ -171,12 +171,12 @@ def as_prepared(model, dtype, device=None, assume_affine=()) -> PreparedModel:
 
 def preflight(prepared: PreparedModel, x0: torch.Tensor, x1: torch.Tensor) -> None:
     """One linearising pass of the network at ``x0`` towards ``x1`` (one row each), with every
-    op checked (:mod:`pipeline.allowlist`): an op the engine cannot follow is refused by name
+    op checked (:mod:`pipeline.engine.allowlist`): an op the engine cannot follow is refused by name
     before any work. Once per input shape and dtype of a prepared model."""
     key = (tuple(x0.shape[1:]), x0.dtype)
     if key in prepared.checked:
         return
-    from .linearize import linearize
+    from pipeline.engine.linearize import linearize
 
     linearize(prepared.work, x0.to(device=prepared.device, dtype=prepared.dtype),
               (x1 - x0).to(device=prepared.device, dtype=prepared.dtype), track=False,

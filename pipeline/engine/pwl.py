@@ -1,7 +1,7 @@
 """The piecewise-linear ops the engine understands, recognised at the function level.
 
 Every call the network makes passes through a ``TorchFunctionMode`` (see
-``pipeline.linearize`` and ``pipeline.subdivide``); :func:`recognise` sorts each call into
+``pipeline.engine.linearize`` and ``pipeline.engine.subdivide``); :func:`recognise` sorts each call into
 
 * a piecewise-linear op the engine treats exactly, returned as a :class:`PWLCall`, in three
   kinds:
@@ -20,7 +20,7 @@ Every call the network makes passes through a ``TorchFunctionMode`` (see
 * an op that is not piecewise linear, or piecewise linear in a way the engine does not
   follow (GELU, sigmoid, hardswish, ``sign``, ``clamp`` with tensor bounds, BatchNorm or
   dropout in training mode...), which raises :class:`UnsupportedOpError` naming it;
-* everything else, returned as ``None``: :mod:`pipeline.allowlist` then decides whether it
+* everything else, returned as ``None``: :mod:`pipeline.engine.allowlist` then decides whether it
   is affine, a constant or refused.
 
 A piecewise-linear op applied to constants alone (``torch.abs(self.scale)``) is a constant:
@@ -435,9 +435,9 @@ def recognise(func, args, kwargs, carried: bool = True) -> PWLCall | None:
     """Classify one call seen by a ``TorchFunctionMode``.
 
     Returns a :class:`PWLCall` for a supported piecewise-linear op, ``None`` for any other op
-    (:mod:`pipeline.allowlist` decides about those), and raises :class:`UnsupportedOpError`
+    (:mod:`pipeline.engine.allowlist` decides about those), and raises :class:`UnsupportedOpError`
     for ops known not to be piecewise linear or not followed by the engine. ``carried``: whether
-    some argument is derived from the network's input (:meth:`pipeline.allowlist.Taint.any`); a
+    some argument is derived from the network's input (:meth:`pipeline.engine.allowlist.Taint.any`); a
     call on constants alone is a constant (``None``), whatever the op.
     """
     kwargs = kwargs or {}

@@ -6,7 +6,7 @@ u + v <= 1`` (``domain="triangle"``) or the unit square in ``(u, v)``
 affine: its linear regions, i.e. the sets of constant activation pattern (ReLU signs, clamp
 states, max-pool argmaxes).
 
-Algorithm (the 2-D analogue of :mod:`pipeline.subdivide`, sharing its traced graph, op
+Algorithm (the 2-D analogue of :mod:`pipeline.engine.subdivide`, sharing its traced graph, op
 recognition and graph runner):
 
 * The domain is a set of convex *pieces*, each with its own vertex list (CSR, CCW). Every
@@ -47,12 +47,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from . import allowlist, pwl
-from .certificate import CertificateError, CertificateWarning, check_option, enforce, gap_tolerance, sampled, screen
-from .linearize import forward_blocked
-from .prepared import as_prepared, preflight
-from .subdivide import Plan, SplitRequest, SubdivideMode, run_graph
-from .worksize import shrink_on_oom, work_sizes
+from pipeline.engine import allowlist, pwl
+from pipeline.engine.certificate import CertificateError, CertificateWarning, check_option, enforce, gap_tolerance, sampled, screen
+from pipeline.engine.linearize import forward_blocked
+from pipeline.engine.prepared import as_prepared, preflight
+from pipeline.engine.subdivide import Plan, SplitRequest, SubdivideMode, run_graph
+from pipeline.engine.worksize import shrink_on_oom, work_sizes
 
 __all__ = ["PlaneResult", "discover_plane", "discover_plane_iter", "DOMAINS", "MIN_AREA", "default_rel_tol",
            "CertificateError", "CertificateWarning"]
@@ -82,7 +82,7 @@ class PlaneResult:
     ``certificate_tol (P,)`` the float32 screen's tolerance (every region whose centroid was not
     evaluated in the working precision agrees with the network there to within it; 0 where all
     were), ``gap_tol (P,)`` the certificate's pass/fail tolerance
-    (:func:`pipeline.certificate.gap_tolerance`) and ``certified (P,)`` ``continuity_gap <= gap_tol``,
+    (:func:`pipeline.engine.certificate.gap_tolerance`) and ``certified (P,)`` ``continuity_gap <= gap_tol``,
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
     shows here), ``n_pieces (P,)`` pieces before the merge, ``dropped_pieces (P,)`` and
     ``dropped_area (P,)`` the slivers below ``min_area``.
@@ -606,7 +606,7 @@ class _PlaneMode(SubdivideMode):
 
 
 def _as_batch(x, name):
-    from .regions import _as_tensor
+    from pipeline.engine.lines import _as_tensor
 
     return _as_tensor(x, name)
 
@@ -659,7 +659,7 @@ def _plane_chunks(model, x0, x1, x2, *, dtype=torch.float64, device=None, domain
                   certify: str | None = "all", row_block: int | None = None, seed: int = 0, assume_affine=(),
                   memory_bytes: int | None = None):
     """:func:`discover_plane_iter` without the certificate's verdict: yields the
-    :class:`pipeline.prepared.PreparedModel` first, then the chunks."""
+    :class:`pipeline.engine.prepared.PreparedModel` first, then the chunks."""
     if isinstance(certify, bool):
         certify = "all" if certify else None
     if certify not in CERTIFY:
@@ -749,7 +749,7 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
     Parameters
     ----------
     model : torch.nn.Module or PreparedModel
-        As for :func:`pipeline.regions.discover` (``method="subdivide"``: a torch.fx-traceable
+        As for :func:`pipeline.engine.lines.discover` (``method="subdivide"``: a torch.fx-traceable
         network of affine layers, ReLU / LeakyReLU, clamps between constant bounds and
         max-pooling), in eval mode.
     x0, x1, x2 : Tensor or ndarray, shape ``(P, *input_shape)``
@@ -776,7 +776,7 @@ def discover_plane(model, x0, x1, x2, *, dtype=torch.float64, device=None, domai
         ``seed`` (the choice of cut order).
     on_certificate : {"raise", "warn"}
         What a failing certificate does: a plane fails when its ``continuity_gap`` exceeds its
-        ``gap_tol`` (:func:`pipeline.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
+        ``gap_tol`` (:func:`pipeline.engine.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
         float64, 1e-2 in float32). "raise" (default): :class:`CertificateError` naming the
         planes, gaps and tolerances; "warn": a :class:`CertificateWarning` with the same text,
         and the result with ``certified`` False on the failing planes.
@@ -897,7 +897,7 @@ def plane_deviation(area_uv, region_plane, vertex_offset, uv, intercept, grad, f
 
 def _certify(prepared, certify, x0, d1, d2, rplane, cen, pred, scale, n_planes, row_block):
     """The network at every region's centroid against the region's map (see
-    :mod:`pipeline.certificate`): ``"all"`` screens with a float32 copy of the network and
+    :mod:`pipeline.engine.certificate`): ``"all"`` screens with a float32 copy of the network and
     evaluates in float64 a sample of each plane's regions and every region the screen cannot
     vouch for, ``"strict"`` evaluates every centroid in the working precision, ``"sample"``
     only the sample. ``scale()`` is each plane's largest ``|f|`` (computed for the screen only).

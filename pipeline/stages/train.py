@@ -1,7 +1,7 @@
 """The paper's training recipes, with atomic checkpoints and exact resume.
 
     from pipeline.config import load_config
-    from pipeline.train import TrainConfig, train
+    from pipeline.stages.train import TrainConfig, train
     train(load_config("configs/train/digits-vgg8.yaml", TrainConfig), "runs/demo-vgg8")
 
 A run folder holds ``config.yaml`` (resolved), ``noisy_indices.npy``, ``metrics.csv`` (one row
@@ -14,7 +14,7 @@ from ``LAST`` and, because every epoch seeds its data order and augmentation fro
 All randomness comes from generators seeded by the config: the initialisation from ``seed``
 (drawn inside ``torch.random.fork_rng``, so the caller's CPU state is restored), data order and
 augmentation from ``torch.Generator`` objects seeded by ``(seed, epoch)``, label noise and the
-validation split from numpy generators (:mod:`pipeline.data`). ``train`` leaves torch's, numpy's
+validation split from numpy generators (:mod:`pipeline.inputs.data`). ``train`` leaves torch's, numpy's
 and Python's global random state as it found them: a notebook keeps its own.
 """
 
@@ -30,9 +30,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, identity_dict, save_config, to_dict, write_atomic
-from .data import DataConfig, load
-from .models import build
+from pipeline.config import ConfigError, identity_dict, save_config, to_dict, write_atomic
+from pipeline.inputs.data import DataConfig, load
+from pipeline.inputs.models import build
 
 __all__ = ["ModelConfig", "TrainConfig", "RECIPES", "train", "load_checkpoint", "build_model"]
 
@@ -45,7 +45,7 @@ class ModelConfig:
     pool: str = "avg"  # VGG8 pooling: the paper's average pooling keeps the function simply piecewise affine
 
     def __post_init__(self):
-        from .models import MODELS
+        from pipeline.inputs.models import MODELS
 
         if self.name.lower() not in MODELS:
             import difflib
@@ -117,7 +117,7 @@ def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint {path}: is the run finished? ({run_dir}/metrics.csv shows progress)")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    from .config import from_dict
+    from pipeline.config import from_dict
 
     cfg = from_dict(TrainConfig, ckpt["config"])
     model = build_model(cfg, ckpt["num_classes"], tuple(ckpt["input_shape"]))
@@ -177,7 +177,7 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
-        from .config import load_config
+        from pipeline.config import load_config
 
         if identity_dict(load_config(saved, TrainConfig)) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a run with another config ({saved}); use a new folder "

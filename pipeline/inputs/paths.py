@@ -2,12 +2,12 @@
 
 Gamba et al. (AISTATS 2022, App. E/F), after Novak et al. (2018), probe a network along paths
 that stay close to the data rather than along random lines. Each path is a chain of *anchors*
-(images) joined by straight segments, which :func:`pipeline.regions.discover` takes as
+(images) joined by straight segments, which :func:`pipeline.engine.lines.discover` takes as
 ``x0, x1``::
 
-    from pipeline.data import DataConfig, load
-    from pipeline.paths import PathConfig, bundle_paths
-    from pipeline.regions import discover
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.paths import PathConfig, bundle_paths
+    from pipeline.engine.lines import discover
     paths = bundle_paths(load(DataConfig(name="digits")), PathConfig(kind="circle", n_paths=16))
     res = discover(model, paths.x0, paths.x1)     # res.density[s] belongs to paths.path_id[s]
 
@@ -106,7 +106,7 @@ def path_set_id(cfg) -> str:
     in the discovery config (a mapping is read as one). It names the store file
     (``<checkpoint>-<id>.zarr``), is saved in the store as ``path_set`` and is the analysis'
     ``path_set`` label, so a table row names the store it came from."""
-    from .config import short_id
+    from pipeline.config import short_id
 
     return short_id(cfg, PathConfig, "path_set_id")
 
@@ -337,7 +337,7 @@ def pixel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, 
 def check_split(images, labels) -> np.ndarray:
     """``labels`` as an array, after checking ``images`` is a float ``(N, C, H, W)`` tensor and
     ``labels`` has shape ``(N,)``: the split :func:`build_paths` and
-    :func:`pipeline.plane_sets.build_planes` are handed."""
+    :func:`pipeline.inputs.plane_sets.build_planes` are handed."""
     if not isinstance(images, torch.Tensor) or not images.is_floating_point() or images.ndim != 4:
         raise TypeError(f"images must be a floating-point torch.Tensor (N, C, H, W), got "
                         f"{getattr(images, 'dtype', type(images).__name__)} {tuple(getattr(images, 'shape', ()))}")

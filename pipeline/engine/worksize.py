@@ -24,11 +24,11 @@ from typing import TypeVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from . import pwl
+from pipeline.engine import pwl
 
 __all__ = ["WorkSizes", "work_sizes", "largest_activation", "bytes_per_row", "shrink_on_oom", "DeviceMemoryError"]
 
-log = logging.getLogger("pipeline.worksize")
+log = logging.getLogger("pipeline.engine.worksize")
 T = TypeVar("T")
 
 # the live set of the subdivision and the planes per vertex, in forwards of one row: the values

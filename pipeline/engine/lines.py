@@ -3,14 +3,14 @@
 Example (a notebook, no cluster)::
 
     import torch
-    from pipeline.regions import discover
+    from pipeline.engine.lines import discover
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
     x0, x1 = torch.randn(4, 2), torch.randn(4, 2)
     res = discover(net, x0, x1)            # float64, method="walk"
     res.density, res.deviation, res.breakpoints(0)
 
 Definitions (breakpoints, affine maps, certificate, density, absolute deviation, total
-variation) are those of ``shared/DESIGN.md``; :class:`pipeline.result.RegionResult` documents
+variation) are those of ``shared/DESIGN.md``; :class:`pipeline.engine.result.RegionResult` documents
 the arrays returned.
 """
 
@@ -22,15 +22,15 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .certificate import CertificateError, CertificateWarning, check_option, enforce
-from .prepared import PreparedModel, as_prepared, preflight, prepare
-from .pwl import UnsupportedOpError
-from .result import RegionResult
-from .subdivide import subdivide
-from .walk import walk
-from .worksize import work_sizes
+from pipeline.engine.certificate import CertificateError, CertificateWarning, check_option, enforce
+from pipeline.engine.prepared import PreparedModel, as_prepared, preflight, prepare
+from pipeline.engine.pwl import UnsupportedOpError
+from pipeline.engine.result import RegionResult
+from pipeline.engine.subdivide import subdivide
+from pipeline.engine.walk import walk
+from pipeline.engine.worksize import work_sizes
 
-log = logging.getLogger("pipeline.regions")
+log = logging.getLogger("pipeline.engine.lines")
 
 __all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResult", "UnsupportedOpError", "METHODS",
            "CertificateError", "CertificateWarning"]
@@ -174,7 +174,7 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         Working precision of the network (breakpoints and measures are always float64).
     batch_size : int, optional
         Segments in flight at once. None (default): sized for the device
-        (:func:`pipeline.worksize.work_sizes`: 64 on the CPU; on a GPU from its free memory and
+        (:func:`pipeline.engine.worksize.work_sizes`: 64 on the CPU; on a GPU from its free memory and
         the network's bytes per row).
     device : torch.device or str, optional
         Defaults to the device of the model's parameters.
@@ -206,11 +206,11 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         still checks every region, and names the op if it fails), ``memory_bytes`` (the memory
         the work sizes are computed from, instead of half the GPU's free memory or the CPU's
         tuned constants; an out-of-memory error is caught and the work redone at half the size
-        either way, see :mod:`pipeline.worksize`).
+        either way, see :mod:`pipeline.engine.worksize`).
     on_certificate : {"raise", "warn"}
         What a failing certificate does. Every segment's ``continuity_gap`` (the largest
         disagreement between its maps and the network, see ``certify``) is compared with its
-        ``gap_tol`` (:func:`pipeline.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
+        ``gap_tol`` (:func:`pipeline.engine.certificate.gap_tolerance`: 1e-7 of the outputs' scale in
         float64, 1e-2 in float32, plus ``4 eps`` times the largest slope for the walk's merged
         slivers). "raise" (default): :class:`CertificateError` naming the segments, gaps and
         tolerances. "warn": a :class:`CertificateWarning` with the same text, and the result
@@ -219,7 +219,7 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
     Returns
     -------
     RegionResult
-        Numpy arrays per segment and per region (see :class:`pipeline.result.RegionResult`).
+        Numpy arrays per segment and per region (see :class:`pipeline.engine.result.RegionResult`).
 
     Raises
     ------
@@ -228,7 +228,7 @@ def discover(model, x0, x1, *, eps: float = 1e-6, dtype=torch.float64, batch_siz
         (GELU, sigmoid, hardswish...), that the engine does not follow (``sign``, ``clamp`` with
         tensor bounds...), or that it does not know to be affine (comparisons, ``where`` on an
         input-derived condition, masks, integer casts, any op not on the allowlist of
-        :mod:`pipeline.allowlist`). The message names the op.
+        :mod:`pipeline.engine.allowlist`). The message names the op.
     CertificateError
         Some segment's certificate failed (``on_certificate="raise"``): the network has an op
         the engine read as affine that is not, or a kink was missed.

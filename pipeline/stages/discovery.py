@@ -1,11 +1,11 @@
 """The discovery stage: a trained run's path set -> the region engine -> one sharded Zarr store.
 
-    from pipeline.discover import DiscoverConfig, discover_run
+    from pipeline.stages.discovery import DiscoverConfig, discover_run
     status = discover_run("runs/digits-vgg8", DiscoverConfig(n_shards=4), shards=[0])
 
 Each shard holds a contiguous block of the path set; a complete shard is skipped, any other
 (missing, interrupted, or damaged: its files differ from its manifest) is written again from
-scratch (``pipeline/store.py``). The store goes to
+scratch (``pipeline/store/lines.py``). The store goes to
 ``<run>/regions/<checkpoint>-<path set id>.zarr``. :func:`write_shards` is the loop from a
 network and its segments to shards, shared by :func:`discover_run` and the synthetic sweeps
 of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around this module.
@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import identity_dict, local_field, to_dict
-from .paths import PathConfig, path_set_id
-from .plane_sets import PlaneSetConfig, plane_set_id
-from .store import StoreConfig
+from pipeline.config import identity_dict, local_field, to_dict
+from pipeline.inputs.paths import PathConfig, path_set_id
+from pipeline.inputs.plane_sets import PlaneSetConfig, plane_set_id
+from pipeline.store.lines import StoreConfig
 
 __all__ = ["DiscoverConfig", "discover_run", "write_shards", "write_plane_shards", "store_path", "plane_store_path",
            "store_paths", "shard_done", "shard_paths", "engine_attrs", "plane_engine_attrs", "sha256"]
 
-log = logging.getLogger("pipeline.discover")
+log = logging.getLogger("pipeline.stages.discovery")
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,8 @@ class DiscoverConfig:
     The engine's result-affecting options (``method``, ``eps``, ``dtype``, ``certify``) are
     part of the store's identity: one store never mixes shards discovered differently.
 
-    With ``planes`` (a :class:`pipeline.plane_sets.PlaneSetConfig`), each shard index also
-    covers a block of that plane set, whose exact 2-D regions (:func:`pipeline.planes.discover_plane`,
+    With ``planes`` (a :class:`pipeline.inputs.plane_sets.PlaneSetConfig`), each shard index also
+    covers a block of that plane set, whose exact 2-D regions (:func:`pipeline.engine.planes.discover_plane`,
     in ``dtype``) go to a second store, :func:`plane_store_path`; a shard is done when it is
     complete in both (:func:`shard_done`).
     """
@@ -54,7 +54,7 @@ class DiscoverConfig:
     eps: float = 1e-6  # the paper's sensitivity, in t units
     dtype: str = "float64"  # the paper's precision
     certify: str = "all"  # the certificate, 1-D and planes: all (every region; float32 screen) | strict | sample
-    batch_size: int | None = local_field(None)  # segments in flight; None: sized for the device (pipeline.worksize)
+    batch_size: int | None = local_field(None)  # segments in flight; None: sized for the device (pipeline.engine.worksize)
     max_vertices: int | None = local_field(None)  # vertices per chain (1-D) or tile (planes); None: for the device
     chunk_segments: int = local_field(64)  # segments per write: bounds memory, whatever the region count
     n_shards: int = 1
@@ -70,7 +70,7 @@ class DiscoverConfig:
     on_certificate: str = local_field("raise")
 
     def __post_init__(self):
-        from .regions import CERTIFY, METHODS
+        from pipeline.engine.lines import CERTIFY, METHODS
 
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
@@ -88,7 +88,7 @@ class DiscoverConfig:
             raise TypeError(f"planes must be a PlaneSetConfig or None, got {type(self.planes).__name__}")
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0; got {self.eps}")
-        from .certificate import ON_CERTIFICATE
+        from pipeline.engine.certificate import ON_CERTIFICATE
 
         if self.on_certificate not in ON_CERTIFICATE:
             raise ValueError(f"on_certificate must be one of {', '.join(ON_CERTIFICATE)}; got {self.on_certificate!r}")
@@ -138,7 +138,7 @@ def engine_attrs(cfg: DiscoverConfig) -> dict:
 
 def plane_engine_attrs(cfg: DiscoverConfig) -> dict:
     """The plane store attributes naming how its regions were found (identity keys)."""
-    from .planes import MIN_AREA, default_rel_tol
+    from pipeline.engine.planes import MIN_AREA, default_rel_tol
 
     dtype = _torch_dtype(cfg)
     return {"geometry": "plane", "dtype": cfg.dtype, "domain": cfg.planes.domain,
@@ -149,14 +149,14 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
                  deep: bool = False) -> dict:
     """Write the missing (or damaged) shards among ``shards`` (default: all) of a run's store
     (and of its plane store, with ``cfg.planes``); returns the store's
-    :func:`pipeline.store.shard_status`, with the plane store's under ``"planes"``
+    :func:`pipeline.store.lines.shard_status`, with the plane store's under ``"planes"``
     (:func:`shard_done` reads both). ``deep``: judge existing shards by their checksums too
     (reads them), so flipped bytes are rewritten as well. ``store``: the segment store's path
     (default :func:`store_path`)."""
-    from .config import from_dict
-    from .data import DataConfig, load
-    from .paths import bundle_paths
-    from .train import load_checkpoint
+    from pipeline.config import from_dict
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.paths import bundle_paths
+    from pipeline.stages.train import load_checkpoint
 
     run_dir = Path(run_dir)
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
@@ -180,7 +180,7 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
                           paths.segment_index, cfg, attrs, path_config=cfg.paths, shards=shards, progress=progress,
                           deep=deep)
     if cfg.planes is not None:
-        from .plane_sets import bundle_planes
+        from pipeline.inputs.plane_sets import bundle_planes
 
         planes = bundle_planes(data, cfg.planes)
         plane_attrs = {**attrs, "split": cfg.planes.split, "paths": to_dict(planes.config)}
@@ -197,10 +197,10 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
     the whole path set; shard ``i`` holds the ``i``-th contiguous block of its paths.
     ``attrs`` are the caller's store attributes (checkpoint, model, dataset, paths...); the
     engine's options, the path set id, the shard count and ``K`` are added here. A shard is
-    missing unless :func:`pipeline.store.shard_status` lists it complete: a damaged one is
+    missing unless :func:`pipeline.store.lines.shard_status` lists it complete: a damaged one is
     written again and replaces it. ``deep`` judges shards by their checksums too.
     """
-    from .store import shard_status
+    from pipeline.store.lines import shard_status
 
     store = Path(store)
     dtype = _torch_dtype(cfg)
@@ -224,8 +224,8 @@ def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *
                        progress: bool = False, deep: bool = False) -> dict:
     """Create (or check) the plane store ``store`` and write its missing shards among
     ``shards``: shard ``i`` holds the ``i``-th contiguous block of ``planes`` (a
-    :class:`pipeline.plane_sets.PlaneSet`, ``cfg.planes`` built). As :func:`write_shards`."""
-    from .store import shard_status
+    :class:`pipeline.inputs.plane_sets.PlaneSet`, ``cfg.planes`` built). As :func:`write_shards`."""
+    from pipeline.store.lines import shard_status
 
     store = Path(store)
     if cfg.n_shards > planes.n_planes:
@@ -254,7 +254,7 @@ def _n_outputs(model, x) -> int:
 def _shards_to_write(store: Path, attrs: dict, n_shards: int, shards, deep: bool) -> list[int]:
     """Create (or check) ``store`` with ``attrs``; the shards among ``shards`` (default: all)
     that it does not list complete (missing, interrupted or damaged), logged."""
-    from .store import open_or_create, shard_status
+    from pipeline.store.lines import open_or_create, shard_status
 
     open_or_create(store, attrs)
     status = shard_status(store, deep=deep)
@@ -274,11 +274,11 @@ def _where(store, shard, attrs) -> str:
 
 
 def _certificate_failed(err, store, shard, attrs, names, of, prepared):
-    """A :class:`pipeline.certificate.CertificateError` from the engine, renamed for the stage:
+    """A :class:`pipeline.engine.certificate.CertificateError` from the engine, renamed for the stage:
     the rows by their ids (``names[i]`` for position ``i`` in the shard), the store and shard,
     the network (``of``: "segments" or "planes"); the shard is not published, and the
     completed shards stay."""
-    from .certificate import CertificateError, failure_message
+    from pipeline.engine.certificate import CertificateError, failure_message
 
     rows = [names[int(i)] for i in err.index]
     msg = failure_message(rows, err.gap, err.tol, len(names), of, prepared, _where(store, shard, attrs))
@@ -294,8 +294,8 @@ def _warn_uncertified(chunk_failed: int, store, shard, attrs, what: str):
 
 
 def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, device):
-    from .plane_store import PlaneShardWriter
-    from .planes import discover_plane_iter
+    from pipeline.store.planes import PlaneShardWriter
+    from pipeline.engine.planes import discover_plane_iter
 
     pos = shard_paths(planes.n_planes, cfg.n_shards, shard)
     corners = 4 if cfg.planes.domain == "parallelogram" else 3
@@ -304,9 +304,9 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attr
     dtype = _torch_dtype(cfg)
     start, regions = time.perf_counter(), 0
     idx = torch.as_tensor(pos)
-    from .certificate import CertificateError
-    from .prepared import prepare
-    from .store import uncertified
+    from pipeline.engine.certificate import CertificateError
+    from pipeline.engine.prepared import prepare
+    from pipeline.store.lines import uncertified
 
     ready = prepare(model, dtype, device)
     try:
@@ -330,8 +330,8 @@ def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attr
 
 
 def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep, attrs):
-    from .regions import discover_iter
-    from .store import ShardWriter
+    from pipeline.engine.lines import discover_iter
+    from pipeline.store.lines import ShardWriter
 
     ids = np.unique(path_id)
     pos = np.flatnonzero(np.isin(path_id, ids[shard_paths(ids.size, cfg.n_shards, shard)]))
@@ -342,9 +342,9 @@ def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dt
 
         bar = tqdm(total=len(pos), unit="seg", desc=f"shard {shard}/{cfg.n_shards}")
     start, regions = time.perf_counter(), 0
-    from .certificate import CertificateError
-    from .prepared import prepare
-    from .store import uncertified
+    from pipeline.engine.certificate import CertificateError
+    from pipeline.engine.prepared import prepare
+    from pipeline.store.lines import uncertified
 
     ready = prepare(model, dtype, device)
     try:
@@ -379,6 +379,6 @@ def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dt
 def _versions() -> dict:
     import zarr
 
-    from . import __version__
+    from pipeline import __version__
 
     return {"relu-regions": __version__, "torch": torch.__version__, "zarr": zarr.__version__}

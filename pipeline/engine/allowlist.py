@@ -1,10 +1,10 @@
 """Which ops the engine knows to be affine in the network's input: an allowlist, not a blocklist.
 
-The engine follows a network op by op (a ``TorchFunctionMode``, see :mod:`pipeline.linearize`
-and :mod:`pipeline.subdivide`). Each value a call returns is either derived from the input
+The engine follows a network op by op (a ``TorchFunctionMode``, see :mod:`pipeline.engine.linearize`
+and :mod:`pipeline.engine.subdivide`). Each value a call returns is either derived from the input
 or a constant (made from parameters, buffers and numbers alone). :class:`Taint` keeps track
 of which is which, and :func:`check` decides, for a call that is not one of the
-piecewise-linear ops of :mod:`pipeline.pwl`:
+piecewise-linear ops of :mod:`pipeline.engine.pwl`:
 
 * every argument a constant: the call is a constant, whatever the op (a weight computed from
   parameters, a mask made from a buffer);
@@ -13,7 +13,7 @@ piecewise-linear ops of :mod:`pipeline.pwl`:
 * an op that only reads metadata (``shape``, ``size()``, ``dtype``...): the result is a
   constant of the traced network;
 * anything else that touches a value derived from the input is refused by name, with
-  :class:`pipeline.pwl.UnsupportedOpError`, before any work is done: comparisons, ``where``
+  :class:`pipeline.engine.pwl.UnsupportedOpError`, before any work is done: comparisons, ``where``
   on an input-derived condition, masks, ``sign``, rounding, integer casts, products of two
   input-derived values, reading values into Python, and every op not on the list.
 
@@ -32,7 +32,7 @@ Rules, for the tensors among an op's arguments that carry the input:
     all but the first (``where(cond, a, b)`` with a constant ``cond``).
 
 Where a user knows better, ``assume_affine`` (a tuple of functions, see
-:func:`pipeline.regions.discover`) declares ops affine; the certificate still checks the result.
+:func:`pipeline.engine.lines.discover`) declares ops affine; the certificate still checks the result.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import weakref
 import torch
 import torch.nn.functional as F
 
-from .fastops import pair_avg_pool2d
-from .pwl import UnsupportedOpError
+from pipeline.engine.fastops import pair_avg_pool2d
+from pipeline.engine.pwl import UnsupportedOpError
 
 __all__ = ["Taint", "Assumed", "check", "run_checked", "op_name", "LINEAR", "PRODUCT", "FIRST", "NOT_FIRST", "META",
            "CONST"]

@@ -14,7 +14,7 @@ This module is the only one that knows this layout: everything else reads throug
 :class:`StoreReader`, :func:`shard_partials`, :func:`shard_info`, :func:`shard_state` and
 :func:`shard_status`. It also holds what every store's shards share whatever their layout
 (:class:`ShardFolder`: publication and manifest; :func:`verify_shard`, :func:`read_array`):
-plane stores (``geometry: plane``) lay out their shards in :mod:`pipeline.plane_store`.
+plane stores (``geometry: plane``) lay out their shards in :mod:`pipeline.store.planes`.
 
 **Publication.** A shard is written by one :class:`ShardWriter` under a temporary name beside
 its final place (``shard-00000.tmp-<host>-<pid>-<token>``), marked complete together with its
@@ -57,16 +57,16 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from .atomic import fsync_dir, fsync_tree, unique_suffix
-from .config import local_field
-from .measures import PATH_COLUMNS, combine_path_partials, path_partials
+from pipeline.atomic import fsync_dir, fsync_tree, unique_suffix
+from pipeline.config import local_field
+from pipeline.engine.measures import PATH_COLUMNS, combine_path_partials, path_partials
 
 __all__ = ["SCHEMA_VERSION", "StoreConfig", "StoreError", "DamagedShardError", "open_or_create", "ShardFolder",
            "ShardWriter", "shard_status", "verify_shard", "read_array", "store_geometry", "shard_info", "shard_state",
            "is_store", "store_attrs", "rewrite_command",
            "StoreReader", "open_store", "open_stores", "shard_name", "shard_partials", "paths_table"]
 
-log = logging.getLogger("pipeline.store")
+log = logging.getLogger("pipeline.store.lines")
 
 SCHEMA_VERSION = 2  # 2: the engine's options and the path set id are identity attributes
 SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap", "certificate_tol", "gap_tol")
@@ -177,7 +177,7 @@ def open_or_create(path, attrs: dict) -> Path:
 
 def store_geometry(attrs: dict) -> str:
     """What a store's items are, from its attributes: ``"line"`` (segments; stores written
-    before planes existed have no ``geometry``) or ``"plane"`` (:mod:`pipeline.plane_store`)."""
+    before planes existed have no ``geometry``) or ``"plane"`` (:mod:`pipeline.store.planes`)."""
     return str(attrs.get("geometry", "line"))
 
 
@@ -216,7 +216,7 @@ class ShardFolder:
     The part of a shard writer that knows no layout: the temporary group (attributes
     ``complete=False`` and ``extra``), :meth:`array` to create its arrays, and the manifest,
     flush and rename of :meth:`commit`. :class:`ShardWriter` (segments) and
-    :class:`pipeline.plane_store.PlaneShardWriter` (planes) lay their arrays out on it.
+    :class:`pipeline.store.planes.PlaneShardWriter` (planes) lay their arrays out on it.
     """
 
     item = "items"  # what the layout's items are called, in messages
@@ -343,7 +343,7 @@ class ShardWriter(ShardFolder):
     publishes it.
 
     ``path_id`` and ``segment_index`` (``(S,)``) describe the shard's segments in order; each
-    :meth:`write` takes a :class:`pipeline.result.RegionResult` whose ``segment_index`` are
+    :meth:`write` takes a :class:`pipeline.engine.result.RegionResult` whose ``segment_index`` are
     positions ``0..S-1`` in this shard.
     """
 
@@ -371,7 +371,7 @@ class ShardWriter(ShardFolder):
             self.reg["slope"] = self.array("regions/slope", (0, k), cfg.affine_dtype, (rc, k))
 
     def write(self, res) -> None:
-        """Append the next chunk of segments (a :class:`pipeline.result.RegionResult`)."""
+        """Append the next chunk of segments (a :class:`pipeline.engine.result.RegionResult`)."""
         lo, hi = self._chunk(res.segment_index, res.n_segments)
         for name in ("length", "density", "continuity_gap", *SEGMENT_VECTORS):
             self.seg[name][lo:hi] = getattr(res, name)
@@ -522,7 +522,7 @@ def rewrite_command(store, shard: int, deep: bool = False, attrs: dict | None = 
     n, run = attrs.get("n_shards", "N"), attrs.get("run")
     flag = " --deep" if deep else ""
     if not (run and attrs.get("discover_config")):
-        return ("the store records no discovery config (it was written by pipeline.discover.write_shards "
+        return ("the store records no discovery config (it was written by pipeline.stages.discovery.write_shards "
                 "directly, e.g. analysis.synthetic): run what wrote it again, which rewrites the damaged shard")
     text = (f"rewrite it with `python -m jobs discover {run} --from-store {store} --shard {shard}/{n}{flag}` "
             "(--from-store: the discovery config the store was written with, its discover_config attribute)")
@@ -722,7 +722,7 @@ class StoreReader:
             raise StoreError(f"{self.path} has schema version {self.attrs.get('schema')}; this reader reads {SCHEMA_VERSION}")
         if store_geometry(self.attrs) != "line":
             raise StoreError(f"{self.path} is a store of {store_geometry(self.attrs)}s, not of segments: read it with "
-                             "pipeline.plane_store.open_plane_store")
+                             "pipeline.store.planes.open_plane_store")
         self.status, self._meta, errors = _scan(self.path, deep)
         damaged = self.status["damaged"]
         if damaged and not allow_incomplete:
@@ -762,7 +762,7 @@ class StoreReader:
         return pd.DataFrame(cols)
 
     def paths(self) -> pd.DataFrame:
-        """One row per path (``pipeline.measures.PATH_COLUMNS``): density (sum), length,
+        """One row per path (``pipeline.engine.measures.PATH_COLUMNS``): density (sum), length,
         density per length, deviation and total variation (per-logit sums over the path's
         segments, then L2 over logits), ``continuity_gap`` (the largest), ``n_segments``."""
         return paths_table([shard_partials(self.path, i) for i in self.shards])
@@ -838,7 +838,7 @@ class StoreReader:
 
 
 def shard_partials(store, shard: int) -> dict:
-    """Per-path partial sums of one complete shard (:func:`pipeline.measures.path_partials`):
+    """Per-path partial sums of one complete shard (:func:`pipeline.engine.measures.path_partials`):
     reads its per-segment arrays only, after checking them deeply (:func:`verify_shard`: they
     are small). The unit of work of the analysis' Dask graph.
 

@@ -23,7 +23,7 @@ __all__ = ["PairAvgPool2d", "pair_avg_pool2d", "with_fast_layers"]
 
 def pair_avg_pool2d(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)`` as two strided additions. A torch function mode sees it as one
-    call (an affine op on :mod:`pipeline.allowlist`): at one segment in flight, dispatching its
+    call (an affine op on :mod:`pipeline.engine.allowlist`): at one segment in flight, dispatching its
     seven small ops through a mode would cost more than the library pooling it replaces."""
     if torch.overrides.has_torch_function_unary(x):
         return torch.overrides.handle_torch_function(pair_avg_pool2d, (x,), x)

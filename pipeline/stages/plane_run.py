@@ -1,6 +1,6 @@
 """Exact 2-D slices of a trained run: three of its images, its checkpoint, :func:`discover_plane`.
 
-    from pipeline.plane_run import run_plane
+    from pipeline.stages.plane_run import run_plane
     out = run_plane("runs/digits-vgg8", checkpoint="final", scale=0.5)
     out["result"].n_regions, out["indices"], out["seconds"]
 
@@ -61,22 +61,22 @@ def run_plane(run_dir, checkpoint: str = "final", indices=None, split: str = "tr
         default: the engine's ops are small, and on a shared machine an OpenMP pool of two
         threads was 5-20x slower than one (measured on the demo's networks under load).
     **options
-        Passed to :func:`pipeline.planes.discover_plane`.
+        Passed to :func:`pipeline.engine.planes.discover_plane`.
 
     Returns
     -------
     dict
-        ``result`` (the :class:`~pipeline.planes.PlaneResult`), ``images`` (the three images,
+        ``result`` (the :class:`~pipeline.engine.planes.PlaneResult`), ``images`` (the three images,
         ``(C, H, W)`` float32, as the network sees them), ``corners`` (the domain's corners,
         ``(C, H, W)`` float64: the images themselves unless ``scale < 1``), ``indices``, ``labels`` (their
         labels in the split, clean for ``"train"``), ``predicted`` (the network's class at each),
         ``seconds`` (discovery alone), ``checkpoint_file``, ``model`` (the model config dict),
         ``scale``, ``domain``, ``split``.
     """
-    from .config import from_dict
-    from .data import DataConfig, load
-    from .planes import discover_plane
-    from .train import load_checkpoint
+    from pipeline.config import from_dict
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.engine.planes import discover_plane
+    from pipeline.stages.train import load_checkpoint
 
     run_dir = Path(run_dir)
     model, ckpt = load_checkpoint(run_dir, checkpoint)
@@ -106,27 +106,27 @@ def run_plane(run_dir, checkpoint: str = "final", indices=None, split: str = "tr
 
 
 def stored_plane(store, plane_id) -> dict:
-    """A plane of a plane store (:mod:`pipeline.plane_store`) with what a figure needs.
+    """A plane of a plane store (:mod:`pipeline.store.planes`) with what a figure needs.
 
     Returns
     -------
     dict
-        ``result`` (its :class:`~pipeline.planes.PlaneResult`, as stored), ``corners`` (the
+        ``result`` (its :class:`~pipeline.engine.planes.PlaneResult`, as stored), ``corners`` (the
         domain's corners ``(C, H, W)``, rebuilt from the store's plane set and the run's data),
         ``labels`` (inset captions), ``run``, ``checkpoint``, ``kind``.
 
     Raises
     ------
-    pipeline.store.StoreError
+    pipeline.store.lines.StoreError
         Not a plane store, or a damaged one; ``ValueError`` if ``plane_id`` is missing;
         ``KeyError`` if no complete shard holds it.
     """
     import yaml
 
-    from .config import from_dict
-    from .data import DataConfig, load
-    from .plane_sets import PlaneSetConfig, bundle_planes
-    from .plane_store import open_plane_store
+    from pipeline.config import from_dict
+    from pipeline.inputs.data import DataConfig, load
+    from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
+    from pipeline.store.planes import open_plane_store
 
     if plane_id is None:
         raise ValueError("--plane: which plane of the store (its id, the base image's index; "

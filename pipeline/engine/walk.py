@@ -1,7 +1,7 @@
 """The paper's algorithm: walk each segment region by region, many segments at once.
 
 Each step linearises the network at one point inside the current region of every segment in
-flight (one pass, see :mod:`pipeline.linearize`), records the region's affine map and its
+flight (one pass, see :mod:`pipeline.engine.linearize`), records the region's affine map and its
 exit, and moves just past the exit (``eps`` in ``t``). Batching is **continuous**: when a
 segment reaches ``t = 1`` its slot is refilled from the queue at once, so the batch never waits
 for its longest segment. Region rows go to a preallocated buffer; no Python loop runs over
@@ -11,7 +11,7 @@ Regions thinner than ``eps`` that start at a breakpoint are merged into the regi
 lands in: the step from a breakpoint ``t_b`` evaluates at ``t_b + eps`` and the region recorded
 is ``[t_b, exit]`` with the map found there. The continuity certificate grows by about
 ``eps`` times the slope change across such a sliver, so it stays visible (``gap_tol`` allows
-it: :mod:`pipeline.certificate`). The last region stops at ``t = 1``; a remainder thinner than
+it: :mod:`pipeline.engine.certificate`). The last region stops at ``t = 1``; a remainder thinner than
 ``eps`` is probed at its midpoint. Every region's map is also checked against the network at
 its midpoint, as subdivide's: a kink the linearisation cannot see leaves a map that agrees with
 ``f`` at the region's ends (the chord) and nowhere else.
@@ -22,7 +22,7 @@ from a point deep inside the region, and in float32 it is only known to a few ``
 rate ``|zdot|``); when it comes out early by more than ``eps``, the next step still sees the
 old pattern and aims at the same kink again. Each step therefore also hashes its whole
 activation pattern (every ReLU mask, clamp side and max-pool argmax, see
-:class:`pipeline.linearize.LinearizeMode`): a step whose pattern equals the previous step's
+:class:`pipeline.engine.linearize.LinearizeMode`): a step whose pattern equals the previous step's
 continues that region (rows marked ``same``, merged when a chunk is emitted: one region from
 the first row's start to the last row's end, with the first row's map). This is the
 definition of a region (a maximal interval with one pattern), so it changes nothing where
@@ -38,10 +38,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from .certificate import certify_regions
-from .linearize import PatternHash, forward_blocked, linearize
-from .result import RegionResult, assemble
-from .worksize import shrink_on_oom
+from pipeline.engine.certificate import certify_regions
+from pipeline.engine.linearize import PatternHash, forward_blocked, linearize
+from pipeline.engine.result import RegionResult, assemble
+from pipeline.engine.worksize import shrink_on_oom
 
 __all__ = ["walk"]
 
@@ -137,7 +137,7 @@ def walk(prepared, x0: torch.Tensor, x1: torch.Tensor, *, eps: float, batch_size
          chunk_segments: int, jvp: str = "stacked", scheduling: str = "continuous", row_block: int = 0,
          certify: str = "all", certify_rows: int, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
-    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a pass is
+    ``prepared`` is a :class:`pipeline.engine.prepared.PreparedModel`. On out-of-memory a pass is
     redone in groups of half as many rows."""
     model, dtype, device = prepared.work, prepared.dtype, prepared.device
     n_seg = x0.shape[0]

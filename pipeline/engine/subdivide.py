@@ -18,7 +18,7 @@ sub-chains (sharing their end vertex) that continue depth-first, left to right, 
 reach the output in order.
 
 The affine map of each region is the chord between its vertices' outputs (``f`` is affine
-there); :mod:`pipeline.certificate` checks every map against the network at its midpoint.
+there); :mod:`pipeline.engine.certificate` checks every map against the network at its midpoint.
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ import torch.nn.functional as F
 from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
-from . import allowlist, pwl
-from .fastops import PairAvgPool2d
-from .certificate import certify_regions
-from .result import RegionResult, assemble
-from .worksize import shrink_on_oom
+from pipeline.engine import allowlist, pwl
+from pipeline.engine.fastops import PairAvgPool2d
+from pipeline.engine.certificate import certify_regions
+from pipeline.engine.result import RegionResult, assemble
+from pipeline.engine.worksize import shrink_on_oom
 
 __all__ = ["subdivide", "trace", "Plan", "SplitRequest", "SubdivideMode", "run_graph"]
 
@@ -503,7 +503,7 @@ def subdivide(prepared, x0: torch.Tensor, x1: torch.Tensor, *, batch_size: int, 
               chunk_segments: int, max_vertices: int, row_block: int = 0, certify: str = "all",
               certify_rows: int, progress=None) -> Iterator[RegionResult]:
     """Yield :class:`RegionResult` chunks of consecutive segments (see ``discover_iter``);
-    ``prepared`` is a :class:`pipeline.prepared.PreparedModel`. On out-of-memory a batch of
+    ``prepared`` is a :class:`pipeline.engine.prepared.PreparedModel`. On out-of-memory a batch of
     segments is redone with half the vertices per chain (and half the segments per batch)."""
     dtype, device = prepared.dtype, prepared.device
     example = x0[:1].to(device=device, dtype=dtype)

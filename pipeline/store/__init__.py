@@ -1,0 +1,1 @@
+"""Zarr stores of regions: atomic shards with a manifest, for segments and for planes."""
