@@ -8,23 +8,26 @@
 #                 and numpy, so on a GPU node without .venv: make gpu-check PY=python3)
 PY := .venv/bin/python
 
-.PHONY: venv demo test test-fast bench compare gpu-check clean
+.PHONY: venv venv-dev demo test test-fast bench compare gpu-check clean
 venv:
 	bash scripts/setup-venv.sh
+
+venv-dev:
+	bash scripts/setup-venv.sh --dev
 
 demo: venv
 	$(PY) -m jobs demo
 
-test: venv
+test: venv-dev
 	$(PY) -m pytest -q --durations=15
 
-test-fast: venv
+test-fast: venv-dev
 	$(PY) -m pytest -q -m "not slow"
 
 bench: venv
 	$(PY) bench/engine.py
 
-compare: venv
+compare: venv-dev
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) bench/compare.py --reps 3 --threads 1,2
 
