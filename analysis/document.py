@@ -3,7 +3,7 @@
     from analysis.document import write_report
     files = write_report("sweeps/demo/analysis", "sweeps/demo/report", title="demo")
 
-It reads what :func:`analysis.report.aggregate` wrote (``paths.parquet``, ``planes.parquet``
+It reads what :func:`analysis.aggregation.aggregate` wrote (``paths.parquet``, ``planes.parquet``
 when discovery wrote planes, and ``figures/``),
 recomputes the tables from the per-path table (so the report and the tables agree by
 construction) and writes into ``out_dir``::
@@ -32,7 +32,7 @@ from pipeline.config import write_atomic
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, findings
 from .planes import plane_findings, plane_vs_line
-from .report import TABLES
+from .aggregation import TABLES
 
 __all__ = ["write_report", "networks_table", "report_tables"]
 

@@ -35,7 +35,7 @@ from .planes import collect_planes, plane_vs_line
 
 __all__ = ["aggregate", "write_tables", "TABLES"]
 
-log = logging.getLogger("analysis.report")
+log = logging.getLogger("analysis.aggregation")
 
 # table name -> (title, number format in Markdown)
 TABLES = {
