@@ -95,7 +95,7 @@ def test_choose_images_has_three_classes():
 
 
 def test_report_plane_section_or_note(sweep, trained, tmp_path):
-    from analysis.document import write_report
+    from analysis.report import write_report
 
     root = tmp_path / "sweep"
     shutil.copytree(sweep, root)

@@ -1,6 +1,6 @@
 """The report of a sweep: findings in plain words, tables and figures, as HTML and Markdown.
 
-    from analysis.document import write_report
+    from analysis.report import write_report
     files = write_report("sweeps/demo/analysis", "sweeps/demo/report", title="demo")
 
 It reads what :func:`analysis.aggregation.aggregate` wrote (``paths.parquet``, ``planes.parquet``
