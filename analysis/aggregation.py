@@ -15,6 +15,8 @@ Layout of ``out_dir``::
     figures/*.{png,pdf}
     analysis_config.yaml   the resolved config
     cache/                 per-store measures and fingerprints (incremental reruns)
+    cache/planes/*.npz     the plane figures' regions, one per run, keyed by its checkpoint's
+                           hash and the plane options (:mod:`analysis.plane_runs`)
 """
 
 from __future__ import annotations
@@ -132,8 +134,12 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     written["figures"] = []
     if config.figures:
         from .figures import draw_all
+        from .plane_runs import plane_runs
 
-        written["figures"] = draw_all(table, pairs, frames["noise_medians"], out / "figures", root, config)
+        # the planes' regions are computed here (or read from the cache); the figures only draw
+        planes_drawn = plane_runs(table, root, out / "cache" / "planes", config) if config.planes else None
+        written["figures"] = draw_all(table, pairs, frames["noise_medians"], out / "figures", root, config,
+                                      planes=planes_drawn)
         if "plane_vs_line" in frames:
             from .figures import draw_density2d
 
