@@ -74,7 +74,8 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
         ``<run>/regions/*.zarr``).
     out_dir : path, optional
         Where results go; default ``<sweep_root>/analysis``. Reruns reuse ``out_dir/cache``:
-        stores unchanged since the last call are not read again.
+        stores unchanged since the last call are not read again, and the plane figures' regions
+        whose checkpoint and plane options are unchanged are not computed again.
     scheduler : str, optional
         A Dask scheduler address; default ``config.scheduler`` (None: a ``LocalCluster``).
     on_incomplete : {"fail", "skip", "report"}, optional
@@ -99,32 +100,8 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before anything is written
     planes, plane_stores = collect_planes(root, config=config)
     stores = pd.concat([stores, plane_stores], ignore_index=True) if len(plane_stores) else stores
-    out.mkdir(parents=True, exist_ok=True)
-
-    written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
-    tmp = out / "paths.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, written["paths"])
-    write_atomic(written["stores"], tables.format_csv(stores))
-    if len(planes):
-        written["planes"] = out / "planes.parquet"
-        planes.to_parquet(tmp, index=False)
-        os.replace(tmp, written["planes"])
-    else:
-        (out / "planes.parquet").unlink(missing_ok=True)  # from an earlier aggregation: no longer true
-    save_config(config, written["config"])
-
-    partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]
-    skipped = stores[stores["action"] == "skipped"]
-    notes = []
-    if len(partial):
-        notes.append(f"Incomplete stores counted (their complete shards only; rows flagged store_complete=False): "
-                     f"{', '.join(partial['store'])}")
-    if len(skipped):
-        notes.append(f"Incomplete stores left out: {', '.join(skipped['store'])}")
-    note = uncertified_note(stores)
-    if note:
-        notes.append(note)
+    written = _write_collected(out, table, planes, stores, config)
+    notes = _notes(stores)
     pairs = tables.paired_differences(table, config)
     frames = {"spearman": tables.spearman_table(table), "paired": tables.paired_table(pairs),
               "noise_medians": tables.noise_medians(table, config)}
@@ -145,5 +122,43 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
 
             written["figures"] += draw_density2d(frames["plane_vs_line"], out / "figures", config)
     log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
-             (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(), len(skipped), out)
+             (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(),
+             (stores["action"] == "skipped").sum(), out)
     return written
+
+
+def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, stores: pd.DataFrame,
+                     config: AnalysisConfig) -> dict:
+    """``paths.parquet``, ``planes.parquet`` (removed when there are no planes), ``stores.csv``
+    and the resolved config; returns them by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
+    tmp = out / "paths.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, written["paths"])
+    write_atomic(written["stores"], tables.format_csv(stores))
+    if len(planes):
+        written["planes"] = out / "planes.parquet"
+        planes.to_parquet(tmp, index=False)
+        os.replace(tmp, written["planes"])
+    else:
+        (out / "planes.parquet").unlink(missing_ok=True)  # from an earlier aggregation: no longer true
+    save_config(config, written["config"])
+    return written
+
+
+def _notes(stores: pd.DataFrame) -> list[str]:
+    """The notes under every Markdown table: incomplete stores counted or left out, networks
+    whose failing certificates left paths out."""
+    partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]
+    skipped = stores[stores["action"] == "skipped"]
+    notes = []
+    if len(partial):
+        notes.append(f"Incomplete stores counted (their complete shards only; rows flagged store_complete=False): "
+                     f"{', '.join(partial['store'])}")
+    if len(skipped):
+        notes.append(f"Incomplete stores left out: {', '.join(skipped['store'])}")
+    note = uncertified_note(stores)
+    if note:
+        notes.append(note)
+    return notes
