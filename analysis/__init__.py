@@ -3,7 +3,7 @@
     python -m analysis runs/sweep --out results/sweep
 
 ``collect`` builds the per-path table (one Dask task per store shard, incremental),
-``tables`` the paper's statistics (pure pandas), ``figures`` the plots, ``report.aggregate``
+``tables`` the paper's statistics (pure pandas), ``figures`` the plots, ``aggregation.aggregate``
 all of it into a folder; ``synthetic`` makes a tiny sweep of real stores to try it on.
 """
 
@@ -11,8 +11,8 @@ from .config import AnalysisConfig, AnalysisError
 
 
 def aggregate(*args, **kwargs):
-    """See :func:`analysis.report.aggregate` (imported on first use: dask and pyarrow are heavy)."""
-    from .report import aggregate as run
+    """See :func:`analysis.aggregation.aggregate` (imported on first use: dask and pyarrow are heavy)."""
+    from .aggregation import aggregate as run
 
     return run(*args, **kwargs)
 

@@ -42,7 +42,7 @@ def main(argv=None, prog: str = "python -m analysis", resolve=None,
 
     from pipeline.config import ConfigError, load_config
 
-    from .report import aggregate
+    from .aggregation import aggregate
 
     try:
         cfg = load_config(a.config, AnalysisConfig) if a.config else AnalysisConfig()

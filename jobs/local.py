@@ -64,7 +64,12 @@ class LocalJob:
                             f"memory?); log: {self.paths.stderr}") from err
 
 
-def _init_worker(threads: int):
+_BUSY = None  # in a worker: the pool's count of jobs executing in its workers (a shared int)
+
+
+def _init_worker(threads: int, busy=None):
+    global _BUSY
+    _BUSY = busy
     # before torch is imported by the first job: OpenMP reads this once
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
@@ -92,6 +97,7 @@ def _run(fn, stdout: str, stderr: str, name: str = "job"):
         level = root.level
         root.setLevel(logging.INFO)
         start = time.perf_counter()
+        _count_busy(+1)
         try:
             out = fn()
             print(f"[{name}] done in {time.perf_counter() - start:.2f} s")
@@ -102,6 +108,7 @@ def _run(fn, stdout: str, stderr: str, name: str = "job"):
             summary = f"{type(e).__name__}: {e}".strip().splitlines()
             raise JobFailed(f"{summary[0] if summary else type(e).__name__} (traceback in {stderr})") from None
         finally:
+            _count_busy(-1)
             sys.stdout.flush()
             sys.stderr.flush()
             root.removeHandler(handler)
@@ -112,8 +119,20 @@ def _run(fn, stdout: str, stderr: str, name: str = "job"):
             os.close(saved[1])
 
 
+def _count_busy(step: int):
+    if _BUSY is not None:
+        with _BUSY.get_lock():
+            _BUSY.value += step
+
+
 class LocalPool:
-    """At most ``workers`` jobs at once in worker processes (``spawn``: no state inherited)."""
+    """At most ``workers`` jobs at once in worker processes (``spawn``: no state inherited).
+
+    :meth:`running` counts the jobs executing in the workers now, as the workers report them;
+    the others submitted and not done are queued. (``Future.running()`` would not do: the
+    executor marks a future running when it enters its call queue, which holds one more job
+    than there are workers.)
+    """
 
     def __init__(self, folder, workers: int | None = None, threads: int = 1):
         if workers is not None and workers < 1:
@@ -121,8 +140,10 @@ class LocalPool:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.workers = workers or default_workers()
-        self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(threads,))
+        context = mp.get_context("spawn")
+        self._busy = context.Value("i", 0)  # each worker adds 1 while it executes a job
+        self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=context,
+                                            initializer=_init_worker, initargs=(threads, self._busy))
         self._count = 0
         self._prefix = f"local-{os.getpid()}"
 
@@ -132,6 +153,10 @@ class LocalPool:
         paths = _Paths(self.folder / f"{job_id}_log.out", self.folder / f"{job_id}_log.err")
         future = self._pool.submit(_run, fn, str(paths.stdout), str(paths.stderr), name)
         return LocalJob(job_id, name, paths, future)
+
+    def running(self) -> int:
+        """How many jobs are executing in the workers now (at most ``workers``)."""
+        return self._busy.value
 
     def close(self, cancel: bool = False):
         self._pool.shutdown(wait=True, cancel_futures=cancel)
@@ -153,6 +178,9 @@ def _shard_regions(store: Path, shard: int) -> int:
         return int(shard_info(store, shard).get("n_regions", 0))
     except Exception:  # noqa: BLE001 - a progress figure must never fail the run
         return 0
+
+
+PROGRESS_S = 2.0  # the progress bar's running / queued counts are refreshed at least this often
 
 
 def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysis: dict | None = None) -> int:
@@ -185,10 +213,10 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysi
     logs = root / "logs"
     with LocalPool(logs, workers) as pool, tqdm(total=total, unit="job", desc=f"sweep {sweep.name}",
                                                  dynamic_ncols=True) as bar:
-        running, stores = {}, {}
+        pending, stores = {}, {}  # submitted and not done: executing in a worker, or queued
 
         def launch(job, stage, **extra):
-            running[job.future] = (job, stage, extra)
+            pending[job.future] = (job, stage, extra)
             record(root, stage, job, **extra)
 
         def launch_discovery(run_id):
@@ -205,10 +233,10 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysi
                    "train", run=r.run_id)
         for run_id in [k for k in shards if k not in training]:
             launch_discovery(run_id)
-        while running:
-            done, _ = cf.wait(list(running), return_when=cf.FIRST_COMPLETED)
+        while pending:
+            done, _ = cf.wait(list(pending), timeout=PROGRESS_S, return_when=cf.FIRST_COMPLETED)
             for future in done:
-                job, stage, extra = running.pop(future)
+                job, stage, extra = pending.pop(future)
                 count += 1
                 bar.update(1)
                 try:
@@ -225,7 +253,9 @@ def run_local(sweep, root: Path, plan: dict, workers: int | None = None, analysi
                 else:
                     paths, shard = stores.pop(future)
                     regions += sum(_shard_regions(p, shard) for p in paths)
-            bar.set_postfix(running=len(running), failed=len(failed), regions=f"{regions:,}")
+            executing = min(pool.running(), len(pending))
+            bar.set_postfix(running=executing, queued=len(pending) - executing, failed=len(failed),
+                            regions=f"{regions:,}")
     if failed:
         lines = "\n".join(f"  {j.name}: {e}" for j, e in failed)  # each names its log
         raise JobFailed(f"{len(failed)} job(s) failed (everything else is saved; fix the cause and run the same "

@@ -19,7 +19,7 @@ log = logging.getLogger("jobs.report")
 def report(root: Path, out: Path | None = None, title: str | None = None, notes=()) -> dict:
     """The report of the sweep in ``root`` (after aggregation); returns the files written."""
     from analysis.config import AnalysisConfig
-    from analysis.document import write_report
+    from analysis.report import write_report
     from pipeline.config import load_config
 
     cfg_file = root / "analysis" / "analysis_config.yaml"

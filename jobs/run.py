@@ -34,7 +34,8 @@ def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> No
             states = [j.state for j in jobs]  # submitit asks sacct, at most once per poll for all jobs
             done = sum(s == "COMPLETED" for s in states)
             bar.n = done
-            bar.set_postfix(running=sum(s == "RUNNING" for s in states))
+            bar.set_postfix(running=sum(s == "RUNNING" for s in states),
+                            queued=sum(s in ("PENDING", "REQUEUED") for s in states))
             bar.refresh()
             failed = [(j, s) for j, s in zip(jobs, states) if s.startswith(FAILED_STATES)]
             if failed:

@@ -74,7 +74,7 @@ class AggregateJob(submitit.helpers.Checkpointable):
 
     def __call__(self):
         from analysis.config import AnalysisConfig
-        from analysis.report import aggregate
+        from analysis.aggregation import aggregate
 
         use_allocated_cpus()
         written = aggregate(self.root, config=from_dict(AnalysisConfig, self.config))  # into <root>/analysis

@@ -275,11 +275,14 @@ def test_cli_help_and_errors(capsys, tmp_path, sweep_copy):
 
 def test_figures_and_path_profile(sweep, table, tmp_path):
     from analysis.figures import draw_all, path_profile
+    from analysis.plane_runs import plane_runs
 
     cfg = AnalysisConfig(formats=("png",), path_plots=1)
     pairs = T.paired_differences(table)
-    files = draw_all(table, pairs, T.noise_medians(table), tmp_path, sweep, cfg)
-    assert files[-1].name == "planes.json"  # the synthetic runs have no checkpoints: no plane figure, a note
+    planes = plane_runs(table, sweep, tmp_path / "cache", cfg)
+    assert not planes.runs and planes.notes  # the synthetic runs have no checkpoints: no plane figure, a note
+    files = draw_all(table, pairs, T.noise_medians(table), tmp_path, sweep, cfg, planes=planes)
+    assert files[-1].name == "planes.json"
     files = files[:-1]
     names = sorted(f.name.split("-")[0] for f in files)
     assert names == ["double", "ecdf", "noise", "paired", "paired", "paired", "path", "test"]
@@ -335,7 +338,7 @@ def test_path_figure_breakpoints_in_a_strip_not_on_the_curves(sweep, table, monk
 
     # many breakpoints (forced by lowering the threshold): a histogram of breakpoints per unit
     # length, every anchor a bin edge, its area the breakpoint count
-    monkeypatch.setattr(figures, "RUG_MAX", 0)
+    monkeypatch.setattr(figures.paths, "RUG_MAX", 0)
     strip = check(figures.path_figure(store, pid))
     (step,) = [a for a in strip.patches if isinstance(a, StepPatch)]
     values, edges, _ = step.get_data()

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from analysis import AnalysisConfig, aggregate
-from analysis.document import write_report
+from analysis.report import write_report
 from analysis.synthetic import DEFAULT_RUNS, SyntheticRun, _HiddenReLU, _network, make_paths, make_sweep
 from pipeline.engine.certificate import CertificateError
 from pipeline.stages.discovery import DiscoverConfig, write_shards

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from analysis import AnalysisConfig, AnalysisError, aggregate
-from analysis.figures import draw_planes, plane_colors, plane_figure
+from analysis.figures import plane_colors, plane_figure
 from pipeline.engine.planes import discover_plane
 from tests.nets import MLP
 
@@ -94,8 +94,34 @@ def test_choose_images_has_three_classes():
         shrink(*x, 0.0)
 
 
-def test_report_plane_section_or_note(sweep, trained, tmp_path):
-    from analysis.document import write_report
+def _sweep_with_a_checkpoint(sweep, trained, root):
+    """A copy of the synthetic sweep whose vanilla seed-0 run has checkpoints (the others none):
+    the per-path table and that run's row."""
+    from analysis.collect import collect
+
+    shutil.copytree(sweep, root)
+    table, _ = collect(root, scheduler="synchronous")
+    row = table[(table.setting == "vanilla") & (table.seed == 0) & (table.checkpoint == "final")].iloc[0]
+    run_dir = (root / row.store).parents[1]
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+    return table, row
+
+
+def _no_engine(monkeypatch):
+    """Make any run of the plane engine fail loudly."""
+    import pipeline.engine.planes
+    import pipeline.stages.plane_run
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the plane engine ran")
+
+    monkeypatch.setattr(pipeline.stages.plane_run, "run_plane", boom)
+    monkeypatch.setattr(pipeline.engine.planes, "discover_plane", boom)
+
+
+def test_report_plane_section_or_note(sweep, trained, tmp_path, monkeypatch):
+    from analysis.report import write_report
 
     root = tmp_path / "sweep"
     shutil.copytree(sweep, root)
@@ -106,27 +132,77 @@ def test_report_plane_section_or_note(sweep, trained, tmp_path):
     assert "No plane figure for mlp: 10 of its runs have no checkpoints/final.pt" in md
     assert not list((root / "report" / "figures").glob("plane-*"))
 
-    # a checkpoint in the vanilla seed-0 run: its plane is drawn (and captioned), the others noted
-    import pandas as pd
-
-    table = pd.read_parquet(root / "analysis" / "paths.parquet")
-    row = table[(table.setting == "vanilla") & (table.seed == 0) & (table.checkpoint == "final")].iloc[0]
-    run_dir = (root / row.store).parents[1]
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-    shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
-    figs = root / "analysis" / "figures"
-    files = draw_planes(table, root, figs, cfg)
-    png = [f for f in files if f.suffix == ".png"]
-    assert [f.name for f in png] == [f"plane-mlp-{row.run_id}-final.png"]
+    # a checkpoint in the vanilla seed-0 run: the aggregation computes its plane (cached), the
+    # figure is drawn and captioned, the other runs noted
+    shutil.rmtree(root)
+    _, row = _sweep_with_a_checkpoint(sweep, trained, root)
+    name = f"plane-mlp-{row.run_id}-final"
+    written = aggregate(root, root / "analysis", config=cfg)
+    assert [f.name for f in written["figures"] if f.name.startswith("plane-")] == [f"{name}.png"]
+    assert (root / "analysis" / "cache" / "planes" / f"{name}.npz").is_file()
     written = write_report(root / "analysis", root / "report", config=cfg)
     md, page = written["markdown"].read_text(), written["html"].read_text()
-    assert f"![plane-mlp-{row.run_id}-final](figures/plane-mlp-{row.run_id}-final.png)" in md
+    assert f"![{name}](figures/{name}.png)" in md
     assert "linear regions on the triangle through train images" in md and "shrunk by 0.05" in md
     assert "No plane figure" not in md and "linear regions on the triangle" in page
-    assert (root / "report" / "figures" / png[0].name).is_file()
-    # unchanged checkpoint and options: kept, not computed again
-    before = png[0].stat().st_mtime_ns
-    draw_planes(table, root, figs, cfg)
-    assert png[0].stat().st_mtime_ns == before
-    # planes: 0 draws none and notes nothing
-    assert draw_planes(table, root, tmp_path / "none", AnalysisConfig(planes=0)) == [tmp_path / "none" / "planes.json"]
+    assert (root / "report" / "figures" / f"{name}.png").is_file()
+    first = md
+
+    # a second aggregation reads the plane from the cache: the engine does not run, the figure
+    # is drawn again and the report's numbers are the same
+    _no_engine(monkeypatch)
+    figure = root / "analysis" / "figures" / f"{name}.png"
+    figure.unlink()
+    aggregate(root, root / "analysis", config=cfg)
+    assert figure.is_file()
+    md = write_report(root / "analysis", root / "report", config=cfg)["markdown"].read_text()
+    caption = [line for line in md.splitlines() if "linear regions on the triangle" in line]
+    assert caption and [c.split(" found in ")[0] for c in caption] == \
+        [line.split(" found in ")[0] for line in first.splitlines() if "linear regions on the triangle" in line]
+
+
+def test_plane_figures_draw_from_the_aggregation_s_cache(sweep, trained, tmp_path, monkeypatch):
+    """plane_runs computes each plane once and caches it; a second call reads it (no engine);
+    a changed option or checkpoint computes it again; draw_planes only draws."""
+    from analysis.figures import draw_planes
+    from analysis.plane_runs import plane_runs
+
+    root, cache, figs = tmp_path / "sweep", tmp_path / "cache", tmp_path / "figures"
+    table, row = _sweep_with_a_checkpoint(sweep, trained, root)
+    cfg = AnalysisConfig(formats=("png",), plane_scale=0.05)
+    computed = plane_runs(table, root, cache, cfg)
+    (run,) = computed.runs
+    assert not run.reused and run.run_id == row.run_id and run.plane["result"].n_regions[0] > 1
+    assert [f.name for f in cache.iterdir()] == [f"plane-mlp-{row.run_id}-final.npz"]
+
+    _no_engine(monkeypatch)
+    again = plane_runs(table, root, cache, cfg)
+    (cached,) = again.runs
+    assert cached.reused and cached.key == run.key and again.notes == computed.notes
+    new, old = cached.plane, run.plane
+    for f in ("uv", "vertex_offset", "area", "centroid", "intercept", "grad", "density", "n_regions"):
+        np.testing.assert_array_equal(getattr(new["result"], f), getattr(old["result"], f))
+    assert new["result"].domain == old["result"].domain and new["result"].gap_tol is not None
+    for k in ("indices", "labels", "predicted"):
+        np.testing.assert_array_equal(new[k], old[k])
+    assert (new["scale"], new["split"], new["domain"], new["seconds"]) == \
+        (old["scale"], old["split"], old["domain"], old["seconds"])
+    np.testing.assert_array_equal(np.stack(new["corners"]), np.stack(old["corners"]))
+    files = draw_planes(again, figs, cfg)  # the engine cannot run: drawing alone
+    assert [f.name for f in files] == [f"plane-mlp-{row.run_id}-final.png", "planes.json"]
+
+    # changed inputs are computed again: other plane options, then another checkpoint
+    with pytest.raises(AssertionError, match="the plane engine ran"):
+        plane_runs(table, root, cache, AnalysisConfig(plane_scale=0.05, plane_seed=1))
+    ckpt = (root / row.store).parents[1] / "checkpoints"
+    shutil.copyfile(ckpt / "init.pt", ckpt / "final.pt")
+    with pytest.raises(AssertionError, match="the plane engine ran"):
+        plane_runs(table, root, cache, cfg)
+    monkeypatch.undo()
+    (fresh,) = plane_runs(table, root, cache, cfg).runs
+    assert not fresh.reused and fresh.key != run.key
+    assert plane_runs(table, root, cache, cfg).runs[0].reused
+    # planes: 0 computes none and caches nothing; a run no longer chosen leaves the cache
+    assert plane_runs(table, root, cache, AnalysisConfig(planes=0)) == type(computed)([], [])
+    assert not list(cache.iterdir())
+    assert draw_planes(type(computed)(), tmp_path / "none", cfg) == [tmp_path / "none" / "planes.json"]

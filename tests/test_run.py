@@ -167,6 +167,21 @@ def test_local_pool_keeps_each_job_s_output_and_errors(tmp_path):
         LocalPool(tmp_path, workers=0)
 
 
+def test_local_pool_counts_the_jobs_running_in_its_workers_not_the_queued(tmp_path):
+    import time
+
+    with LocalPool(tmp_path / "logs", workers=2) as pool:
+        assert pool.running() == 0
+        jobs = [pool.submit(functools.partial(time.sleep, 1.0), name=f"sleep {i}") for i in range(5)]
+        seen, deadline = set(), time.monotonic() + 120
+        while not all(j.done() for j in jobs) and time.monotonic() < deadline:
+            seen.add(pool.running())
+            time.sleep(0.02)
+        assert all(j.done() for j in jobs)
+        assert max(seen) == 2  # five submitted, two workers: never more than two running
+        assert pool.running() == 0
+
+
 @pytest.mark.slow
 def test_local_executor_runs_on_after_a_failure_and_resumes(tmp_path):
     bad = {"data.name": "cifar10", "data.root": str(tmp_path / "no-cifar")}

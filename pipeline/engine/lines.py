@@ -6,7 +6,7 @@ Example (a notebook, no cluster)::
     from pipeline.engine.lines import discover
     net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
     x0, x1 = torch.randn(4, 2), torch.randn(4, 2)
-    res = discover(net, x0, x1)            # float64, method="walk"
+    res = discover(net, x0, x1)            # float64, method="subdivide" (the default)
     res.density, res.deviation, res.breakpoints(0)
 
 Definitions (breakpoints, affine maps, certificate, density, absolute deviation, total

@@ -4,7 +4,7 @@
     out = run_plane("runs/digits-vgg8", checkpoint="final", scale=0.5)
     out["result"].n_regions, out["indices"], out["seconds"]
 
-Used by ``python -m jobs plane`` and by the report's plane figures (``analysis/figures.py``).
+Used by ``python -m jobs plane`` and by the aggregation's plane figures (``analysis/plane_runs.py``).
 """
 
 from __future__ import annotations

@@ -1,0 +1,164 @@
+"""Aggregate a sweep: the per-path table (Parquet), summary tables (CSV + Markdown), figures.
+
+    from analysis import aggregate
+    written = aggregate("runs/sweep", "results/sweep", on_incomplete="report")
+
+Layout of ``out_dir``::
+
+    paths.parquet          one row per (store, path): labels, measures, run metrics
+    planes.parquet         one row per (plane store, plane), when discovery wrote planes
+    stores.csv             every store found: status, what was done with it, shards, paths
+    tables/spearman.{csv,md}       paper Table 1
+    tables/paired.{csv,md}         paper Table 2
+    tables/noise_medians.{csv,md}  paper Fig. 5 as numbers
+    tables/plane_vs_line.{csv,md}  2-D against 1-D density per network (with plane stores)
+    figures/*.{png,pdf}
+    analysis_config.yaml   the resolved config
+    cache/                 per-store measures and fingerprints (incremental reruns)
+    cache/planes/*.npz     the plane figures' regions, one per run, keyed by its checkpoint's
+                           hash and the plane options (:mod:`analysis.plane_runs`)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import save_config, write_atomic
+
+from . import tables
+from .collect import collect, uncertified_note
+from .config import AnalysisConfig
+from .planes import collect_planes, plane_vs_line
+
+__all__ = ["aggregate", "write_tables", "TABLES"]
+
+log = logging.getLogger("analysis.aggregation")
+
+# table name -> (title, number format in Markdown)
+TABLES = {
+    "spearman": ("Spearman correlation between density and absolute deviation across paths (paper Table 1)", ".3f"),
+    "paired": ("Fraction of matched paths on which each measure increases (paper Table 2)", ".3f"),
+    "noise_medians": ("Median density and deviation over paths per noise level (paper Fig. 5)", ".4g"),
+    "plane_vs_line": ("2-D against 1-D density on the same images, per network (regions per plane and per path)",
+                      ".3g"),
+}
+
+
+def write_tables(frames: dict, out_dir, notes=()) -> list[Path]:
+    """Write each ``{name: DataFrame}`` as ``<name>.csv`` and ``<name>.md`` (fixed number
+    formats, so the files are byte-for-byte reproducible); returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, df in frames.items():
+        title, fmt = TABLES.get(name, (name, ".4g"))
+        write_atomic(out / f"{name}.csv", tables.format_csv(df))
+        write_atomic(out / f"{name}.md", tables.format_markdown(df, fmt, title=title, notes=notes))
+        written += [out / f"{name}.csv", out / f"{name}.md"]
+    return written
+
+
+def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
+              config: AnalysisConfig = AnalysisConfig()) -> dict:
+    """Aggregate every store under ``sweep_root`` into tables and figures in ``out_dir``.
+
+    Parameters
+    ----------
+    sweep_root : path
+        Folder holding the sweep's run folders (searched recursively for
+        ``<run>/regions/*.zarr``).
+    out_dir : path, optional
+        Where results go; default ``<sweep_root>/analysis``. Reruns reuse ``out_dir/cache``:
+        stores unchanged since the last call are not read again, and the plane figures' regions
+        whose checkpoint and plane options are unchanged are not computed again.
+    scheduler : str, optional
+        A Dask scheduler address; default ``config.scheduler`` (None: a ``LocalCluster``).
+    on_incomplete : {"fail", "skip", "report"}, optional
+        Default ``config.on_incomplete`` (``"fail"``); see :class:`AnalysisConfig`.
+    config : AnalysisConfig
+
+    Returns
+    -------
+    dict
+        ``{"paths": ..., "stores": ..., "config": ..., "tables": [...], "figures": [...]}``:
+        the files written.
+
+    Raises
+    ------
+    AnalysisError
+        No store found, an incomplete store with ``on_incomplete="fail"``, an unlabelled run.
+    """
+    config = replace(config, **{k: v for k, v in (("scheduler", scheduler), ("on_incomplete", on_incomplete))
+                                if v is not None})
+    root = Path(sweep_root)
+    out = Path(out_dir) if out_dir is not None else root / "analysis"
+    table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before anything is written
+    planes, plane_stores = collect_planes(root, config=config)
+    stores = pd.concat([stores, plane_stores], ignore_index=True) if len(plane_stores) else stores
+    written = _write_collected(out, table, planes, stores, config)
+    notes = _notes(stores)
+    pairs = tables.paired_differences(table, config)
+    frames = {"spearman": tables.spearman_table(table), "paired": tables.paired_table(pairs),
+              "noise_medians": tables.noise_medians(table, config)}
+    if len(planes):
+        frames["plane_vs_line"] = plane_vs_line(table, planes)
+    written["tables"] = write_tables(frames, out / "tables", notes)
+    written["figures"] = []
+    if config.figures:
+        from .figures import draw_all
+        from .plane_runs import plane_runs
+
+        # the planes' regions are computed here (or read from the cache); the figures only draw
+        planes_drawn = plane_runs(table, root, out / "cache" / "planes", config) if config.planes else None
+        written["figures"] = draw_all(table, pairs, frames["noise_medians"], out / "figures", root, config,
+                                      planes=planes_drawn)
+        if "plane_vs_line" in frames:
+            from .figures import draw_density2d
+
+            written["figures"] += draw_density2d(frames["plane_vs_line"], out / "figures", config)
+    log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
+             (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(),
+             (stores["action"] == "skipped").sum(), out)
+    return written
+
+
+def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, stores: pd.DataFrame,
+                     config: AnalysisConfig) -> dict:
+    """``paths.parquet``, ``planes.parquet`` (removed when there are no planes), ``stores.csv``
+    and the resolved config; returns them by name."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
+    tmp = out / "paths.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, written["paths"])
+    write_atomic(written["stores"], tables.format_csv(stores))
+    if len(planes):
+        written["planes"] = out / "planes.parquet"
+        planes.to_parquet(tmp, index=False)
+        os.replace(tmp, written["planes"])
+    else:
+        (out / "planes.parquet").unlink(missing_ok=True)  # from an earlier aggregation: no longer true
+    save_config(config, written["config"])
+    return written
+
+
+def _notes(stores: pd.DataFrame) -> list[str]:
+    """The notes under every Markdown table: incomplete stores counted or left out, networks
+    whose failing certificates left paths out."""
+    partial = stores[(stores["status"] == "incomplete") & (stores["action"] != "skipped")]
+    skipped = stores[stores["action"] == "skipped"]
+    notes = []
+    if len(partial):
+        notes.append(f"Incomplete stores counted (their complete shards only; rows flagged store_complete=False): "
+                     f"{', '.join(partial['store'])}")
+    if len(skipped):
+        notes.append(f"Incomplete stores left out: {', '.join(skipped['store'])}")
+    note = uncertified_note(stores)
+    if note:
+        notes.append(note)
+    return notes
