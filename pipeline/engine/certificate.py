@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from pipeline.engine import pwl
+from pipeline.engine.graph import STOP, run_nodes
 from pipeline.engine.linearize import forward_blocked
 
 __all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
@@ -157,7 +157,7 @@ def sampled(rseg: np.ndarray) -> np.ndarray:
 
 
 class _Kink(Exception):
-    """Raised at the first piecewise-linear op of a pass (see :func:`_affine_prefix`)."""
+    """Raised at the first piecewise-linear op of a pass (see :func:`_to_first_kink`)."""
 
 
 class _StopAtKink(TorchFunctionMode):
@@ -172,38 +172,24 @@ class _StopAtKink(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _interpret(plan, env: dict, start: int, stop_at_kink: bool = False):
-    """Run ``plan``'s nodes from ``start`` on ``env`` (plain torch, dead values dropped).
-    Returns ``(index, output)``: the output tensor, or with ``stop_at_kink`` the index of the
-    node that would run the first piecewise-linear op (``env`` then holds what is live there)."""
-    for i in range(start, len(plan.nodes)):
-        node = plan.nodes[i]
-        if node.op == "output":
-            return i, map_arg(node.args[0], lambda n: env[n])
-        if node.op == "placeholder":
-            if node is not plan.input:
-                if not node.args:
-                    raise ValueError(f"the model takes a second input '{node.name}'")
-                env[node] = node.args[0]
-            continue
-        if node.op == "get_attr":
-            env[node] = plan.attr(node)
-            continue
-        args = map_arg(node.args, lambda n: env[n])
-        kwargs = map_arg(node.kwargs, lambda n: env[n])
-        if stop_at_kink and plan.batched[node]:  # constants (parameters) are not kinks
-            try:
-                with _StopAtKink():
-                    val = plan.call(node, args, kwargs)
-            except _Kink:
-                return i, None
-        else:
-            val = plan.call(node, args, kwargs)
-        env[node] = val
-        for dead in plan.dead_after[i]:
-            if dead is not node:
-                env.pop(dead, None)
-    raise ValueError("the traced graph has no output")
+def _to_first_kink(plan, env: dict) -> int:
+    """Run ``plan`` on ``env`` up to its first piecewise-linear op; returns the index of the node
+    that would run it (the output node's where there is none; ``env`` then holds what is live
+    there)."""
+
+    def call(i, node, args, kwargs):
+        if not plan.batched[node]:  # constants (parameters) are not kinks
+            return plan.call(node, args, kwargs)
+        try:
+            with _StopAtKink():
+                return plan.call(node, args, kwargs)
+        except _Kink:
+            return STOP
+
+    # keep_unread: a value nothing reads (an assertion's None) stays live, as it always did here:
+    # a batched one makes _AffinePrefix fall back to the whole forward
+    start, _ = run_nodes(plan, env, 0, call=call, keep_unread=True)
+    return start
 
 
 class _AffinePrefix:
@@ -215,7 +201,7 @@ class _AffinePrefix:
         env = {plan.input: x_ends}
         with torch.no_grad():
             # without any piecewise-linear op this stops at the output node, its inputs live
-            self.start, _ = _interpret(plan, env, 0, stop_at_kink=True)
+            self.start = _to_first_kink(plan, env)
         self.live = {}
         self.fixed = {}
         self.ok = True
@@ -283,7 +269,7 @@ class _Midpoints:
                 sl = which[i:i + step]
                 s = torch.from_numpy(self.rseg[sl] - lo).to(self.device)
                 m = torch.from_numpy(self.mid[sl]).to(self.device)
-                _, y = _interpret(plan, prefix.env(plan, s, m, dtype), prefix.start)
+                _, y = run_nodes(plan, prefix.env(plan, s, m, dtype), prefix.start, keep_unread=True)
                 self._finish(sl, y, err, ys, i)
         return err, ys
 
