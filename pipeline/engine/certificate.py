@@ -41,10 +41,12 @@ from torch.overrides import TorchFunctionMode
 from pipeline.engine import pwl
 from pipeline.engine.graph import STOP, run_nodes
 from pipeline.engine.linearize import forward_blocked
+from pipeline.engine.rowblock import default_row_block
 
-__all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
+__all__ = ["certify_regions", "screen", "sampled", "CERTIFY", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
            "CertificateWarning", "ON_CERTIFICATE", "GAP_RTOL", "WALK_SLIVER", "gap_tolerance", "enforce"]
 
+CERTIFY = ("all", "strict", "sample")  # what certify= may be (discover*; discover_plane* also None: none)
 CERTIFY_SAMPLES = 16  # regions per segment evaluated in float64 by "all" and by "sample"
 # On VGG8 the largest screened float32 error was 1.6-1.8 times the rounding measured on the
 # 16 sampled regions of its segment (docs/benchmarks.md); 8 leaves a margin of about 4.
@@ -295,7 +297,7 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
         return gap, tol
     # "all": every region through the cheap path (a float32 copy in float64, the model itself in float32)
     every = np.arange(rseg.size)
-    rows32 = pwl.default_row_block(device, torch.float32)
+    rows32 = default_row_block(device, torch.float32)
     prefix = None
     if traced:
         x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)

@@ -17,8 +17,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from pipeline.engine import allowlist, pwl
+from pipeline.engine import allowlist, kinks, pwl
 from pipeline.engine.graph import Plan
+from pipeline.engine.rowblock import call_blocked
 
 __all__ = ["Chain", "SubdivideMode"]
 
@@ -137,12 +138,12 @@ class SubdivideMode(TorchFunctionMode):
         same = chain.seg[1:] == chain.seg[:-1]
         if call.kind == "relu":
             flat = z.reshape(v, -1)
-            piece, tau = pwl.relu_crossings(flat, None, same)
+            piece, tau = kinks.relu_crossings(flat, None, same)
         elif call.kind == "clamp":
-            piece, tau = pwl.clamp_crossings(z.reshape(v, -1), call.lo, call.hi, same)
+            piece, tau = kinks.clamp_crossings(z.reshape(v, -1), call.lo, call.hi, same)
         else:
             win, _ = call.windows(z)
-            piece, tau = pwl.maxpool_crossings(win[:-1], win[1:], same)
+            piece, tau = kinks.maxpool_crossings(win[:-1], win[1:], same)
         if piece.numel():
             extra = {"z": z}
             _insert(chain, self.plan, piece, tau, extra, self.tol)
@@ -152,7 +153,7 @@ class SubdivideMode(TorchFunctionMode):
         return out
 
     def _blocked(self, func, args, kwargs):
-        return pwl.call_blocked(func, args, kwargs, self.row_block)
+        return call_blocked(func, args, kwargs, self.row_block)
 
     def _check_exposed(self, func, call):
         if any(id(t) not in self.args_ids for t in call.sources):
