@@ -3,7 +3,7 @@
     .venv/bin/python bench/ablation.py --reps 3
     .venv/bin/python bench/ablation.py --reps 3 --only MLP
 
-* dense layers in blocks of at least 256 rows (``pipeline.engine.pwl.LINEAR_BLOCK``) against the
+* dense layers in blocks of at least 256 rows (``pipeline.engine.rowblock.LINEAR_BLOCK``) against the
   convolutions' 16, on the MLP 3072-1024x3-10 over 16 lines between digit images;
 * max_vertices 256 (default) against 1024 on VGG8 (4 segments) and ResNet18 k=8 (1 segment);
 * the certificate: all (float32 screen, default), strict (every midpoint in float64), sample.
@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import WideMLP, build_network, digit_images, path_segments  # noqa: E402
 
-import pipeline.engine.pwl as pwl  # noqa: E402
+import pipeline.engine.rowblock as rowblock  # noqa: E402
 from pipeline.engine.lines import discover, prepare  # noqa: E402
 
 
@@ -37,22 +37,22 @@ def main(argv=None):
     ready = prepare(mlp)
     cases = {}
     for cert in ("sample", "all"):
-        for block in (pwl.LINEAR_BLOCK, 0):
+        for block in (rowblock.LINEAR_BLOCK, 0):
             cases[(f"MLP, 16 lines, certify={cert}", f"dense layers in blocks of {max(block, 16)} rows")] = (
                 ready, imgs[:16], imgs[1:17], dict(certify=cert), block)
     vgg, res = prepare(build_network("vgg8")), prepare(build_network("resnet18k8"))
     for net_name, prep, n in (("VGG8, 4 segments", vgg, 4), ("ResNet18 k=8, 1 segment", res, 1)):
         for mv in (256, 1024):
             cases[(f"{net_name}, certify=sample", f"max_vertices={mv}")] = (
-                prep, x0[:n], x1[:n], dict(max_vertices=mv, batch_size=2, certify="sample"), pwl.LINEAR_BLOCK)
+                prep, x0[:n], x1[:n], dict(max_vertices=mv, batch_size=2, certify="sample"), rowblock.LINEAR_BLOCK)
         for cert in ("all", "strict", "sample"):
             cases[(f"{net_name}, certificate", f"certify={cert}")] = (prep, x0[:n], x1[:n], dict(batch_size=2, certify=cert),
-                                                                   pwl.LINEAR_BLOCK)
+                                                                   rowblock.LINEAR_BLOCK)
     cases = {k: v for k, v in cases.items() if a.only in k[0]}
     secs, info = {}, {}
     for rep in range(a.reps):
         for key, (prep, s0, s1, kw, block) in cases.items():
-            pwl.LINEAR_BLOCK = block
+            rowblock.LINEAR_BLOCK = block
             t = time.perf_counter()
             r = discover(prep, s0, s1, **kw)
             secs.setdefault(key, []).append(time.perf_counter() - t)

@@ -155,7 +155,7 @@ def pass_kw(fn, dtype):
     import inspect
 
     try:
-        from pipeline.engine.pwl import default_row_block
+        from pipeline.engine.rowblock import default_row_block
 
         if "row_block" in inspect.signature(fn).parameters:
             return {"row_block": default_row_block("cpu", dtype)}
@@ -173,7 +173,7 @@ def engine_defaults():
            for k, v in inspect.signature(discover_iter).parameters.items() if v.default is not inspect._empty}
     try:
         import torch
-        from pipeline.engine.pwl import default_row_block
+        from pipeline.engine.rowblock import default_row_block
 
         out["row_block (cpu, float64 / float32)"] = [default_row_block("cpu", torch.float64),
                                                     default_row_block("cpu", torch.float32)]

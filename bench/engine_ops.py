@@ -156,8 +156,9 @@ def op_profile(state, c):
     """Where the time goes in one subdivide and one walk run: stage timers + layer hooks, cProfile."""
     from _common import build_network
     import pipeline.engine.linearize as L
-    import pipeline.engine.pwl as P
+    import pipeline.engine.kinks as K
     import pipeline.engine.subdivide as S
+    import pipeline.engine.subdivide_mode as M
     import pipeline.engine.walk as W
 
     net = build_network(c["net"])
@@ -171,9 +172,9 @@ def op_profile(state, c):
         if variant == "subdivide":
             run = "subdivide: graph interpretation and splitting (run_graph)"
             stages = [(S, "run_graph", run, None),
-                      (S, "_insert", "subdivide: insert vertices, interpolate live tensors (_insert)", run),
-                      (S.pwl, "relu_crossings", "subdivide: find ReLU sign changes (relu_crossings)", run),
-                      (S.pwl, "maxpool_crossings", "subdivide: find max-pool argmax changes", run),
+                      (M, "_insert", "subdivide: insert vertices, interpolate live tensors (_insert)", run),
+                      (K, "relu_crossings", "subdivide: find ReLU sign changes (relu_crossings)", run),
+                      (K, "maxpool_crossings", "subdivide: find max-pool argmax changes", run),
                       (S, "_regions", "subdivide: region maps, midpoint certificate, measures (_regions)", None)]
         else:
             lin = "walk: linearising pass (linearize)"

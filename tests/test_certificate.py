@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-import pipeline.engine.pwl as pwl
 import pipeline.engine.certificate as certificate
+import pipeline.engine.kinks as kinks
 from pipeline.engine.lines import CertificateError, CertificateWarning, UnsupportedOpError, discover
 from tests.conftest import segments
 from tests.nets import MaxCNN
@@ -52,7 +52,7 @@ def test_clean_network_passes_the_screen_in_float32(monkeypatch):
 def _drop_one_crossing(monkeypatch, which_call: int, which: float):
     """Make the subdivision miss one ReLU kink: at the ``which_call``-th ReLU layer that has
     crossings, drop the one at quantile ``which`` of its list."""
-    real = pwl.relu_crossings
+    real = kinks.relu_crossings
     state = {"calls": 0, "dropped": None}
 
     def faulty(za, zb, same):
@@ -68,7 +68,7 @@ def _drop_one_crossing(monkeypatch, which_call: int, which: float):
             state["calls"] += 1
         return out
 
-    monkeypatch.setattr(pwl, "relu_crossings", faulty)
+    monkeypatch.setattr(kinks, "relu_crossings", faulty)
     return state
 
 
@@ -98,7 +98,7 @@ def test_misread_max_pool_is_caught_by_the_default(monkeypatch):
     net = MaxCNN().eval()
     x0, x1 = segments((2, 6, 6), 2, seed=3)
     assert discover(net, x0, x1).continuity_gap.max() < 1e-12
-    real = pwl.maxpool_crossings
+    real = kinks.maxpool_crossings
     calls = {"n": 0}
 
     def first_pool_blind(wa, wb, same):  # the first max-pool's argmax changes are not seen
@@ -106,7 +106,7 @@ def test_misread_max_pool_is_caught_by_the_default(monkeypatch):
         piece, tau = real(wa, wb, same)
         return (piece[:0], tau[:0]) if calls["n"] == 1 else (piece, tau)
 
-    monkeypatch.setattr(pwl, "maxpool_crossings", first_pool_blind)
+    monkeypatch.setattr(kinks, "maxpool_crossings", first_pool_blind)
     with pytest.warns(CertificateWarning):
         res = discover(net, x0, x1, on_certificate="warn")
     assert res.continuity_gap.min() > 1e-6 and not res.certified.any()

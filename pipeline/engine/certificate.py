@@ -36,15 +36,17 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.fx.node import map_arg
 from torch.overrides import TorchFunctionMode
 
 from pipeline.engine import pwl
+from pipeline.engine.graph import STOP, run_nodes
 from pipeline.engine.linearize import forward_blocked
+from pipeline.engine.rowblock import default_row_block
 
-__all__ = ["certify_regions", "screen", "sampled", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
+__all__ = ["certify_regions", "screen", "sampled", "CERTIFY", "CERTIFY_SAMPLES", "SCREEN_SAFETY", "CertificateError",
            "CertificateWarning", "ON_CERTIFICATE", "GAP_RTOL", "WALK_SLIVER", "gap_tolerance", "enforce"]
 
+CERTIFY = ("all", "strict", "sample")  # what certify= may be (discover*; discover_plane* also None: none)
 CERTIFY_SAMPLES = 16  # regions per segment evaluated in float64 by "all" and by "sample"
 # On VGG8 the largest screened float32 error was 1.6-1.8 times the rounding measured on the
 # 16 sampled regions of its segment (docs/benchmarks.md); 8 leaves a margin of about 4.
@@ -157,7 +159,7 @@ def sampled(rseg: np.ndarray) -> np.ndarray:
 
 
 class _Kink(Exception):
-    """Raised at the first piecewise-linear op of a pass (see :func:`_affine_prefix`)."""
+    """Raised at the first piecewise-linear op of a pass (see :func:`_to_first_kink`)."""
 
 
 class _StopAtKink(TorchFunctionMode):
@@ -172,38 +174,24 @@ class _StopAtKink(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _interpret(plan, env: dict, start: int, stop_at_kink: bool = False):
-    """Run ``plan``'s nodes from ``start`` on ``env`` (plain torch, dead values dropped).
-    Returns ``(index, output)``: the output tensor, or with ``stop_at_kink`` the index of the
-    node that would run the first piecewise-linear op (``env`` then holds what is live there)."""
-    for i in range(start, len(plan.nodes)):
-        node = plan.nodes[i]
-        if node.op == "output":
-            return i, map_arg(node.args[0], lambda n: env[n])
-        if node.op == "placeholder":
-            if node is not plan.input:
-                if not node.args:
-                    raise ValueError(f"the model takes a second input '{node.name}'")
-                env[node] = node.args[0]
-            continue
-        if node.op == "get_attr":
-            env[node] = plan.attr(node)
-            continue
-        args = map_arg(node.args, lambda n: env[n])
-        kwargs = map_arg(node.kwargs, lambda n: env[n])
-        if stop_at_kink and plan.batched[node]:  # constants (parameters) are not kinks
-            try:
-                with _StopAtKink():
-                    val = plan.call(node, args, kwargs)
-            except _Kink:
-                return i, None
-        else:
-            val = plan.call(node, args, kwargs)
-        env[node] = val
-        for dead in plan.dead_after[i]:
-            if dead is not node:
-                env.pop(dead, None)
-    raise ValueError("the traced graph has no output")
+def _to_first_kink(plan, env: dict) -> int:
+    """Run ``plan`` on ``env`` up to its first piecewise-linear op; returns the index of the node
+    that would run it (the output node's where there is none; ``env`` then holds what is live
+    there)."""
+
+    def call(i, node, args, kwargs):
+        if not plan.batched[node]:  # constants (parameters) are not kinks
+            return plan.call(node, args, kwargs)
+        try:
+            with _StopAtKink():
+                return plan.call(node, args, kwargs)
+        except _Kink:
+            return STOP
+
+    # keep_unread: a value nothing reads (an assertion's None) stays live, as it always did here:
+    # a batched one makes _AffinePrefix fall back to the whole forward
+    start, _ = run_nodes(plan, env, 0, call=call, keep_unread=True)
+    return start
 
 
 class _AffinePrefix:
@@ -215,7 +203,7 @@ class _AffinePrefix:
         env = {plan.input: x_ends}
         with torch.no_grad():
             # without any piecewise-linear op this stops at the output node, its inputs live
-            self.start, _ = _interpret(plan, env, 0, stop_at_kink=True)
+            self.start = _to_first_kink(plan, env)
         self.live = {}
         self.fixed = {}
         self.ok = True
@@ -283,7 +271,7 @@ class _Midpoints:
                 sl = which[i:i + step]
                 s = torch.from_numpy(self.rseg[sl] - lo).to(self.device)
                 m = torch.from_numpy(self.mid[sl]).to(self.device)
-                _, y = _interpret(plan, prefix.env(plan, s, m, dtype), prefix.start)
+                _, y = run_nodes(plan, prefix.env(plan, s, m, dtype), prefix.start, keep_unread=True)
                 self._finish(sl, y, err, ys, i)
         return err, ys
 
@@ -309,7 +297,7 @@ def certify_regions(prepared, certify, x0, d_all, lo, hi, rseg, mid, intercept, 
         return gap, tol
     # "all": every region through the cheap path (a float32 copy in float64, the model itself in float32)
     every = np.arange(rseg.size)
-    rows32 = pwl.default_row_block(device, torch.float32)
+    rows32 = default_row_block(device, torch.float32)
     prefix = None
     if traced:
         x_ends = torch.cat([x0[lo:hi], x0[lo:hi] + d_all[lo:hi]]).to(device=device, dtype=dtype)

@@ -23,7 +23,7 @@ import torch
 from torch.autograd import forward_ad as fwAD
 from torch.overrides import TorchFunctionMode
 
-from pipeline.engine import allowlist, pwl
+from pipeline.engine import allowlist, kinks, pwl
 
 __all__ = ["LinearizeMode", "PatternHash", "linearize", "bare_pass", "forward_blocked"]
 
@@ -75,8 +75,8 @@ class _Stacked:
         b = self.batch
         win, shape = call.windows(call.input)
         wz, wzdot = win[:b], win[b:] - win[:b]
-        cur = pwl.lex_argmax(wz, wzdot, 2)
-        tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
+        cur = kinks.lex_argmax(wz, wzdot, 2)
+        tau = self.from_tau(kinks.maxpool_first_kink(wz, wzdot, cur)) if track else None
         both = torch.cat([cur, cur])
         return call.finish(win.gather(2, both), both, (2 * b, *shape[1:])), tau, cur
 
@@ -142,8 +142,8 @@ class _Dual:
         wz, shape = call.windows(z)
         wzdot, _ = call.windows(zdot)
         wzdot = torch.nan_to_num(wzdot, nan=0.0, posinf=0.0, neginf=0.0)
-        cur = pwl.lex_argmax(wz, wzdot, 2)
-        tau = self.from_tau(pwl.maxpool_first_kink(wz, wzdot, cur)) if track else None
+        cur = kinks.lex_argmax(wz, wzdot, 2)
+        tau = self.from_tau(kinks.maxpool_first_kink(wz, wzdot, cur)) if track else None
         return call.finish(fwAD.make_dual(wz.gather(2, cur), wzdot.gather(2, cur)), cur, shape), tau, cur
 
     # Kinks are tracked as the per-row minimum of q = zdot / z; tau = -1 / q for q < 0.

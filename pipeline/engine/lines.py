@@ -22,7 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from pipeline.engine.certificate import CertificateError, CertificateWarning, check_option, enforce
+# CERTIFY is imported from here by the discovery stage
+from pipeline.engine.certificate import CERTIFY, CertificateError, CertificateWarning, check_option, enforce
 from pipeline.engine.prepared import PreparedModel, as_prepared, preflight, prepare
 from pipeline.engine.pwl import UnsupportedOpError
 from pipeline.engine.result import RegionResult
@@ -36,7 +37,6 @@ __all__ = ["discover", "discover_iter", "prepare", "PreparedModel", "RegionResul
            "CertificateError", "CertificateWarning"]
 
 METHODS = ("walk", "subdivide")
-CERTIFY = ("all", "strict", "sample")  # the midpoint certificate (see discover)
 DEFAULT_METHOD = "subdivide"  # the faster of the two, measured side by side: docs/benchmarks.md
 
 

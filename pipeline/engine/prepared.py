@@ -113,7 +113,8 @@ class PreparedModel:
                 self._trace_error = err
         key = tuple(example.shape[1:])
         if key not in self._concrete:
-            from pipeline.engine.subdivide import Plan, trace_concrete
+            from pipeline.engine.graph import Plan
+            from pipeline.engine.tracing import trace_concrete
 
             self._concrete[key] = Plan(trace_concrete(self.work, example[:1], self._trace_error))
         return self._concrete[key]
@@ -128,7 +129,8 @@ class PreparedModel:
     @property
     def plan(self):
         if self._plan is None:
-            from pipeline.engine.subdivide import Plan, trace
+            from pipeline.engine.graph import Plan
+            from pipeline.engine.tracing import trace
 
             self._plan = Plan(trace(self.work))
         return self._plan
@@ -137,7 +139,8 @@ class PreparedModel:
     def screen_plan(self):
         """The traced graph of :attr:`screen`."""
         if self._screen_plan is None:
-            from pipeline.engine.subdivide import Plan, trace
+            from pipeline.engine.graph import Plan
+            from pipeline.engine.tracing import trace
 
             self._screen_plan = self.plan if self.dtype == torch.float32 else Plan(trace(self.screen))
         return self._screen_plan

@@ -24,7 +24,7 @@ from typing import TypeVar
 import torch
 from torch.overrides import TorchFunctionMode
 
-from pipeline.engine import pwl
+from pipeline.engine.rowblock import default_row_block
 
 __all__ = ["WorkSizes", "work_sizes", "largest_activation", "bytes_per_row", "shrink_on_oom", "DeviceMemoryError"]
 
@@ -91,7 +91,7 @@ def work_sizes(prepared, example: torch.Tensor, method: str, *, batch_size: int 
     device's free memory on CUDA; the CPU's tuned constants when None on the CPU)."""
     device, dtype = prepared.device, prepared.dtype
     if row_block is None:
-        row_block = pwl.default_row_block(device, dtype, "subdivide" if method == "planes" else method)
+        row_block = default_row_block(device, dtype, "subdivide" if method == "planes" else method)
     if memory_bytes is None and device.type == "cpu":
         if max_vertices is None:  # planes: tiles of at most 64 MiB of float64 activations
             max_vertices = (int(min(16384, max(256, 2 ** 23 // largest_activation(prepared, example))))
