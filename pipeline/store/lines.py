@@ -24,8 +24,6 @@ stores (``geometry: plane``) lay out their shards in :mod:`pipeline.store.planes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
