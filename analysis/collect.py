@@ -31,8 +31,9 @@ import yaml
 
 from pipeline.config import write_atomic
 from pipeline.engine.measures import PATH_COLUMNS
-from pipeline.store.lines import (StoreError, is_store, paths_table, shard_partials, shard_state, shard_status,
-                            store_attrs, store_geometry)
+from pipeline.store.identity import StoreError, is_store, store_attrs, store_geometry
+from pipeline.store.verify import shard_state, shard_status
+from pipeline.store.lines import paths_table, shard_partials
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store.planes import PLANE_COLUMNS, plane_table
-from pipeline.store.lines import StoreError, store_attrs, store_geometry
+from pipeline.store.identity import StoreError, store_attrs, store_geometry
 
 from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, compute_tasks, find_stores, run_labels, stores_info,
                       stores_report)

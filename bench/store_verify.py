@@ -17,10 +17,12 @@ import numpy as np
 import zarr
 
 from analysis.collect import store_fingerprint
-from pipeline.store.lines import lines as st
+from pipeline.store.manifest import make_manifest
 from pipeline.engine.measures import path_partials
 from pipeline.engine.result import RegionResult
-from pipeline.store.lines import ShardWriter, StoreConfig, open_or_create, open_store, shard_partials, shard_status, verify_shard
+from pipeline.store.identity import StoreConfig, open_or_create
+from pipeline.store.verify import shard_status, verify_shard
+from pipeline.store.lines import ShardWriter, open_store, shard_partials
 
 S, R_PER, K, CHUNK = 1000, 100, 10, 64
 rng = np.random.default_rng(0)
@@ -44,7 +46,7 @@ def chunk(lo, hi):
 w = ShardWriter(root, 0, np.repeat(np.arange(S // 8), 8), np.tile(np.arange(8), S // 8), K, StoreConfig())
 for lo in range(0, S, CHUNK):
     w.write(chunk(lo, min(S, lo + CHUNK)))
-t = time.perf_counter(); m = st._make_manifest(w.tmp, {}); t_manifest = time.perf_counter() - t
+t = time.perf_counter(); m = make_manifest(w.tmp, {}); t_manifest = time.perf_counter() - t
 t = time.perf_counter(); w.commit(); t_commit = time.perf_counter() - t
 files = list((root / "shard-00000").rglob("*"))
 size = sum(p.stat().st_size for p in files if p.is_file())

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 from pipeline.stages.discovery import DiscoverConfig, discover_run
-from pipeline.store.lines import StoreError
+from pipeline.store.identity import StoreError
 
 log = logging.getLogger("jobs.discover")
 
@@ -36,7 +36,7 @@ def _parse_shard(text: str):
 def _config_from_store(store: Path) -> DiscoverConfig:
     """The discovery config a store records (its ``discover_config`` attribute)."""
     from pipeline.config import from_dict
-    from pipeline.store.lines import store_attrs
+    from pipeline.store.identity import store_attrs
 
     recorded = store_attrs(store).get("discover_config")
     if not recorded:
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     if a.shard:
         cfg = replace(cfg, n_shards=a.shard[1])
         shards = [a.shard[0]]
-    from pipeline.store.lines import store_attrs, store_geometry
+    from pipeline.store.identity import store_attrs, store_geometry
 
     # a plane store's path follows from the config; --from-store names the segment store only if it is one
     segments = a.from_store if a.from_store and store_geometry(store_attrs(a.from_store)) == "line" else None

@@ -172,7 +172,7 @@ class LocalPool:
 
 def _shard_regions(store: Path, shard: int) -> int:
     """Regions in a complete shard (its attributes), 0 if unreadable: for the progress bar only."""
-    from pipeline.store.lines import shard_info
+    from pipeline.store.verify import shard_info
 
     try:
         return int(shard_info(store, shard).get("n_regions", 0))

@@ -37,7 +37,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
         failed (written with ``on_certificate: warn``; from the shards' attributes).
     """
-    from pipeline.store.lines import shard_info, shard_status
+    from pipeline.store.verify import shard_info, shard_status
 
     runs = expand(sweep, base)
     train = {"done": [], "incomplete": [], "todo": []}

@@ -90,7 +90,7 @@ def _stored(a, p) -> int:
     rebuilt from the store's plane set and the run's data."""
     from analysis.figures import plane_figure
     from pipeline.stages.plane_run import stored_plane
-    from pipeline.store.lines import StoreError
+    from pipeline.store.identity import StoreError
 
     try:
         out = stored_plane(a.store, a.plane)

@@ -20,7 +20,7 @@ def stores_under(arg: Path) -> tuple[Path, list[Path]]:
     """The stores named by ``arg``: a store itself, a sweep folder or a sweep YAML (every
     ``<run>/regions/*.zarr`` below its root). Returns ``(root, stores)``."""
     from analysis.collect import find_stores
-    from pipeline.store.lines import is_store
+    from pipeline.store.identity import is_store
 
     if is_store(arg):
         return arg.parent, [arg]
@@ -33,7 +33,8 @@ def stores_under(arg: Path) -> tuple[Path, list[Path]]:
 def verify(stores, root: Path, deep: bool = False, out=sys.stdout) -> int:
     """Print each store's damaged shards (with the error and the command that rewrites each),
     missing shards and leftovers; returns the number of damaged shards."""
-    from pipeline.store.lines import StoreError, shard_status
+    from pipeline.store.identity import StoreError
+    from pipeline.store.verify import shard_status
 
     damaged = 0
     for store in stores:

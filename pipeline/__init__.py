@@ -33,8 +33,8 @@ _API = {
     "open_store": "pipeline.store.lines",
     "open_stores": "pipeline.store.lines",
     "open_plane_store": "pipeline.store.planes",
-    "StoreError": "pipeline.store.lines",
-    "DamagedShardError": "pipeline.store.lines",
+    "StoreError": "pipeline.store.identity",
+    "DamagedShardError": "pipeline.store.identity",
 }
 
 __all__ = sorted(_API)

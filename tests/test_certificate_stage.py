@@ -18,7 +18,8 @@ from analysis.report import write_report
 from analysis.synthetic import DEFAULT_RUNS, SyntheticRun, _HiddenReLU, _network, make_paths, make_sweep
 from pipeline.engine.certificate import CertificateError
 from pipeline.stages.discovery import DiscoverConfig, write_shards
-from pipeline.store.lines import open_store, shard_info, shard_status
+from pipeline.store.verify import shard_info, shard_status
+from pipeline.store.lines import open_store
 from tests.test_certificate_loud import hidden_relu
 
 torch.fx.wrap("hidden_relu")  # opaque to subdivide's tracing too (analysis.synthetic's is for the walk)

@@ -17,7 +17,9 @@ from pipeline.stages.discovery import discover_run as run
 from pipeline.config import to_dict
 from pipeline.inputs.data import DataConfig
 from pipeline.inputs.paths import PathConfig
-from pipeline.store.lines import DamagedShardError, StoreError, open_store, shard_status
+from pipeline.store.identity import DamagedShardError, StoreError
+from pipeline.store.verify import shard_status
+from pipeline.store.lines import open_store
 from pipeline.stages.train import ModelConfig, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ from pipeline.config import ConfigError, config_hash, identity_dict, to_dict
 from pipeline.inputs.data import DataConfig
 from pipeline.stages.discovery import DiscoverConfig, store_path, write_shards
 from pipeline.inputs.paths import PathConfig, path_set_id
-from pipeline.store.lines import StoreError, open_store
+from pipeline.store.identity import StoreError
+from pipeline.store.lines import open_store
 from pipeline.stages.train import TrainConfig
 from tests.sweeps import tiny_sweep
 

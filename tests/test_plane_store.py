@@ -13,7 +13,9 @@ from pipeline.inputs.paths import PathConfig
 from pipeline.inputs.plane_sets import PlaneSetConfig, bundle_planes
 from pipeline.store.planes import PLANE_COLUMNS, open_plane_store
 from pipeline.engine.planes import discover_plane
-from pipeline.store.lines import DamagedShardError, StoreError, open_or_create, open_store, shard_status, store_attrs
+from pipeline.store.identity import DamagedShardError, StoreError, open_or_create, store_attrs
+from pipeline.store.verify import shard_status
+from pipeline.store.lines import open_store
 from pipeline.stages.train import load_checkpoint
 
 PLANES = PlaneSetConfig(kind="images", n_planes=4, scale=0.2, seed=1)

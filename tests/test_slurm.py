@@ -285,7 +285,7 @@ def test_preempted_discovery_resumes_to_an_equal_store(cluster, tmp_path, cancel
     from jobs.tasks import DiscoverJob
     from pipeline.config import from_dict, to_dict
     from pipeline.stages.discovery import DiscoverConfig, store_path
-    from pipeline.store.lines import shard_status
+    from pipeline.store.verify import shard_status
     from pipeline.stages.train import TrainConfig, train
 
     run_dir = tmp_path / "run"

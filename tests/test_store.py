@@ -6,7 +6,9 @@ import torch
 import zarr
 
 from pipeline.engine.lines import discover_iter
-from pipeline.store.lines import SCHEMA_VERSION, ShardWriter, StoreConfig, StoreError, open_or_create, open_store, open_stores, shard_status
+from pipeline.store.identity import SCHEMA_VERSION, StoreConfig, StoreError, open_or_create
+from pipeline.store.verify import shard_status
+from pipeline.store.lines import ShardWriter, open_store, open_stores
 from tests.conftest import segments
 from tests.nets import MaxCNN
 

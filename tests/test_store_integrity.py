@@ -22,8 +22,9 @@ from analysis import AnalysisConfig, AnalysisError
 from analysis.collect import collect, store_fingerprint
 from analysis.synthetic import SyntheticRun, make_paths, make_sweep
 from pipeline.stages.discovery import DiscoverConfig, shard_paths, write_shards
-from pipeline.store.lines import (REGION_ARRAYS, SEGMENT_SCALARS, SEGMENT_VECTORS, DamagedShardError, ShardWriter,
-                            StoreConfig, StoreError, open_store, shard_status, verify_shard)
+from pipeline.store.identity import DamagedShardError, StoreConfig, StoreError
+from pipeline.store.verify import shard_status, verify_shard
+from pipeline.store.lines import REGION_ARRAYS, SEGMENT_SCALARS, SEGMENT_VECTORS, ShardWriter, open_store
 
 CFG = DiscoverConfig(n_shards=2, batch_size=8, chunk_segments=4, device="cpu", store=StoreConfig(region_chunk=16))
 RUN = "/runs/mlp-0"
@@ -195,7 +196,7 @@ def test_an_incomplete_shard_under_the_final_name_is_replaced(pristine, store):
 
 
 def test_commit_flushes_a_marked_shard_before_publishing_it(store, monkeypatch):
-    import pipeline.store.lines as store_mod
+    import pipeline.store.shards as store_mod
 
     seen = []
 

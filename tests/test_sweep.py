@@ -4,7 +4,8 @@ import pytest
 
 from jobs.sweep import expand, load_sweep, plan, status, submit
 from pipeline.config import ConfigError
-from pipeline.store.lines import open_store, shard_status
+from pipeline.store.verify import shard_status
+from pipeline.store.lines import open_store
 from tests.sweeps import tiny_sweep
 
 

@@ -111,7 +111,7 @@ def draw_planes(planes, out_dir, config: AnalysisConfig = AnalysisConfig()) -> l
 
 
 def _draw_paths(table, root: Path, out: Path, config: AnalysisConfig) -> list[Path]:
-    from pipeline.store.lines import store_attrs
+    from pipeline.store.identity import store_attrs
 
     trained = table[table["checkpoint"] == config.trained]
     for store in sorted(trained["store"].unique()):

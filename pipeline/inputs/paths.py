@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["KINDS", "PathConfig", "PathSet", "choose_bases", "translate", "circle_path", "pixel_stats",
-           "build_paths", "bundle_paths", "path_set_id", "check_split"]
+           "build_paths", "bundle_paths", "path_set_id", "check_split", "check_bases"]
 
 KINDS = ("circle", "shift", "noise")
 CLOSED = ("circle", "noise")  # "shift" is the only open kind
@@ -86,19 +86,38 @@ class PathConfig:
     class_balanced: bool = True  # otherwise a small n_paths can miss classes entirely
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown path kind {self.kind!r}; known kinds: {', '.join(KINDS)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.n_paths < 1:
-            raise ValueError(f"n_paths must be >= 1, got {self.n_paths}")
+        check_bases(self, KINDS, "path", "n_paths")
         if self.anchors < 2:
             raise ValueError(f"anchors must be >= 2 (a path needs two anchors to have a segment), "
                              f"got {self.anchors}")
-        if self.radius is not None and not (math.isfinite(self.radius) and self.radius > 0):
-            raise ValueError(f"radius must be a positive number of pixels or None (side / 8), got {self.radius}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
+
+def check_bases(cfg, kinds, what: str, count: str) -> None:
+    """The checks a path set's and a plane set's configs share (:class:`PathConfig`,
+    :class:`pipeline.inputs.plane_sets.PlaneSetConfig`): their base images are chosen alike.
+
+    Parameters
+    ----------
+    cfg
+        Reads ``kind``, ``split``, ``radius``, ``seed`` and the field named ``count``.
+    kinds
+        The kinds known to ``cfg``'s class.
+    what : str
+        ``"path"`` or ``"plane"``, in the message of an unknown kind.
+    count : str
+        The field holding how many paths or planes (``n_paths``, ``n_planes``).
+    """
+    if cfg.kind not in kinds:
+        raise ValueError(f"unknown {what} kind {cfg.kind!r}; known kinds: {', '.join(kinds)}")
+    if cfg.split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {cfg.split!r}")
+    n = getattr(cfg, count)
+    if n < 1:
+        raise ValueError(f"{count} must be >= 1, got {n}")
+    if cfg.radius is not None and not (math.isfinite(cfg.radius) and cfg.radius > 0):
+        raise ValueError(f"radius must be a positive number of pixels or None (side / 8), got {cfg.radius}")
+    if cfg.seed < 0:
+        raise ValueError(f"seed must be >= 0, got {cfg.seed}")
 
 
 def path_set_id(cfg) -> str:

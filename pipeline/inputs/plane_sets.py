@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from pipeline.inputs.paths import SPLITS, PathConfig, check_split, choose_bases, translate
+from pipeline.inputs.paths import PathConfig, check_bases, check_split, choose_bases, translate
 
 __all__ = ["PLANE_KINDS", "PlaneSetConfig", "PlaneSet", "build_planes", "bundle_planes", "plane_set_id"]
 
@@ -80,18 +80,9 @@ class PlaneSetConfig:
     class_balanced: bool = True
 
     def __post_init__(self):
-        if self.kind not in PLANE_KINDS:
-            raise ValueError(f"unknown plane kind {self.kind!r}; known kinds: {', '.join(PLANE_KINDS)}")
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.n_planes < 1:
-            raise ValueError(f"n_planes must be >= 1, got {self.n_planes}")
-        if self.radius is not None and not (math.isfinite(self.radius) and self.radius > 0):
-            raise ValueError(f"radius must be a positive number of pixels or None (side / 8), got {self.radius}")
+        check_bases(self, PLANE_KINDS, "plane", "n_planes")
         if not (math.isfinite(self.scale) and 0.0 < self.scale <= 1.0):
             raise ValueError(f"scale must be in (0, 1], got {self.scale}")
-        if self.seed < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def domain(self) -> str:

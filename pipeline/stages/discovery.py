@@ -5,7 +5,7 @@
 
 Each shard holds a contiguous block of the path set; a complete shard is skipped, any other
 (missing, interrupted, or damaged: its files differ from its manifest) is written again from
-scratch (``pipeline/store/lines.py``). The store goes to
+scratch (``pipeline/store/shards.py``). The store goes to
 ``<run>/regions/<checkpoint>-<path set id>.zarr``. :func:`write_shards` is the loop from a
 network and its segments to shards, shared by :func:`discover_run` and the synthetic sweeps
 of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around this module.
@@ -25,7 +25,7 @@ import torch
 from pipeline.config import identity_dict, local_field, to_dict
 from pipeline.inputs.paths import PathConfig, path_set_id
 from pipeline.inputs.plane_sets import PlaneSetConfig, plane_set_id
-from pipeline.store.lines import StoreConfig
+from pipeline.store.identity import StoreConfig
 
 __all__ = ["DiscoverConfig", "discover_run", "write_shards", "write_plane_shards", "store_path", "plane_store_path",
            "store_paths", "shard_done", "shard_paths", "engine_attrs", "plane_engine_attrs", "sha256"]
@@ -149,7 +149,7 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
                  deep: bool = False) -> dict:
     """Write the missing (or damaged) shards among ``shards`` (default: all) of a run's store
     (and of its plane store, with ``cfg.planes``); returns the store's
-    :func:`pipeline.store.lines.shard_status`, with the plane store's under ``"planes"``
+    :func:`pipeline.store.verify.shard_status`, with the plane store's under ``"planes"``
     (:func:`shard_done` reads both). ``deep``: judge existing shards by their checksums too
     (reads them), so flipped bytes are rewritten as well. ``store``: the segment store's path
     (default :func:`store_path`)."""
@@ -197,27 +197,12 @@ def write_shards(store, model, x0, x1, path_id, segment_index, cfg: DiscoverConf
     the whole path set; shard ``i`` holds the ``i``-th contiguous block of its paths.
     ``attrs`` are the caller's store attributes (checkpoint, model, dataset, paths...); the
     engine's options, the path set id, the shard count and ``K`` are added here. A shard is
-    missing unless :func:`pipeline.store.lines.shard_status` lists it complete: a damaged one is
+    missing unless :func:`pipeline.store.verify.shard_status` lists it complete: a damaged one is
     written again and replaces it. ``deep`` judges shards by their checksums too.
     """
-    from pipeline.store.lines import shard_status
-
-    store = Path(store)
-    dtype = _torch_dtype(cfg)
-    device = _device(cfg)
-    k = _n_outputs(model, x0)
     path_config = path_config if path_config is not None else attrs["paths"]
-    attrs = {**attrs, **engine_attrs(cfg), "path_set": path_set_id(path_config), "n_shards": cfg.n_shards,
-             "n_paths": int(np.unique(path_id).size), "K": k, "keep_affine": cfg.store.keep_affine,
-             "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
-    for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
-        _write_shard(model, x0, x1, np.asarray(path_id), np.asarray(segment_index), shard, cfg, store, k, dtype,
-                     device, progress, deep, attrs)
-    return shard_status(store)  # what was not rewritten was judged above
-
-
-def _device(cfg: DiscoverConfig) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    items = _Segments(x0, x1, np.asarray(path_id), np.asarray(segment_index), path_config)
+    return _write_store(store, model, items, cfg, attrs, shards, progress, deep)
 
 
 def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *, shards=None,
@@ -225,19 +210,108 @@ def write_plane_shards(store, model, planes, cfg: DiscoverConfig, attrs: dict, *
     """Create (or check) the plane store ``store`` and write its missing shards among
     ``shards``: shard ``i`` holds the ``i``-th contiguous block of ``planes`` (a
     :class:`pipeline.inputs.plane_sets.PlaneSet`, ``cfg.planes`` built). As :func:`write_shards`."""
-    from pipeline.store.lines import shard_status
-
-    store = Path(store)
     if cfg.n_shards > planes.n_planes:
         raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of planes ({planes.n_planes}): "
                          "raise planes.n_planes, or use fewer shards")
-    k = _n_outputs(model, planes.x0)
-    attrs = {**attrs, **plane_engine_attrs(cfg), "path_set": plane_set_id(cfg.planes), "n_shards": cfg.n_shards,
-             "n_planes": planes.n_planes, "K": k, "keep_affine": cfg.store.keep_affine,
-             "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
+    return _write_store(store, model, _Planes(planes, cfg), cfg, attrs, shards, progress, deep)
+
+
+class _Segments:
+    """What writing a segment store has of its own (:func:`write_shards`): which segments a
+    shard holds (whole paths), their writer, the engine that finds their regions, their names."""
+
+    what, label, bar_unit = "segments", "shard", "seg"  # the engine draws no bar: the stage does
+
+    def __init__(self, x0, x1, path_id: np.ndarray, segment_index: np.ndarray, path_config):
+        self.x0, self.x1, self.path_id, self.segment_index = x0, x1, path_id, segment_index
+        self.path_config = path_config
+
+    def identity(self, cfg: DiscoverConfig) -> tuple[dict, str, dict]:
+        """The engine's attributes, the path set id, the count of paths."""
+        return engine_attrs(cfg), path_set_id(self.path_config), {"n_paths": int(np.unique(self.path_id).size)}
+
+    def positions(self, n_shards: int, shard: int) -> np.ndarray:
+        ids = np.unique(self.path_id)
+        return np.flatnonzero(np.isin(self.path_id, ids[shard_paths(ids.size, n_shards, shard)]))
+
+    def writer(self, store, shard: int, pos, k: int, cfg: DiscoverConfig):
+        from pipeline.store.lines import ShardWriter
+
+        return ShardWriter(store, shard, self.path_id[pos], self.segment_index[pos], k, cfg.store)
+
+    def results(self, ready, pos, cfg: DiscoverConfig, dtype, device, progress: bool):
+        from pipeline.engine.lines import discover_iter
+
+        return discover_iter(ready, self.x0[pos], self.x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
+                             device=device, keep_affine=cfg.store.keep_affine, method=cfg.method,
+                             chunk_segments=cfg.chunk_segments, certify=cfg.certify,
+                             on_certificate=cfg.on_certificate, max_vertices=cfg.max_vertices)
+
+    def names(self, pos) -> list[str]:
+        return [f"path {p} segment {s}" for p, s in zip(self.path_id[pos], self.segment_index[pos])]
+
+    @staticmethod
+    def count(chunk) -> tuple[int, int]:
+        """Items and regions of a chunk of results."""
+        return chunk.n_segments, chunk.n_regions
+
+
+class _Planes:
+    """What writing a plane store has of its own (:func:`write_plane_shards`), as :class:`_Segments`."""
+
+    what, label, bar_unit = "planes", "plane shard", None  # the plane engine draws its own bar
+
+    def __init__(self, planes, cfg: DiscoverConfig):
+        self.planes, self.x0, self.domain = planes, planes.x0, cfg.planes.domain
+
+    def identity(self, cfg: DiscoverConfig) -> tuple[dict, str, dict]:
+        """The engine's attributes, the plane set id, the count of planes."""
+        return plane_engine_attrs(cfg), plane_set_id(cfg.planes), {"n_planes": self.planes.n_planes}
+
+    def positions(self, n_shards: int, shard: int) -> np.ndarray:
+        return shard_paths(self.planes.n_planes, n_shards, shard)
+
+    def writer(self, store, shard: int, pos, k: int, cfg: DiscoverConfig):
+        from pipeline.store.planes import PlaneShardWriter
+
+        p, corners = self.planes, 4 if self.domain == "parallelogram" else 3
+        return PlaneShardWriter(store, shard, p.plane_id[pos], p.label[pos], p.corner_index[pos], k, corners, cfg.store)
+
+    def results(self, ready, pos, cfg: DiscoverConfig, dtype, device, progress: bool):
+        from pipeline.engine.planes import discover_plane_iter
+
+        idx, p = torch.as_tensor(pos), self.planes
+        return discover_plane_iter(ready, p.x0[idx], p.x1[idx], p.x2[idx], dtype=dtype, device=device,
+                                   max_vertices=cfg.max_vertices, domain=self.domain,
+                                   keep_affine=cfg.store.keep_affine, progress=progress,
+                                   chunk_planes=cfg.chunk_planes, certify=cfg.certify,
+                                   on_certificate=cfg.on_certificate)
+
+    def names(self, pos) -> list[str]:
+        return [f"plane {p}" for p in self.planes.plane_id[pos]]
+
+    @staticmethod
+    def count(chunk) -> tuple[int, int]:
+        """Items and regions of a chunk of results."""
+        return chunk.n_planes, chunk.total_regions
+
+
+def _write_store(store, model, items, cfg: DiscoverConfig, attrs: dict, shards, progress: bool, deep: bool) -> dict:
+    """:func:`write_shards` and :func:`write_plane_shards`, given what their ``items`` are."""
+    from pipeline.store.verify import shard_status
+
+    store = Path(store)
+    k = _n_outputs(model, items.x0)
+    engine, set_id, count = items.identity(cfg)
+    attrs = {**attrs, **engine, "path_set": set_id, "n_shards": cfg.n_shards, **count, "K": k,
+             "keep_affine": cfg.store.keep_affine, "affine_dtype": cfg.store.affine_dtype, "versions": _versions()}
     for shard in _shards_to_write(store, attrs, cfg.n_shards, shards, deep):
-        _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, _device(cfg))
-    return shard_status(store)
+        _write_shard(model, items, shard, cfg, store, k, progress, deep, attrs)
+    return shard_status(store)  # what was not rewritten was judged above
+
+
+def _device(cfg: DiscoverConfig) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
 
 
 def _torch_dtype(cfg: DiscoverConfig) -> torch.dtype:
@@ -254,7 +328,8 @@ def _n_outputs(model, x) -> int:
 def _shards_to_write(store: Path, attrs: dict, n_shards: int, shards, deep: bool) -> list[int]:
     """Create (or check) ``store`` with ``attrs``; the shards among ``shards`` (default: all)
     that it does not list complete (missing, interrupted or damaged), logged."""
-    from pipeline.store.lines import open_or_create, shard_status
+    from pipeline.store.identity import open_or_create
+    from pipeline.store.verify import shard_status
 
     open_or_create(store, attrs)
     status = shard_status(store, deep=deep)
@@ -293,87 +368,49 @@ def _warn_uncertified(chunk_failed: int, store, shard, attrs, what: str):
                     _where(store, shard, attrs))
 
 
-def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, device):
-    from pipeline.store.planes import PlaneShardWriter
-    from pipeline.engine.planes import discover_plane_iter
-
-    pos = shard_paths(planes.n_planes, cfg.n_shards, shard)
-    corners = 4 if cfg.planes.domain == "parallelogram" else 3
-    writer = PlaneShardWriter(store, shard, planes.plane_id[pos], planes.label[pos], planes.corner_index[pos], k,
-                              corners, cfg.store)
-    dtype = _torch_dtype(cfg)
-    start, regions = time.perf_counter(), 0
-    idx = torch.as_tensor(pos)
+def _write_shard(model, items, shard, cfg, store, k, progress, deep, attrs):
+    """Find the regions of one shard's ``items`` and publish the shard; on any failure its
+    temporary is removed (a SIGKILL leaves a ``*.tmp-*``) and the complete shards stay."""
     from pipeline.engine.certificate import CertificateError
     from pipeline.engine.prepared import prepare
-    from pipeline.store.lines import uncertified
+    from pipeline.store.shards import uncertified
 
-    ready = prepare(model, dtype, device)
-    try:
-        for chunk in discover_plane_iter(ready, planes.x0[idx], planes.x1[idx], planes.x2[idx], dtype=dtype,
-                                         device=device, max_vertices=cfg.max_vertices, domain=cfg.planes.domain,
-                                         keep_affine=cfg.store.keep_affine, progress=progress, chunk_planes=cfg.chunk_planes, certify=cfg.certify,
-                                         on_certificate=cfg.on_certificate):
-            writer.write(chunk)
-            regions += chunk.total_regions
-            _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, "planes")
-    except CertificateError as err:
-        writer.abort()
-        raise _certificate_failed(err, store, shard, attrs, [f"plane {p}" for p in planes.plane_id[pos]], "planes",
-                                  ready) from err
-    except BaseException:
-        writer.abort()
-        raise
-    published = writer.commit(deep=deep)
-    log.info("plane shard %d: %d planes, %d regions in %.1f s%s", shard, len(pos), regions,
-             time.perf_counter() - start, "" if published else " (another job had completed it: kept theirs)")
-
-
-def _write_shard(model, x0, x1, path_id, segment_index, shard, cfg, store, k, dtype, device, progress, deep, attrs):
-    from pipeline.engine.lines import discover_iter
-    from pipeline.store.lines import ShardWriter
-
-    ids = np.unique(path_id)
-    pos = np.flatnonzero(np.isin(path_id, ids[shard_paths(ids.size, cfg.n_shards, shard)]))
-    writer = ShardWriter(store, shard, path_id[pos], segment_index[pos], k, cfg.store)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pos), unit="seg", desc=f"shard {shard}/{cfg.n_shards}")
+    pos = items.positions(cfg.n_shards, shard)
+    writer = items.writer(store, shard, pos, k, cfg)
+    bar = _bar(items.bar_unit, len(pos), shard, cfg.n_shards) if progress and items.bar_unit else None
     start, regions = time.perf_counter(), 0
-    from pipeline.engine.certificate import CertificateError
-    from pipeline.engine.prepared import prepare
-    from pipeline.store.lines import uncertified
-
+    dtype, device = _torch_dtype(cfg), _device(cfg)
     ready = prepare(model, dtype, device)
     try:
-        for chunk in discover_iter(ready, x0[pos], x1[pos], eps=cfg.eps, dtype=dtype, batch_size=cfg.batch_size,
-                                   device=device, keep_affine=cfg.store.keep_affine, method=cfg.method,
-                                   chunk_segments=cfg.chunk_segments, certify=cfg.certify,
-                                   on_certificate=cfg.on_certificate, max_vertices=cfg.max_vertices):
+        for chunk in items.results(ready, pos, cfg, dtype, device, progress):
             writer.write(chunk)
-            regions += chunk.n_regions
-            _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, "segments")
+            n, r = items.count(chunk)
+            regions += r
+            _warn_uncertified(uncertified(chunk.continuity_gap, chunk.gap_tol), store, shard, attrs, items.what)
             if bar is not None:
-                bar.update(chunk.n_segments)
+                bar.update(n)
                 bar.set_postfix(regions=regions, per_s=f"{regions / (time.perf_counter() - start):,.0f}")
     except CertificateError as err:
         writer.abort()  # the shard is not published; the complete ones are untouched
         if bar is not None:
             bar.close()
             bar = None
-        names = [f"path {p} segment {s}" for p, s in zip(path_id[pos], segment_index[pos])]
-        raise _certificate_failed(err, store, shard, attrs, names, "segments", ready) from err
+        raise _certificate_failed(err, store, shard, attrs, items.names(pos), items.what, ready) from err
     except BaseException:
-        writer.abort()  # a failed or interrupted shard leaves nothing behind (a SIGKILL leaves a *.tmp-*)
+        writer.abort()
         raise
     finally:
         if bar is not None:
             bar.close()
     published = writer.commit(deep=deep)
-    log.info("shard %d: %d segments, %d regions in %.1f s%s", shard, len(pos), regions, time.perf_counter() - start,
-             "" if published else " (another job had completed it: kept theirs)")
+    log.info("%s %d: %d %s, %d regions in %.1f s%s", items.label, shard, len(pos), items.what, regions,
+             time.perf_counter() - start, "" if published else " (another job had completed it: kept theirs)")
+
+
+def _bar(unit: str, total: int, shard: int, n_shards: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit=unit, desc=f"shard {shard}/{n_shards}")
 
 
 def _versions() -> dict:

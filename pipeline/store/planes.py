@@ -13,8 +13,9 @@ Layout (the store's ``geometry`` attribute is ``"plane"``)::
         vertices/  uv (V,2)
 
 The fields are those of :class:`pipeline.engine.planes.PlaneResult`. Shards are written, published,
-verified and rewritten exactly as segment shards (:class:`pipeline.store.lines.ShardFolder`: a
-temporary, a manifest of sizes and CRC-32s, one rename); this module knows only the layout.
+verified, read and rewritten by the same code as segment shards (:class:`pipeline.store.shards.ShardFolder`:
+a temporary, a manifest of sizes and CRC-32s, one rename; :class:`pipeline.store.reading.ShardReader`);
+this module knows only the layout.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.store.lines import (LATER_ARRAYS, SCHEMA_VERSION, ShardFolder, StoreConfig, StoreError, read_array, shard_state,
-                    shard_status, store_attrs, store_geometry, uncertified, verify_shard)
+from pipeline.store.identity import StoreConfig, store_attrs
+from pipeline.store.reading import ShardReader, check_geometry, read_checked
+from pipeline.store.shards import ShardFolder
 
 __all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
 
@@ -54,30 +56,25 @@ class PlaneShardWriter(ShardFolder):
 
     def __init__(self, store, shard: int, plane_id, label, corner_index, k: int, corners: int,
                  cfg: StoreConfig = StoreConfig()):
-        self.n = len(plane_id)
-        self.written = 0
+        n, rc = len(plane_id), cfg.region_chunk
+        rows = max(1, n)
+        super().__init__(store, shard, cfg, n, rows,
+                         affine={"intercept": ((k,), rc), "grad": ((2, k), max(1, rc // 2))})
         self.vertices = 0
-        super().__init__(store, shard, cfg, {"n_planes": self.n})
-        n, rc = max(1, self.n), cfg.region_chunk
-        self.pl = {name: self.array(f"planes/{name}", (self.n,), "i8", (n,)) for name in PLANE_INTS}
-        self.pl.update({name: self.array(f"planes/{name}", (self.n,), "f8", (n,)) for name in PLANE_FLOATS})
-        self.pl["corner_index"] = self.array("planes/corner_index", (self.n, 3), "i8", (n, 3))
-        self.pl["region_offset"] = self.array("planes/region_offset", (self.n + 1,), "i8", (n + 1,))
-        self.pl["deviation"] = self.array("planes/deviation", (self.n, k), "f8", (n, k))
-        self.pl["f_corners"] = self.array("planes/f_corners", (self.n, corners, k), "f8", (n, corners, k))
+        self.pl = {name: self.array(f"planes/{name}", (n,), "i8", (rows,)) for name in PLANE_INTS}
+        self.pl.update({name: self.array(f"planes/{name}", (n,), "f8", (rows,)) for name in PLANE_FLOATS})
+        self.pl["corner_index"] = self.array("planes/corner_index", (n, 3), "i8", (rows, 3))
+        self.pl["deviation"] = self.array("planes/deviation", (n, k), "f8", (rows, k))
+        self.pl["f_corners"] = self.array("planes/f_corners", (n, corners, k), "f8", (rows, corners, k))
         self.pl["plane_id"][:] = np.asarray(plane_id, dtype=np.int64)
         self.pl["label"][:] = np.asarray(label, dtype=np.int64)
-        self.pl["corner_index"][:] = np.asarray(corner_index, dtype=np.int64).reshape(self.n, 3)
-        self.pl["region_offset"][0:1] = np.zeros(1, dtype=np.int64)
+        self.pl["corner_index"][:] = np.asarray(corner_index, dtype=np.int64).reshape(n, 3)
         self.reg = {"area": self.array("regions/area", (0,), "f8", (rc,)),
                     "region_gap": self.array("regions/region_gap", (0,), "f8", (rc,)),
                     "centroid": self.array("regions/centroid", (0, 2), "f8", (rc, 2)),
                     "vertex_offset": self.array("regions/vertex_offset", (1,), "i8", (rc,))}
         self.reg["vertex_offset"][:] = np.zeros(1, dtype=np.int64)
         self.uv = self.array("vertices/uv", (0, 2), "f8", (rc, 2))
-        if cfg.keep_affine:
-            self.reg["intercept"] = self.array("regions/intercept", (0, k), cfg.affine_dtype, (rc, k))
-            self.reg["grad"] = self.array("regions/grad", (0, 2, k), cfg.affine_dtype, (max(1, rc // 2), 2, k))
 
     def write(self, res) -> None:
         """Append the next chunk of planes (a :class:`pipeline.engine.planes.PlaneResult`)."""
@@ -85,28 +82,12 @@ class PlaneShardWriter(ShardFolder):
         for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
             val = getattr(res, name)
             self.pl[name][lo:hi] = np.full(res.n_planes, np.nan) if val is None else val  # gap_tol
-        self.uncertified += uncertified(res.continuity_gap, res.gap_tol)
-        self.pl["region_offset"][lo + 1:hi + 1] = res.plane_offset[1:] + self.regions
         for name in ("area", "region_gap", "centroid"):
             self.reg[name].append(getattr(res, name))
         self.reg["vertex_offset"].append(res.vertex_offset[1:] + self.vertices)
         self.uv.append(res.uv)
-        if self.cfg.keep_affine:
-            if res.intercept is None:
-                raise ValueError("the store keeps affine maps but the result has none: discover with keep_affine=True")
-            self.reg["intercept"].append(res.intercept.astype(self.cfg.affine_dtype))
-            self.reg["grad"].append(res.grad.astype(self.cfg.affine_dtype))
-        self.regions += res.total_regions
         self.vertices += int(res.uv.shape[0])
-        self.written = hi
-
-
-def _check_plane_store(path: Path, attrs: dict) -> None:
-    if attrs.get("schema") != SCHEMA_VERSION:
-        raise StoreError(f"{path} has schema version {attrs.get('schema')}; this reader reads {SCHEMA_VERSION}")
-    if store_geometry(attrs) != "plane":
-        raise StoreError(f"{path} is a store of {store_geometry(attrs)}s, not of planes: read it with "
-                         "pipeline.store.lines.open_store")
+        self._close_chunk(res, lo, hi, res.plane_offset, res.total_regions)
 
 
 def plane_table(store, shard: int) -> pd.DataFrame:
@@ -117,17 +98,13 @@ def plane_table(store, shard: int) -> pd.DataFrame:
 
     Raises
     ------
-    pipeline.store.lines.DamagedShardError
+    pipeline.store.identity.DamagedShardError
         The arrays differ from the manifest or cannot be decoded.
     """
     store = Path(store)
     attrs = store_attrs(store)
-    _check_plane_store(store, attrs)
-    keys = [f"planes/{name}" for name in TABLE_ARRAYS]
-    have = shard_state(store, shard)["manifest"] or {}
-    keys = [k for k in keys if k not in LATER_ARRAYS or k in have.get("arrays", {})]
-    manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
-    cols = {key.split("/")[1]: read_array(store, shard, manifest, key) for key in keys}
+    check_geometry(store, attrs, "plane")
+    cols = read_checked(store, shard, [f"planes/{name}" for name in TABLE_ARRAYS])
     if "gap_tol" not in cols:  # written before the tolerance was recorded: no verdict
         cols["gap_tol"] = np.full(cols["plane_id"].size, np.nan)
     domain_area = 1.0 if attrs.get("domain") == "parallelogram" else 0.5
@@ -138,45 +115,28 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     return pd.DataFrame(out, columns=list(PLANE_COLUMNS))
 
 
-class PlaneStoreReader:
+class PlaneStoreReader(ShardReader):
     """Read the complete shards of one plane store: the per-plane table, and any plane's
     regions as a :class:`pipeline.engine.planes.PlaneResult` (for figures and notebooks).
 
-    Opening checks every shard cheaply: a damaged one raises
-    :class:`pipeline.store.lines.DamagedShardError`
-    unless ``allow_incomplete`` (it is then left out, like a missing one).
+    Opening checks every shard once, cheaply (or deeply with ``deep``): a damaged one raises
+    :class:`pipeline.store.identity.DamagedShardError` unless ``allow_incomplete`` (it is then
+    left out, like a missing one).
     """
 
-    def __init__(self, path, allow_incomplete: bool = False, deep: bool = False):
-        self.path = Path(path)
-        self.attrs = store_attrs(self.path)
-        _check_plane_store(self.path, self.attrs)
-        self.status = shard_status(self.path, deep=deep)
-        if self.status["damaged"] and not allow_incomplete:
-            verify_shard(self.path, self.status["damaged"][0], deep=deep)  # raises DamagedShardError
-        if self.status["missing"] and not allow_incomplete:
-            raise StoreError(f"{self.path}: shards {self.status['missing'][:10]} of {self.status['n_shards']} are not "
-                             "complete; resume discovery, or open with allow_incomplete=True to read the rest")
-        self.shards = self.status["complete"]
-        self._meta = {i: verify_shard(self.path, i) for i in self.shards}
-        self._index = None
+    geometry = "plane"
+
+    def _ids(self, shard: int) -> list:
+        return [int(p) for p in self._read(shard, "planes/plane_id")]
 
     @property
     def domain(self) -> str:
         return str(self.attrs.get("domain", "triangle"))
 
-    def _read(self, shard: int, key: str, sel=slice(None)) -> np.ndarray:
-        return read_array(self.path, shard, self._meta[shard]["manifest"], key, sel)
-
     def planes(self) -> pd.DataFrame:
         """One row per plane (``PLANE_COLUMNS`` of :func:`plane_table`, plus ``shard``)."""
         frames = [plane_table(self.path, i).assign(shard=i) for i in self.shards]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=[*PLANE_COLUMNS, "shard"])
-
-    def _locate(self) -> dict:
-        if self._index is None:
-            self._index = {int(p): (i, r) for i in self.shards for r, p in enumerate(self._read(i, "planes/plane_id"))}
-        return self._index
 
     def plane_ids(self) -> list[int]:
         return sorted(self._locate())
@@ -200,15 +160,14 @@ class PlaneStoreReader:
         get = lambda key, sel=one: self._read(shard, key, sel)  # noqa: E731
         lo, hi = (int(v) for v in get("planes/region_offset", slice(row, row + 2)))
         voff = get("regions/vertex_offset", slice(lo, hi + 1))
-        arrays = self._meta[shard]["manifest"]["arrays"]
-        affine = "regions/intercept" in arrays
+        affine = self._has(shard, "regions/intercept")
         return PlaneResult(
             plane_index=np.zeros(1, dtype=np.int64), n_regions=get("planes/n_regions"),
             plane_offset=np.array([0, hi - lo], dtype=np.int64), input_area=get("planes/input_area"),
             density=get("planes/density"), density_input=get("planes/density_input"),
             f_corners=get("planes/f_corners"), deviation=get("planes/deviation"),
             continuity_gap=get("planes/continuity_gap"), certificate_tol=get("planes/certificate_tol"),
-            gap_tol=get("planes/gap_tol") if "planes/gap_tol" in arrays else np.full(1, np.nan),
+            gap_tol=get("planes/gap_tol") if self._has(shard, "planes/gap_tol") else np.full(1, np.nan),
             hull_gap=get("planes/hull_gap"),
             n_pieces=get("planes/n_pieces"), dropped_pieces=get("planes/dropped_pieces"),
             dropped_area=get("planes/dropped_area"), area=get("regions/area", slice(lo, hi)),
