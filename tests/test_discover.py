@@ -15,12 +15,10 @@ import yaml
 from pipeline.stages.discovery import DiscoverConfig, store_path
 from pipeline.stages.discovery import discover_run as run
 from pipeline.config import to_dict
-from pipeline.inputs.data import DataConfig
 from pipeline.inputs.paths import PathConfig
 from pipeline.store.identity import DamagedShardError, StoreError
 from pipeline.store.verify import shard_status
 from pipeline.store.lines import open_store
-from pipeline.stages.train import ModelConfig, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = DiscoverConfig(paths=PathConfig(kind="circle", n_paths=10, anchors=4, seed=1), n_shards=2, batch_size=16,
@@ -28,12 +26,10 @@ CFG = DiscoverConfig(paths=PathConfig(kind="circle", n_paths=10, anchors=4, seed
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,
-                      batch_size=64, stop="epochs", max_epochs=1, seed=0)
-    train(cfg, run_dir)
-    return run_dir
+def trained(digits_run):
+    """conftest's tiny VGG8 (the run this file trained for itself before, same config); these tests
+    read it and write their stores under tmp_path."""
+    return digits_run
 
 
 def _same_store(a, b):

@@ -55,14 +55,10 @@ def test_figure_polygons_colours_and_insets(plane, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from pipeline.inputs.data import DataConfig
-    from pipeline.stages.train import ModelConfig, TrainConfig, train
-
+def trained(digits_run, tmp_path_factory):
+    """A copy of conftest's tiny VGG8 run: the command writes its figures into the run folder."""
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    cfg = TrainConfig(model=ModelConfig(name="vgg8", widths=(4, 8)), data=DataConfig(name="digits"), lr=0.05,
-                      batch_size=64, stop="epochs", max_epochs=1, seed=0)
-    train(cfg, run_dir)
+    shutil.copytree(digits_run, run_dir)
     return run_dir
 
 
