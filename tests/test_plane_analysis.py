@@ -66,3 +66,20 @@ def test_a_sweep_with_planes_writes_resumes_and_compares_them(tmp_path):
     stores = pd.read_csv(out / "stores.csv")
     assert stores["store"].str.contains("-planes-").sum() == 4
     assert list((out / "figures").glob("density2d-*.png"))
+
+
+def test_the_2d_figure_draws_when_no_network_has_enough_images(tmp_path):
+    """With fewer than 3 images per network every Spearman is NaN: the figure says so instead of
+    failing on an empty log axis (which used to stop the whole aggregation)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.figures import density2d_figure
+
+    per_network = pd.DataFrame({"setting": ["vanilla", "augment"], "checkpoint": ["final", "init"],
+                                "density_1d": [120.0, 80.0], "regions_2d": [900.0, 400.0],
+                                "rho_density": [np.nan, np.nan]})
+    fig = density2d_figure(per_network)
+    fig.savefig(tmp_path / "density2d.png")
+    assert (tmp_path / "density2d.png").stat().st_size > 0
+    assert any("3 images" in t.get_text() for t in fig.axes[1].texts)

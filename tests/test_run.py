@@ -228,8 +228,8 @@ def _reduced_demo(base: Path) -> int:
 
     edit("demo.yaml", sweep)
     edit("train/digits-demo.yaml", lambda cfg: cfg.update(max_epochs=2))  # stop: loss stops at the budget
-    # 3 planes at least: with 2, every network's Spearman over images is NaN and
-    # analysis.figures.density2d_figure fails on its empty log axis (left alone: analysis/ is not this change's)
+    # 3 planes: with 2, every network's Spearman over images is NaN and the report's 2-D figure
+    # says so instead of showing the correlations (tests/test_plane_analysis.py draws that case)
     edit("discover/digits-demo.yaml", lambda cfg: (cfg["paths"].update(n_paths=4, anchors=4),
                                                    cfg["planes"].update(n_planes=3, scale=0.05)))
     edit("analysis/demo.yaml", lambda cfg: cfg.update(plane_scale=0.1))

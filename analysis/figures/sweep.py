@@ -124,12 +124,17 @@ def density2d_figure(per_network: pd.DataFrame, title: str = "") -> Figure:
     for (setting, checkpoint), g in per_network.groupby(["setting", "checkpoint"], sort=True):
         kw = dict(marker=markers[checkpoint], color=colors[setting], alpha=0.8, label=f"{setting} · {checkpoint}")
         left.scatter(g["density_1d"], g["regions_2d"], **kw)
-        right.scatter(g["density_1d"], g["rho_density"], **kw)
+        ranked = g[np.isfinite(g["rho_density"].to_numpy(dtype=float))]  # Spearman needs 3+ images
+        right.scatter(ranked["density_1d"], ranked["rho_density"], **kw)
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("median regions per path (1-D)")
     left.set_ylabel("median regions per plane (2-D)")
-    right.set_xscale("log")
+    if np.isfinite(per_network["rho_density"].to_numpy(dtype=float)).any():
+        right.set_xscale("log")  # a log axis with no point on it cannot be drawn
+    else:
+        right.text(0.5, 0.5, "no network has the 3 images a rank correlation needs",
+                   ha="center", va="center", transform=right.transAxes, color="0.4")
     right.axhline(0.0, color="0.6", lw=0.8, ls="--")
     right.set_ylim(-1.05, 1.05)
     right.set_xlabel("median regions per path (1-D)")
