@@ -101,6 +101,10 @@ def concat_results(cls, parts: list, offsets: dict[str, str], shared: tuple[str,
         raise ValueError("nothing to concatenate")
     if len(parts) == 1:
         return parts[0]
+    for name in shared:
+        vals = {getattr(p, name) for p in parts}
+        if len(vals) > 1:
+            raise ValueError(f"cannot concatenate results with different {name}: {sorted(vals)}")
     kw = {}
     for f in fields(cls):
         vals = [getattr(p, f.name) for p in parts]
@@ -108,8 +112,6 @@ def concat_results(cls, parts: list, offsets: dict[str, str], shared: tuple[str,
             rows = np.cumsum([0] + [len(getattr(p, offsets[f.name])) for p in parts[:-1]])
             kw[f.name] = np.concatenate([vals[0][:1]] + [v[1:] + s for v, s in zip(vals, rows)])
         elif f.name in shared:
-            if any(v != vals[0] for v in vals[1:]):
-                raise ValueError(f"cannot concatenate results with different {f.name}: {sorted(set(vals))}")
             kw[f.name] = vals[0]
         elif vals[0] is None:
             kw[f.name] = None

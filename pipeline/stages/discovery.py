@@ -295,10 +295,10 @@ def _warn_uncertified(chunk_failed: int, store, shard, attrs, what: str):
 
 def _write_plane_shard(model, planes, shard, cfg, store, k, progress, deep, attrs, device):
     from pipeline.store.planes import PlaneShardWriter
-    from pipeline.engine.planes import discover_plane_iter
+    from pipeline.engine.planes import DOMAINS, discover_plane_iter
 
     pos = shard_paths(planes.n_planes, cfg.n_shards, shard)
-    corners = 4 if cfg.planes.domain == "parallelogram" else 3
+    corners = len(DOMAINS[cfg.planes.domain].corners)
     writer = PlaneShardWriter(store, shard, planes.plane_id[pos], planes.label[pos], planes.corner_index[pos], k,
                               corners, cfg.store)
     dtype = _torch_dtype(cfg)

@@ -120,6 +120,8 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     pipeline.store.lines.DamagedShardError
         The arrays differ from the manifest or cannot be decoded.
     """
+    from pipeline.engine.planes import domain_area
+
     store = Path(store)
     attrs = store_attrs(store)
     _check_plane_store(store, attrs)
@@ -130,11 +132,11 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     cols = {key.split("/")[1]: read_array(store, shard, manifest, key) for key in keys}
     if "gap_tol" not in cols:  # written before the tolerance was recorded: no verdict
         cols["gap_tol"] = np.full(cols["plane_id"].size, np.nan)
-    domain_area = 1.0 if attrs.get("domain") == "parallelogram" else 0.5
+    area = domain_area(attrs.get("domain") or "triangle")  # none recorded: PlaneResult's default
     corners = cols.pop("corner_index")
     out = {name: cols[name] for name in (*PLANE_INTS, *PLANE_FLOATS)}
     out["corner_1"], out["corner_2"] = corners[:, 1], corners[:, 2]
-    out["deviation"] = np.linalg.norm(cols["deviation"] / domain_area, axis=1)
+    out["deviation"] = np.linalg.norm(cols["deviation"] / area, axis=1)
     return pd.DataFrame(out, columns=list(PLANE_COLUMNS))
 
 

@@ -77,7 +77,8 @@ def _merge(pieces: Pieces) -> _Merge:
     rid[order] = np.cumsum(new) - 1
     n_reg = int(new.sum())
     area = np.bincount(rid, parea, n_reg)
-    cen = np.stack([np.bincount(rid, parea * pcen[:, 0], n_reg), np.bincount(rid, parea * pcen[:, 1], n_reg)], 1) / area[:, None]
+    cen = np.stack([np.bincount(rid, parea * pcen[:, 0], n_reg),
+                    np.bincount(rid, parea * pcen[:, 1], n_reg)], 1) / area[:, None]
     return _Merge(order, rid, pplane[order][new], area, cen, poff)
 
 
@@ -168,7 +169,8 @@ def assemble_chunk(prepared, chunk: Chunk, pieces: Pieces, *, domain: str, keep_
     n_planes = chunk.plane_index.size
     dom_area = domain_area(domain)
     if not np.isfinite(pieces.f).all():
-        raise FloatingPointError("the network produced nan or inf on the plane(s): check the weights and the input scale")
+        raise FloatingPointError("the network produced nan or inf on the plane(s): check the weights and the "
+                                 "input scale")
     merge = _merge(pieces)
     fit = _fit(pieces, merge.rid)
     voff, uv, hull_gap = _polygons(pieces, merge, fit, n_planes)

@@ -29,7 +29,7 @@ MIN_AREA = 1e-14  # default: pieces below this fraction of the domain's area are
 def _as_batch(x, name):
     from pipeline.engine.lines import _as_tensor
 
-    return _as_tensor(x, name)
+    return _as_tensor(x, name, rows="P")
 
 
 def _check_planes(x0, x1, x2):
@@ -45,7 +45,8 @@ def _check_planes(x0, x1, x2):
     for name, x in zip(("x0", "x1", "x2"), xs):
         bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
         if bad.any():
-            raise ValueError(f"{name} has non-finite values (nan or inf) in plane(s) {bad.nonzero().flatten()[:5].tolist()}")
+            raise ValueError(f"{name} has non-finite values (nan or inf) in plane(s) "
+                             f"{bad.nonzero().flatten()[:5].tolist()}")
     return xs
 
 

@@ -37,8 +37,8 @@ class PlaneResult:
     ``plane_offset (P+1,)``, ``input_area (P,)`` ``|d1 ^ d2|`` (the input-space area of the
     unit square in ``(u, v)``), ``density (P,)`` regions per unit ``(u, v)`` area,
     ``density_input (P,)`` per unit input-space area, ``f_corners (P, C, K)`` the network at
-    ``x0, x1, x2`` (and ``x1 + x2 - x0`` for the parallelogram: ``C`` = 3 or 4), ``deviation (P, K)`` the 2-D absolute deviation
-    (``∫ |f - g|`` over the domain in ``(u, v)`` units, ``g`` the affine map through
+    ``x0, x1, x2`` (and ``x1 + x2 - x0`` for the parallelogram: ``C`` = 3 or 4), ``deviation (P, K)``
+    the 2-D absolute deviation (``∫ |f - g|`` over the domain in ``(u, v)`` units, ``g`` the affine map through
     ``f(x0), f(x1), f(x2)``), ``continuity_gap (P,)`` the largest ``region_gap``,
     ``certificate_tol (P,)`` the float32 screen's tolerance (every region whose centroid was not
     evaluated in the working precision agrees with the network there to within it; 0 where all
@@ -115,7 +115,8 @@ class PlaneResult:
             q = np.roll(p, -1, axis=0)
             e = q - p
             # signed distance inside every edge (>= 0 inside a CCW polygon)
-            cross = (e[None, :, 0] * (uv[:, None, 1] - p[None, :, 1]) - e[None, :, 1] * (uv[:, None, 0] - p[None, :, 0]))
+            cross = (e[None, :, 0] * (uv[:, None, 1] - p[None, :, 1])
+                     - e[None, :, 1] * (uv[:, None, 0] - p[None, :, 0]))
             d = (cross / np.linalg.norm(e, axis=1)[None]).min(1)
             take = d > best
             best[take], out[take] = d[take], r
