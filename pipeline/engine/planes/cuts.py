@@ -11,7 +11,7 @@ import torch
 
 from pipeline.engine.planes.tiles import offsets, segment_reduce, shoelace
 
-__all__ = ["Active", "Lines", "clip", "pool_lines", "unit_lines"]
+__all__ = ["Active", "Clipped", "Lines", "clip", "pool_lines", "unit_lines"]
 
 
 class Active(NamedTuple):

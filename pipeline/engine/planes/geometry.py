@@ -98,4 +98,3 @@ def plane_deviation(area_uv, region_plane, vertex_offset, uv, intercept, grad, f
     val = tri[:, None] * _triangle_abs(h[o], h[j], h[j + 1])
     np.add.at(out, vp[j], val)
     return out
-
