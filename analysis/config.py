@@ -58,7 +58,7 @@ class AnalysisConfig:
         Logits drawn per path.
     planes : int
         Plane figures per architecture (0: none): every linear region of a trained network on
-        the plane through three training images of different classes (``pipeline/engine/planes.py``),
+        the plane through three training images of different classes (``pipeline/engine/planes/``),
         for the first ``planes`` runs with a ``trained`` checkpoint (vanilla first, lowest seed
         first). Runs without checkpoints (a sweep of bare stores) get a note in the report.
     plane_scale : float

@@ -48,7 +48,7 @@ FIGURES = {
     "plane": "Planes: every linear region of a trained network on the plane through three training images",
 }
 PLANES = ("Each polygon is one linear region of the network on the plane x0 + u (x1 - x0) + v (x2 - x0) "
-          "(pipeline/engine/planes.py, exact), filled by the class the network predicts on it (or one logit's value, "
+          "(pipeline/engine/planes/, exact), filled by the class the network predicts on it (or one logit's value, "
           "plane_color: logit); the corner insets are the domain's corners x0, x1, x2. Analysis config: planes "
           "(figures per architecture, 0 for none), plane_scale, plane_seed, plane_color.")
 DATA = ("The numbers behind this report: the per-path table ../analysis/paths.parquet (one row per network "

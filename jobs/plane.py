@@ -6,7 +6,7 @@
 
 Loads the run's checkpoint and its data, takes three images of ``--split`` (default: three of
 different classes chosen by ``--seed``), optionally shrinks the triangle towards the first one
-(``--scale``), finds every linear region exactly (``pipeline/engine/planes.py``) and draws them
+(``--scale``), finds every linear region exactly (``pipeline/engine/planes/``) and draws them
 (``analysis.figures.plane_figure``). A full triangle on the demo's networks takes a minute or
 more (about 10^5 regions); ``--scale 0.25`` takes seconds. ``--store`` draws a plane a sweep's
 discovery already stored (``planes:`` in its discovery config), without discovering it again.

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import pipeline.engine.certificate as certificate
-import pipeline.engine.planes as planes
+import pipeline.engine.planes.assemble as plane_assemble
+import pipeline.engine.planes.certify as plane_certify
+import pipeline.engine.planes.discover as plane_discover
 from pipeline.engine.planes import CertificateError, CertificateWarning, discover_plane
 from tests.nets import MaxCNN, ResLeaky
 
@@ -23,14 +25,20 @@ def _case(net_cls, n_planes=2, scale=0.2):
 def _rows(monkeypatch):
     """Rows the centroid certificate evaluates, per precision."""
     rows = {torch.float32: 0, torch.float64: 0}
-    real = planes.forward_blocked
+    real = plane_certify.forward_blocked
 
     def spy(model, x, block):
         rows[x.dtype] += x.shape[0]
         return real(model, x, block)
 
-    monkeypatch.setattr(planes, "forward_blocked", spy)
+    _patch_forward(monkeypatch, spy)
     return rows
+
+
+def _patch_forward(monkeypatch, forward):
+    """``forward`` for every forward of the planes: the corners' (discover) and the centroids' (certify)."""
+    for module in (plane_discover, plane_certify):
+        monkeypatch.setattr(module, "forward_blocked", forward)
 
 
 @pytest.mark.parametrize("net_cls", [MaxCNN, ResLeaky])
@@ -56,17 +64,17 @@ def test_clean_planes_pass_the_screen_in_float32(monkeypatch, net_cls):
 def _bend_one_map(monkeypatch, offset, sampled_too=False):
     """One region's affine map is wrong by ``offset`` at its centroid (as if the engine had
     misread one op there): a region outside the certificate's float64 sample."""
-    real = planes._certify
+    real = plane_assemble.certify_centroids
     state = {}
 
-    def faulty(prepared, certify, x0, d1, d2, rplane, cen, pred, *args):
+    def faulty(prepared, how, chunk, rplane, cen, pred, *args):
         pick = np.flatnonzero(certificate.sampled(rplane) == sampled_too)[3]
         pred = pred.copy()
         pred[pick, 0] += offset
         state["region"] = int(pick)
-        return real(prepared, certify, x0, d1, d2, rplane, cen, pred, *args)
+        return real(prepared, how, chunk, rplane, cen, pred, *args)
 
-    monkeypatch.setattr(planes, "_certify", faulty)
+    monkeypatch.setattr(plane_assemble, "certify_centroids", faulty)
     return state
 
 
@@ -93,9 +101,9 @@ def test_the_screen_confirms_in_float64_before_it_reports(monkeypatch):
     float64 has the last word, so the certificate stays clean and one row more is evaluated."""
     net, xs = _case(MaxCNN, n_planes=1)
     clean = discover_plane(net, *xs)
-    assert clean.total_regions <= planes.CERTIFY_ROWS  # one float32 pass, whose row i is region i
+    assert clean.total_regions <= plane_certify.CERTIFY_ROWS  # one float32 pass, whose row i is region i
     rows = _rows(monkeypatch)
-    counted = planes.forward_blocked
+    counted = plane_certify.forward_blocked
 
     def off_in_float32(model, x, block):
         y = counted(model, x, block)
@@ -104,7 +112,7 @@ def test_the_screen_confirms_in_float64_before_it_reports(monkeypatch):
             y[np.flatnonzero(~certificate.sampled(np.zeros(x.shape[0], dtype=np.int64)))[0]] += 1e-3
         return y
 
-    monkeypatch.setattr(planes, "forward_blocked", off_in_float32)
+    _patch_forward(monkeypatch, off_in_float32)
     res = discover_plane(net, *xs)
     assert rows[torch.float64] == 3 + certificate.CERTIFY_SAMPLES + 1  # corners, the sample, the doubtful one
     assert res.continuity_gap[0] < 1e-12

@@ -346,3 +346,13 @@ def test_sliver_maps_pass_through_their_vertices():
     res = discover_plane(net, x0, x1, x2, certify=None)  # the fit's residual alone
     assert res.n_regions[0] > 1000
     assert res.continuity_gap[0] < 1e-12 * np.abs(res.f_corners).max()
+
+
+def test_concat_refuses_results_of_different_domains():
+    from pipeline.engine.planes import PlaneResult
+
+    net, _, xs = _net("mlp")
+    tri, par = (discover_plane(net, *xs, domain=d) for d in ("triangle", "parallelogram"))
+    assert PlaneResult.concat([tri, tri]).n_planes == 2
+    with pytest.raises(ValueError, match="different domain"):
+        PlaneResult.concat([tri, par])

@@ -140,8 +140,9 @@ def failure_message(names, gap, tol, n_total: int, of: str, prepared, where: str
     msg = (f"certificate failed on {len(names)} of {n_total} {of}{where}: {shown}{more}. The region maps "
            "disagree with the network there, so those regions and measures are wrong: the engine treated some op "
            "as affine that is not (an op it cannot see, e.g. one computed under torch._C.DisableTorchFunction or "
-           "in a C++ extension), or missed a kink. Check the model's forward for such ops, or compare "
-           "method='walk' with method='subdivide'; on_certificate='warn' keeps the result for exploration "
+           "in a C++ extension), or missed a kink. Check the model's forward for such ops (for segments, also "
+           "compare method='walk', which does not trace the model, with method='subdivide'); "
+           "on_certificate='warn' keeps the result for exploration "
            "(the failing rows have certified == False).")
     return f"{msg} {report}" if report else msg
 

@@ -40,11 +40,13 @@ METHODS = ("walk", "subdivide")
 DEFAULT_METHOD = "subdivide"  # the faster of the two, measured side by side: docs/benchmarks.md
 
 
-def _as_tensor(x, name):
+def _as_tensor(x, name, rows: str = "S"):
+    """``x`` as a detached CPU tensor; ``rows`` names its first dimension in the messages (S
+    segments, P planes)."""
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape (S, *input_shape), "
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array of shape ({rows}, *input_shape), "
                         f"got {type(x).__name__}")
     if not (x.is_floating_point()):
         raise TypeError(f"{name} must hold floating-point values, got {x.dtype}")

@@ -9,7 +9,7 @@ import numpy as np
 from pipeline.engine import measures
 from pipeline.engine.certificate import WALK_SLIVER, gap_tolerance
 
-__all__ = ["RegionResult", "assemble"]
+__all__ = ["RegionResult", "assemble", "concat_results"]
 
 
 @dataclass(frozen=True)
@@ -85,21 +85,39 @@ class RegionResult:
     @staticmethod
     def concat(parts: list["RegionResult"]) -> "RegionResult":
         """Join results of consecutive chunks (as yielded by ``discover_iter``)."""
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        if len(parts) == 1:
-            return parts[0]
-        kw = {}
-        for f in fields(RegionResult):
-            vals = [getattr(p, f.name) for p in parts]
-            if f.name == "region_offset":
-                starts = np.cumsum([0] + [p.n_regions for p in parts[:-1]])
-                kw[f.name] = np.concatenate([vals[0][:1]] + [v[1:] + s for v, s in zip(vals, starts)])
-            elif vals[0] is None:
-                kw[f.name] = None
-            else:
-                kw[f.name] = np.concatenate(vals)
-        return RegionResult(**kw)
+        return concat_results(RegionResult, parts, offsets={"region_offset": "t_start"})
+
+
+def concat_results(cls, parts: list, offsets: dict[str, str], shared: tuple[str, ...] = ()):
+    """Join the results (dataclasses of CSR arrays) of consecutive chunks, field by field.
+
+    Per-item and per-row arrays are concatenated; each CSR offset field named in ``offsets``
+    (``offsets[name]`` is the field whose rows it indexes) is shifted by the rows of the parts
+    before it; the fields in ``shared`` hold one value for the whole result (taken from the
+    first part; parts that disagree are refused); a field that is None stays None. The lines
+    and the planes differ only in what they pass here.
+    """
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    if len(parts) == 1:
+        return parts[0]
+    for name in shared:
+        vals = {getattr(p, name) for p in parts}
+        if len(vals) > 1:
+            raise ValueError(f"cannot concatenate results with different {name}: {sorted(vals)}")
+    kw = {}
+    for f in fields(cls):
+        vals = [getattr(p, f.name) for p in parts]
+        if f.name in offsets:
+            rows = np.cumsum([0] + [len(getattr(p, offsets[f.name])) for p in parts[:-1]])
+            kw[f.name] = np.concatenate([vals[0][:1]] + [v[1:] + s for v, s in zip(vals, rows)])
+        elif f.name in shared:
+            kw[f.name] = vals[0]
+        elif vals[0] is None:
+            kw[f.name] = None
+        else:
+            kw[f.name] = np.concatenate(vals)
+    return cls(**kw)
 
 
 def assemble(segment_index, seg_of_region, t_start, t_end, intercept, slope, f0, f1, length,

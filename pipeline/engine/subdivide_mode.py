@@ -158,8 +158,10 @@ class SubdivideMode(TorchFunctionMode):
     def _check_exposed(self, func, call):
         if any(id(t) not in self.args_ids for t in call.sources):
             raise ValueError(
-                f"subdivide: {getattr(func, '__name__', func)} is applied inside a module that "
-                "torch.fx keeps as a leaf, to a tensor the graph does not expose. Use method='walk'."
+                f"subdivide and the planes: {getattr(func, '__name__', func)} is applied inside a module "
+                "that torch.fx keeps as a leaf, to a tensor the graph does not expose. Write that computation "
+                "in a module of your own (torch.fx traces its forward op by op); for segments, method='walk' "
+                "runs the model eagerly instead (the planes have no such method)."
             )
 
     def _apply(self, func, call, z, args, kwargs):

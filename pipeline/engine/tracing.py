@@ -27,9 +27,9 @@ def trace(model) -> fx.GraphModule:
         return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as err:  # fx raises many types; the cause is kept
         raise ValueError(
-            f"method='subdivide' needs a model that torch.fx can trace (no data-dependent control "
-            f"flow); tracing {type(model).__name__} failed: {err}. Use method='walk', which runs "
-            "any model eagerly."
+            f"method='subdivide' and the planes need a model that torch.fx can trace (no data-dependent "
+            f"control flow); tracing {type(model).__name__} failed: {err}. For segments, method='walk' runs "
+            "any model eagerly; the planes have no such method."
         ) from err
 
 
@@ -111,6 +111,6 @@ def trace_concrete(model, example: torch.Tensor, cause: Exception | None = None)
             f"method='subdivide' and the planes need a model that torch.fx can trace; tracing "
             f"{type(model).__name__} failed ({cause or err}), and again with the example input's shapes "
             f"({err}). Usual causes: control flow on tensor values (if x.sum() > 0), a loop over a "
-            "tensor, or Python reading values (x.item(), x.tolist()). Rewrite that part with tensor ops, "
-            "or use method='walk', which runs the model eagerly."
+            "tensor, or Python reading values (x.item(), x.tolist()). Rewrite that part with tensor ops; "
+            "for segments, method='walk' runs the model eagerly instead (the planes have no such method)."
         ) from err

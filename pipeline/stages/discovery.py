@@ -272,9 +272,10 @@ class _Planes:
         return shard_paths(self.planes.n_planes, n_shards, shard)
 
     def writer(self, store, shard: int, pos, k: int, cfg: DiscoverConfig):
+        from pipeline.engine.planes import DOMAINS
         from pipeline.store.planes import PlaneShardWriter
 
-        p, corners = self.planes, 4 if self.domain == "parallelogram" else 3
+        p, corners = self.planes, len(DOMAINS[self.domain].corners)
         return PlaneShardWriter(store, shard, p.plane_id[pos], p.label[pos], p.corner_index[pos], k, corners, cfg.store)
 
     def results(self, ready, pos, cfg: DiscoverConfig, dtype, device, progress: bool):

@@ -101,17 +101,19 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     pipeline.store.identity.DamagedShardError
         The arrays differ from the manifest or cannot be decoded.
     """
+    from pipeline.engine.planes import domain_area
+
     store = Path(store)
     attrs = store_attrs(store)
     check_geometry(store, attrs, "plane")
     cols = read_checked(store, shard, [f"planes/{name}" for name in TABLE_ARRAYS])
     if "gap_tol" not in cols:  # written before the tolerance was recorded: no verdict
         cols["gap_tol"] = np.full(cols["plane_id"].size, np.nan)
-    domain_area = 1.0 if attrs.get("domain") == "parallelogram" else 0.5
+    area = domain_area(attrs.get("domain") or "triangle")  # none recorded: PlaneResult's default
     corners = cols.pop("corner_index")
     out = {name: cols[name] for name in (*PLANE_INTS, *PLANE_FLOATS)}
     out["corner_1"], out["corner_2"] = corners[:, 1], corners[:, 2]
-    out["deviation"] = np.linalg.norm(cols["deviation"] / domain_area, axis=1)
+    out["deviation"] = np.linalg.norm(cols["deviation"] / area, axis=1)
     return pd.DataFrame(out, columns=list(PLANE_COLUMNS))
 
 
