@@ -35,23 +35,30 @@ def _walk(group, prefix=""):
             yield key, "attrs", dict(item.attrs)
 
 
-def _clean(attrs):
+def _clean(attrs, root: str = ""):
+    """Attributes without the volatile ones, and with paths inside the sweep written relative to
+    it (a run records its folder, which differs between two copies of one sweep)."""
     if isinstance(attrs, dict):
-        return {k: _clean(v) for k, v in attrs.items() if k not in VOLATILE}
+        return {k: _clean(v, root) for k, v in attrs.items() if k not in VOLATILE}
+    if isinstance(attrs, list):
+        return [_clean(v, root) for v in attrs]
+    if root and isinstance(attrs, str) and attrs.startswith(root):
+        return "<sweep>" + attrs[len(root):]
     return attrs
 
 
-def compare_store(a: Path, b: Path) -> list[str]:
+def compare_store(a: Path, b: Path, root_a: Path, root_b: Path) -> list[str]:
     diffs = []
+    ra, rb = str(root_a.resolve()), str(root_b.resolve())
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
-    if _clean(dict(ga.attrs)) != _clean(dict(gb.attrs)):
+    if _clean(dict(ga.attrs), ra) != _clean(dict(gb.attrs), rb):
         diffs.append(f"{a.name}: store attributes differ")
     ia, ib = list(_walk(ga)), list(_walk(gb))
     if [(k, t) for k, t, _ in ia] != [(k, t) for k, t, _ in ib]:
         return diffs + [f"{a.name}: different arrays or groups"]
     for (key, kind, va), (_, _, vb) in zip(ia, ib):
         same = (np.array_equal(va, vb, equal_nan=va.dtype.kind == "f") and va.dtype == vb.dtype
-                if kind == "array" else _clean(va) == _clean(vb))
+                if kind == "array" else _clean(va, ra) == _clean(vb, rb))
         if not same:
             diffs.append(f"{a.name}{key}: {kind} differs")
     return diffs
@@ -84,7 +91,7 @@ def main(argv=None) -> int:
     diffs = [] if stores_a == stores_b else [f"different stores: {sorted(set(stores_a) ^ set(stores_b))}"]
     n_arrays = 0
     for rel in sorted(set(stores_a) & set(stores_b)):
-        diffs += compare_store(args.a / rel, args.b / rel)
+        diffs += compare_store(args.a / rel, args.b / rel, args.a, args.b)
         n_arrays += sum(kind == "array" for _, kind, _ in _walk(zarr.open_group(str(args.a / rel), mode="r")))
     diffs += compare_tables(args.a, args.b)
     if diffs:
