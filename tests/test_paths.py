@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.inputs.data import DataConfig, load
-from pipeline.inputs.paths import (PathConfig, build_paths, bundle_paths, choose_bases, circle_path, pixel_stats,
-                            translate)
+from pipeline.inputs.images import circle_path, pixel_stats, translate
+from pipeline.inputs.paths import PathConfig, build_paths, bundle_paths, choose_bases
 
 
 def _images(n=5, shape=(2, 9, 11), seed=0):

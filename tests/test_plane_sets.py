@@ -7,7 +7,8 @@ import torch
 from pipeline.config import ConfigError, from_dict
 from pipeline.inputs.data import DataConfig, load
 from pipeline.stages.discovery import DiscoverConfig
-from pipeline.inputs.paths import PathConfig, bundle_paths, translate
+from pipeline.inputs.images import translate
+from pipeline.inputs.paths import PathConfig, bundle_paths
 from pipeline.inputs.plane_sets import PlaneSetConfig, build_planes, bundle_planes, plane_set_id
 
 

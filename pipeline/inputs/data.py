@@ -11,10 +11,7 @@ dataset (the training loop gives one seeded per epoch), or torch's global RNG wi
 
 from __future__ import annotations
 
-import os
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from pipeline.config import local_field
+from pipeline.inputs.sources import DatasetNotFoundError, cifar_arrays, digits_arrays
 
 __all__ = [
     "DataConfig",
@@ -34,12 +32,6 @@ __all__ = [
     "corrupt_labels",
     "shift_and_flip",
 ]
-
-# digits has no official test split: a fixed one, independent of DataConfig, so every run (and
-# every validation seed) is evaluated on the same 20 % of the 1,797 images.
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0
-
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -63,21 +55,6 @@ DATASETS = {
     "cifar10": DatasetSpec(10, (3, 32, 32), 255, augment_shift=4, augment_flip=True),
     "cifar100": DatasetSpec(100, (3, 32, 32), 255, augment_shift=4, augment_flip=True),
 }
-
-# torchvision class and display name of each CIFAR (its folder is the class's base_folder).
-_CIFAR = {"cifar10": ("CIFAR10", "CIFAR-10"), "cifar100": ("CIFAR100", "CIFAR-100")}
-
-# What torchvision's CIFAR constructor raises on missing, truncated or garbled files: its own
-# "not found or corrupted" RuntimeError, OSError from open/download, and whatever unpickling a
-# damaged file throws.
-_UNREADABLE = (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError, KeyError,
-               IndexError, TypeError, AttributeError, ImportError)
-
-
-class DatasetNotFoundError(FileNotFoundError, RuntimeError):
-    """The dataset files are missing, incomplete or corrupted; the message says where and how to
-    get them. Nothing is ever deleted."""
-
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -352,9 +329,9 @@ def load(cfg: DataConfig) -> DataBundle:
     """
     spec = DATASETS[cfg.name]  # DataConfig has checked the name
     if cfg.name == "digits":
-        (x_full, y_full), (x_test, y_test) = _digits()
+        (x_full, y_full), (x_test, y_test) = digits_arrays()
     else:
-        (x_full, y_full), (x_test, y_test) = _cifar(cfg)
+        (x_full, y_full), (x_test, y_test) = cifar_arrays(cfg.name, cfg.root, cfg.download, spec.num_classes)
 
     n = len(y_full)
     n_val = round(cfg.val_fraction * n)
@@ -410,54 +387,3 @@ def _channel_stats(pixels: np.ndarray, pixel_max: int) -> tuple[tuple[float, ...
     return tuple(means), tuple(stds)
 
 
-def _digits():
-    """scikit-learn's digits as uint8 ``(N, 1, 8, 8)`` (values 0..16) and int64 labels, split
-    into a fixed training part and a fixed 20 % test part."""
-    from sklearn.datasets import load_digits  # only digits needs scikit-learn
-
-    d = load_digits()
-    x = d.images.astype(np.uint8)[:, None]  # the values are integers 0..16
-    y = d.target.astype(np.int64)
-    perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(y))
-    n_test = round(DIGITS_TEST_FRACTION * len(y))
-    test, train = np.sort(perm[:n_test]), np.sort(perm[n_test:])
-    return (x[train], y[train]), (x[test], y[test])
-
-
-def _cifar(cfg: DataConfig):
-    """CIFAR-10/100 through torchvision, as uint8 ``(N, 3, 32, 32)`` and int64 labels."""
-    import torchvision.datasets  # imported here: loading digits should not pay for torchvision
-
-    cls_name, pretty = _CIFAR[cfg.name]
-    cls = getattr(torchvision.datasets, cls_name)
-    num_classes = DATASETS[cfg.name].num_classes
-    root = Path(os.path.expanduser(cfg.root)).resolve()  # absolute, so the message names it in full
-    folder = root / cls.base_folder
-    out = []
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=cfg.download)
-            x = np.asarray(ds.data).transpose(0, 3, 1, 2)  # torchvision holds HWC
-            y = np.asarray(ds.targets, dtype=np.int64)
-            if x.dtype != np.uint8 or x.shape[1:] != (3, 32, 32) or len(y) != len(x) or not len(y):
-                raise ValueError(f"unexpected contents: images {x.dtype} {x.shape}, {len(y)} labels")
-            if y.min() < 0 or y.max() >= num_classes:
-                raise ValueError(f"labels {y.min()}..{y.max()} outside [0, {num_classes})")
-        except _UNREADABLE as e:
-            raise DatasetNotFoundError(_not_found_message(pretty, cls, root, folder, train, cfg.download, e)) from e
-        out.append((x, y))
-    return out
-
-
-def _not_found_message(pretty, cls, root: Path, folder: Path, train: bool, download: bool, err) -> str:
-    split = "training" if train else "test"
-    if download:
-        what = f"{pretty} ({split} set) could not be downloaded to {folder} or is unreadable there"
-    elif folder.is_dir():
-        what = (f"{pretty} ({split} set) in {folder} is incomplete or corrupted "
-                f"(checksum or unpickling failed; nothing was deleted)")
-    else:
-        what = f"{pretty} not found: looked for {folder}"
-    return (f"{what} [{type(err).__name__}: {err}]. To get it, set `download: true` in the data "
-            f"config and run once on a machine with internet, or copy the extracted "
-            f"`{cls.base_folder}` directory (from {cls.url}) into {root}.")

@@ -19,7 +19,7 @@ Kinds:
 
 ``"translate"`` (domain: the parallelogram)
     The plane of the image's translations: with ``a = T(r, 0) - x`` and ``b = T(0, r) - x``
-    (``T(dx, dy)`` the sub-pixel translation of :func:`pipeline.inputs.paths.translate`, ``r`` the
+    (``T(dx, dy)`` the sub-pixel translation of :func:`pipeline.inputs.images.translate`, ``r`` the
     radius), the square ``x + s a + t b`` for ``s, t`` in ``[-1, 1]``, i.e. ``(u, v) = ((s + 1) / 2,
     (t + 1) / 2)``: the first-order span of the shifts within ``r`` px, where the circle paths
     of radius ``r`` run. It holds the image at its centre, and the image shifted by ``r`` right
@@ -43,7 +43,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from pipeline.inputs.paths import PathConfig, check_bases, check_split, choose_bases, translate
+from pipeline.inputs.images import translate
+from pipeline.inputs.paths import PathConfig, check_bases, check_split, choose_bases
 
 __all__ = ["PLANE_KINDS", "PlaneSetConfig", "PlaneSet", "build_planes", "bundle_planes", "plane_set_id"]
 

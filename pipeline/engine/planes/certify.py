@@ -9,12 +9,13 @@ import numpy as np
 import torch
 
 from pipeline.engine import pwl
+from pipeline.engine import certificate
 from pipeline.engine.certificate import sampled, screen
 from pipeline.engine.linearize import forward_blocked
 
 __all__ = ["CERTIFY", "CERTIFY_ROWS", "certify_centroids"]
 
-CERTIFY = ("all", "strict", "sample", None)  # the centroid certificate (see discover_plane)
+CERTIFY = (*certificate.CERTIFY, None)  # the segments' choices, and None: no certificate (see discover_plane)
 CERTIFY_ROWS = 2048  # centroids per forward of the certificate
 
 
