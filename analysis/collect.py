@@ -32,6 +32,7 @@ import yaml
 from pipeline.config import write_atomic
 from pipeline.engine.measures import PATH_COLUMNS
 from pipeline.store.identity import StoreError, is_store, store_attrs, store_geometry
+from pipeline.store.placement import check_placement
 from pipeline.store.verify import shard_state, shard_status
 from pipeline.store.lines import paths_table, shard_partials
 
@@ -368,6 +369,10 @@ def stores_info(root: Path, stores, labels=run_labels) -> dict:
             status, attrs = shard_status(store), store_attrs(store)
         except (StoreError, OSError, ValueError) as err:
             raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
+        try:
+            check_placement(store, attrs)
+        except StoreError as err:
+            raise AnalysisError(str(err)) from err
         info[store.relative_to(root).as_posix()] = {"path": store, "status": status, "attrs": attrs,
                                                     "labels": labels(store.parent.parent, attrs)}
     return info

@@ -121,9 +121,9 @@ def plane_runs(table: pd.DataFrame, root, cache_dir, config: AnalysisConfig = An
 
 
 def _key(checkpoint_file: Path, config: AnalysisConfig) -> str:
-    from pipeline.stages.discovery import sha256
+    from pipeline.store.placement import file_sha256
 
-    return json.dumps({"schema": CACHE_SCHEMA, "checkpoint": config.trained, "sha256": sha256(checkpoint_file),
+    return json.dumps({"schema": CACHE_SCHEMA, "checkpoint": config.trained, "sha256": file_sha256(checkpoint_file),
                        "scale": config.plane_scale, "seed": config.plane_seed, "split": SPLIT, "domain": DOMAIN},
                       sort_keys=True)
 

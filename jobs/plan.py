@@ -37,12 +37,13 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
         failed (written with ``on_certificate: warn``; from the shards' attributes).
     """
+    from pipeline.store.placement import placement_problems
     from pipeline.store.verify import shard_info, shard_status
 
     runs = expand(sweep, base)
     train = {"done": [], "incomplete": [], "todo": []}
     discover = {"done": [], "incomplete": [], "todo": []}
-    damaged, uncertified = [], []
+    damaged, uncertified, misplaced = [], [], []
     for r in runs:
         ck = r.run_dir / "checkpoints"
         key = "done" if (ck / "final.pt").exists() else "incomplete" if (ck / "LAST").exists() else "todo"
@@ -56,6 +57,11 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
                     complete = set()
                     continue
                 started = True
+                problems = placement_problems(store)
+                if problems:  # another run's or checkpoint's store: none of its shards is this run's
+                    misplaced.append((r, dcfg, store, problems))
+                    complete = set()
+                    continue
                 st = shard_status(store)
                 complete &= set(st["complete"])
                 damaged += [(r, dcfg, i, st["errors"][i]) for i in st["damaged"]]
@@ -71,7 +77,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
     if not aggregate["done"]:
         aggregate["todo"] = [1]
     return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "damaged": damaged,
-            "uncertified": uncertified}
+            "uncertified": uncertified, "misplaced": misplaced}
 
 
 def summary(p: dict) -> str:
@@ -91,6 +97,10 @@ def status(sweep: SweepConfig, base: Path) -> str:
     if p["damaged"]:
         out.append(f"damaged shards ({len(p['damaged'])}, counted as incomplete: `sweep resume` writes them again):")
         out += [f"  {err}" for *_, err in p["damaged"]]  # each names its store and shard
+    if p["misplaced"]:
+        out.append(f"stores that are not their run's ({len(p['misplaced'])}, counted as incomplete: remove each, "
+                   "then `sweep resume` discovers it again):")
+        out += [f"  {store}: " + "; ".join(problems) for *_, store, problems in p["misplaced"]]
     if p["uncertified"]:
         out.append(f"failing certificates ({len(p['uncertified'])} store(s), written with on_certificate: warn; "
                    "the aggregation leaves their paths out):")

@@ -6,7 +6,10 @@
 The cheap check (the default) stats every file of every complete shard: a missing, truncated
 or added chunk or metadata file is found. ``--deep`` also reads every file and compares its
 checksum (flipped bytes); it reads the whole store. Each damaged shard is printed with what is
-wrong and the command that rewrites it. Exit status 1 if any shard is damaged.
+wrong and the command that rewrites it. A store that is not its run's (its recorded run,
+checkpoint sha256 or name disagree with where it sits: another network's store copied into
+place, :mod:`pipeline.store.placement`) is reported too. Exit status 1 if any shard is damaged
+or any store misplaced.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ def stores_under(arg: Path) -> tuple[Path, list[Path]]:
     return root, find_stores(root)
 
 
-def verify(stores, root: Path, deep: bool = False, out=sys.stdout) -> int:
+def verify(stores, root: Path, deep: bool = False, out=None) -> int:
     """Print each store's damaged shards (with the error and the command that rewrites each),
-    missing shards and leftovers; returns the number of damaged shards."""
+    missing shards and leftovers; returns the number of damaged shards and misplaced stores.
+    ``out``: where to print (``sys.stdout`` at the time of the call by default)."""
+    out = sys.stdout if out is None else out
     from pipeline.store.identity import StoreError
+    from pipeline.store.placement import placement_problems
     from pipeline.store.verify import shard_status
 
     damaged = 0
@@ -41,8 +47,14 @@ def verify(stores, root: Path, deep: bool = False, out=sys.stdout) -> int:
         name = store.relative_to(root).as_posix() if store.is_relative_to(root) else str(store)
         try:
             st = shard_status(store, deep=deep)
+            misplaced = placement_problems(store)
         except StoreError as err:
             print(f"{name}: cannot be read as a store: {err}", file=out)
+            damaged += 1
+            continue
+        if misplaced:
+            print(f"{name}: NOT THIS RUN'S STORE: " + "; ".join(misplaced)
+                  + " (remove it and rerun discovery for this run)", file=out)
             damaged += 1
             continue
         damaged += len(st["damaged"])
@@ -78,5 +90,5 @@ def main(argv=None) -> int:
     damaged = verify(stores, root, deep=a.deep)
     check = "deep (checksums)" if a.deep else "cheap (file sizes; --deep also compares checksums)"
     print(f"{len(stores)} store(s) checked, {check}: "
-          + (f"{damaged} damaged shard(s)" if damaged else "no damaged shard"))
+          + (f"{damaged} damaged shard(s) or misplaced store(s)" if damaged else "no damaged shard"))
     return 1 if damaged else 0

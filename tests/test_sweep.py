@@ -77,6 +77,15 @@ def test_debug_sweep_runs_end_to_end_and_resumes(tmp_path, capsys):
     assert "file segments/deviation/c/0/0 is missing" in text
     assert submit(sweep, base)["submitted"] == 2
     assert shard_status(store, deep=True)["complete"] == [0, 1] and len(open_store(store).paths()) == 4
+    # another run's store copied over this one's: listed by name, incomplete, the aggregation not done
+    other = next((p["runs"][1].run_dir / "regions").glob("final-*.zarr"))
+    shutil.rmtree(other)
+    shutil.copytree(store, other)
+    p = plan(sweep, base)
+    assert [m[2] for m in p["misplaced"]] == [other] and not p["aggregate"]["done"]
+    text = status(sweep, base)
+    assert "stores that are not their run's (1" in text
+    assert f"records run '{p['runs'][0].run_dir.name}' but sits in run '{p['runs'][1].run_dir.name}'" in text
 
 
 def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):

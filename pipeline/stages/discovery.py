@@ -13,7 +13,6 @@ of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around th
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,9 +25,10 @@ from pipeline.config import identity_dict, local_field, to_dict
 from pipeline.inputs.paths import PathConfig, path_set_id
 from pipeline.inputs.plane_sets import PlaneSetConfig, plane_set_id
 from pipeline.store.identity import StoreConfig
+from pipeline.store.placement import file_sha256
 
 __all__ = ["DiscoverConfig", "discover_run", "write_shards", "write_plane_shards", "store_path", "plane_store_path",
-           "store_paths", "shard_done", "shard_paths", "engine_attrs", "plane_engine_attrs", "sha256"]
+           "store_paths", "shard_done", "shard_paths", "engine_attrs", "plane_engine_attrs"]
 
 log = logging.getLogger("pipeline.stages.discovery")
 
@@ -92,14 +92,6 @@ class DiscoverConfig:
 
         if self.on_certificate not in ON_CERTIFICATE:
             raise ValueError(f"on_certificate must be one of {', '.join(ON_CERTIFICATE)}; got {self.on_certificate!r}")
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def store_path(run_dir, cfg: DiscoverConfig) -> Path:
@@ -172,7 +164,7 @@ def discover_run(run_dir, cfg: DiscoverConfig, shards=None, progress: bool = Tru
     if cfg.n_shards > paths.n_paths:
         raise ValueError(f"n_shards ({cfg.n_shards}) is larger than the number of paths ({paths.n_paths})")
     attrs = {
-        "checkpoint_sha256": sha256(ckpt_file), "checkpoint": cfg.checkpoint, "run": str(run_dir.resolve()),
+        "checkpoint_sha256": file_sha256(ckpt_file), "checkpoint": cfg.checkpoint, "run": str(run_dir.resolve()),
         "model": train_cfg["model"], "dataset": identity_dict(data_cfg), "split": cfg.paths.split,
         "paths": to_dict(paths.config), "discover_config": to_dict(cfg),  # resolved, beside the results
     }

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from pipeline.store.placement import check_placement
 from pipeline.store.identity import (SCHEMA_VERSION, DamagedShardError, StoreError, shard_name, store_attrs,
                                      store_geometry)
 from pipeline.store.manifest import Problem
@@ -134,6 +135,7 @@ class ShardReader:
         self.path = Path(path)
         self.attrs = store_attrs(self.path)
         check_geometry(self.path, self.attrs, self.geometry)
+        check_placement(self.path, self.attrs)
         self.status, self._meta, errors = scan(self.path, deep)
         damaged = self.status["damaged"]
         if damaged and not allow_incomplete:

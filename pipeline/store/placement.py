@@ -1,0 +1,71 @@
+"""Does a store belong where it sits? Its recorded run and checkpoint against the run folder.
+
+A store written by the discovery stage sits at ``<run>/regions/<checkpoint>-<path set id>.zarr``
+(planes: ``<checkpoint>-planes-<plane set id>.zarr``) and records, in its attributes, its run
+folder, its checkpoint's name and sha256 and its path set's id. A store copied over another's
+(another run's, another checkpoint's) keeps its own record, so comparing the record with the
+place finds it, before its numbers are read as this network's::
+
+    from pipeline.store.placement import check_placement
+    check_placement("runs/vgg8-1a2b/regions/final-7a4d5318.zarr")   # StoreError naming both
+
+The run is compared by its folder's name (the run id), not its full path, so a sweep moved or
+copied whole stays readable. A store with no recorded run (written by hand, outside a sweep) is
+not checked; a checkpoint file that is gone cannot be compared, and is not an error here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipeline.store.identity import StoreError, store_attrs, store_geometry
+
+__all__ = ["file_sha256", "placement_problems", "check_placement"]
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def expected_name(attrs: dict) -> str:
+    planes = "planes-" if store_geometry(attrs) == "plane" else ""
+    return f"{attrs['checkpoint']}-{planes}{attrs['path_set']}.zarr"
+
+
+def placement_problems(path, attrs: dict | None = None) -> list[str]:
+    """What in ``path``'s record disagrees with where it sits, one sentence each (empty: it
+    belongs there)."""
+    path = Path(path)
+    attrs = store_attrs(path) if attrs is None else attrs
+    if "run" not in attrs or path.parent.name != "regions":
+        return []
+    run_dir = path.parent.parent
+    problems = []
+    recorded = Path(str(attrs["run"])).name
+    if recorded != run_dir.name:
+        problems.append(f"it records run {recorded!r} but sits in run {run_dir.name!r}")
+    if "checkpoint" in attrs and "path_set" in attrs and path.name != expected_name(attrs):
+        problems.append(f"it records checkpoint {attrs['checkpoint']!r} and path set {attrs['path_set']!r}, "
+                        f"so it would be named {expected_name(attrs)}, not {path.name}")
+    ckpt = run_dir / "checkpoints" / f"{attrs.get('checkpoint')}.pt"
+    want = attrs.get("checkpoint_sha256")
+    if want and ckpt.is_file():
+        have = file_sha256(ckpt)
+        if have != want:
+            problems.append(f"it was discovered from a checkpoint with sha256 {want[:12]}..., "
+                            f"but {ckpt} has sha256 {have[:12]}...")
+    return problems
+
+
+def check_placement(path, attrs: dict | None = None) -> None:
+    """Raise :class:`StoreError` if the store at ``path`` does not belong where it sits."""
+    problems = placement_problems(path, attrs)
+    if problems:
+        raise StoreError(f"{path} is not this run's store: " + "; ".join(problems)
+                         + ". Its numbers belong to another network: remove it (or put it back where it "
+                         "came from) and rerun discovery for this run")
