@@ -101,7 +101,22 @@ def _sweep_with_a_checkpoint(sweep, trained, root):
     run_dir = (root / row.store).parents[1]
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     shutil.copytree(trained / "checkpoints", run_dir / "checkpoints")
+    _adopt_checkpoints(run_dir)
     return table, row
+
+
+def _adopt_checkpoints(run_dir):
+    """Record the new checkpoint files' sha256 in the run's stores, as if discovered from them:
+    a store's record must match the checkpoint beside it (pipeline/store/placement.py)."""
+    import zarr
+
+    from pipeline.store.placement import file_sha256
+
+    for store in (run_dir / "regions").glob("*.zarr"):
+        group = zarr.open_group(str(store), mode="r+")
+        ckpt = run_dir / "checkpoints" / f"{group.attrs['checkpoint']}.pt"
+        if ckpt.is_file():
+            group.attrs["checkpoint_sha256"] = file_sha256(ckpt)
 
 
 def _no_engine(monkeypatch):
