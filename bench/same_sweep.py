@@ -47,7 +47,8 @@ def _clean(attrs, root: str = ""):
     return attrs
 
 
-def compare_store(a: Path, b: Path, root_a: Path, root_b: Path) -> list[str]:
+def compare_store(a: Path, b: Path, root_a: Path, root_b: Path) -> tuple[list[str], int]:
+    """What differs between stores ``a`` and ``b``, and how many arrays were compared."""
     diffs = []
     ra, rb = str(root_a.resolve()), str(root_b.resolve())
     ga, gb = zarr.open_group(str(a), mode="r"), zarr.open_group(str(b), mode="r")
@@ -55,13 +56,13 @@ def compare_store(a: Path, b: Path, root_a: Path, root_b: Path) -> list[str]:
         diffs.append(f"{a.name}: store attributes differ")
     ia, ib = list(_walk(ga)), list(_walk(gb))
     if [(k, t) for k, t, _ in ia] != [(k, t) for k, t, _ in ib]:
-        return diffs + [f"{a.name}: different arrays or groups"]
+        return diffs + [f"{a.name}: different arrays or groups"], 0
     for (key, kind, va), (_, _, vb) in zip(ia, ib):
         same = (np.array_equal(va, vb, equal_nan=va.dtype.kind == "f") and va.dtype == vb.dtype
                 if kind == "array" else _clean(va, ra) == _clean(vb, rb))
         if not same:
             diffs.append(f"{a.name}{key}: {kind} differs")
-    return diffs
+    return diffs, sum(kind == "array" for _, kind, _ in ia)
 
 
 def compare_tables(a: Path, b: Path) -> list[str]:
@@ -91,8 +92,9 @@ def main(argv=None) -> int:
     diffs = [] if stores_a == stores_b else [f"different stores: {sorted(set(stores_a) ^ set(stores_b))}"]
     n_arrays = 0
     for rel in sorted(set(stores_a) & set(stores_b)):
-        diffs += compare_store(args.a / rel, args.b / rel, args.a, args.b)
-        n_arrays += sum(kind == "array" for _, kind, _ in _walk(zarr.open_group(str(args.a / rel), mode="r")))
+        found, compared = compare_store(args.a / rel, args.b / rel, args.a, args.b)
+        diffs += found
+        n_arrays += compared
     diffs += compare_tables(args.a, args.b)
     if diffs:
         print("\n".join(diffs))
