@@ -98,7 +98,7 @@ def _geometry(store: Path) -> str:
 def store_fingerprint(store, status: dict | None = None) -> str:
     """A hash of what a store's per-path table depends on: its attributes and, for each complete
     shard, its index, its manifest and the current size and modification time of each of its
-    files (:func:`pipeline.store.lines.shard_state`), so a rewritten, damaged or deleted chunk changes
+    files (:func:`pipeline.store.verify.shard_state`), so a rewritten, damaged or deleted chunk changes
     it. Reads the shards' metadata only, and stats their data files."""
     store = Path(store)
     status = status or shard_status(store)

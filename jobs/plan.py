@@ -33,7 +33,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         ``runs``; ``train``, ``discover`` and ``aggregate``, each ``{"done", "incomplete",
         "todo"}`` (discovery items are ``(run, discover config, shard)``; a damaged shard is
         incomplete); ``damaged``: ``(run, discover config, shard, error)`` of each damaged
-        shard (the cheap check of :func:`pipeline.store.lines.shard_status`); ``uncertified``:
+        shard (the cheap check of :func:`pipeline.store.verify.shard_status`); ``uncertified``:
         ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
         failed (written with ``on_certificate: warn``; from the shards' attributes).
     """

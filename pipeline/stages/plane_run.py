@@ -117,7 +117,7 @@ def stored_plane(store, plane_id) -> dict:
 
     Raises
     ------
-    pipeline.store.lines.StoreError
+    pipeline.store.identity.StoreError
         Not a plane store, or a damaged one; ``ValueError`` if ``plane_id`` is missing;
         ``KeyError`` if no complete shard holds it.
     """
