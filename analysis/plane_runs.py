@@ -21,9 +21,9 @@ regions.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -152,17 +152,18 @@ def _plane_run(model: str, run_dir: Path, r, cache_dir: Path, config: AnalysisCo
 
 def _save(file: Path, key: str, plane: dict, total_seconds: float) -> None:
     """One ``.npz``: the PlaneResult's arrays as ``result.<field>`` (None fields left out), the
-    rest of ``plane`` and the key; written to a temporary, then renamed."""
+    rest of ``plane`` and the key; written atomically (:func:`pipeline.atomic.write_atomic`)."""
+    from pipeline.atomic import write_atomic
+
     res = plane["result"]
     arrays = {f"result.{f.name}": np.asarray(getattr(res, f.name)) for f in fields(res)
               if getattr(res, f.name) is not None}
     arrays.update({k: np.asarray(v) for k, v in plane.items() if k not in ("result", "corners")})
     arrays.update(corners=np.stack(plane["corners"]), total_seconds=np.asarray(total_seconds), key=np.asarray(key))
     file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(file.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, file)
+    blob = io.BytesIO()
+    np.savez(blob, **arrays)
+    write_atomic(file, blob.getvalue())
 
 
 def _load(file: Path, key: str) -> dict | None:
