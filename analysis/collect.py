@@ -363,14 +363,14 @@ def stores_info(root: Path, stores, labels=run_labels) -> dict:
     AnalysisError
         A store whose status or attributes cannot be read.
     """
-    info = {}
+    info, hashes = {}, {}  # hashes: checkpoint file -> sha256, shared by a run's stores
     for store in stores:
         try:
             status, attrs = shard_status(store), store_attrs(store)
         except (StoreError, OSError, ValueError) as err:
             raise AnalysisError(f"{store} cannot be read as a store: {err}") from err
         try:
-            check_placement(store, attrs)
+            check_placement(store, attrs, hashes)
         except StoreError as err:
             raise AnalysisError(str(err)) from err
         info[store.relative_to(root).as_posix()] = {"path": store, "status": status, "attrs": attrs,

@@ -44,6 +44,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
     train = {"done": [], "incomplete": [], "todo": []}
     discover = {"done": [], "incomplete": [], "todo": []}
     damaged, uncertified, misplaced = [], [], []
+    hashes = {}  # checkpoint file -> sha256: the segment and plane stores of a run share it
     for r in runs:
         ck = r.run_dir / "checkpoints"
         key = "done" if (ck / "final.pt").exists() else "incomplete" if (ck / "LAST").exists() else "todo"
@@ -57,7 +58,7 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
                     complete = set()
                     continue
                 started = True
-                problems = placement_problems(store)
+                problems = placement_problems(store, hashes=hashes)
                 if problems:  # another run's or checkpoint's store: none of its shards is this run's
                     misplaced.append((r, dcfg, store, problems))
                     complete = set()

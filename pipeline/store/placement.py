@@ -37,9 +37,10 @@ def expected_name(attrs: dict) -> str:
     return f"{attrs['checkpoint']}-{planes}{attrs['path_set']}.zarr"
 
 
-def placement_problems(path, attrs: dict | None = None) -> list[str]:
+def placement_problems(path, attrs: dict | None = None, hashes: dict | None = None) -> list[str]:
     """What in ``path``'s record disagrees with where it sits, one sentence each (empty: it
-    belongs there)."""
+    belongs there). ``hashes``: a dict the caller keeps across calls, checkpoint file -> sha256,
+    so a run's segment and plane stores hash their checkpoint once."""
     path = Path(path)
     attrs = store_attrs(path) if attrs is None else attrs
     if "run" not in attrs or path.parent.name != "regions":
@@ -55,16 +56,17 @@ def placement_problems(path, attrs: dict | None = None) -> list[str]:
     ckpt = run_dir / "checkpoints" / f"{attrs.get('checkpoint')}.pt"
     want = attrs.get("checkpoint_sha256")
     if want and ckpt.is_file():
-        have = file_sha256(ckpt)
+        hashes = {} if hashes is None else hashes
+        have = hashes[ckpt] = hashes.get(ckpt) or file_sha256(ckpt)
         if have != want:
             problems.append(f"it was discovered from a checkpoint with sha256 {want[:12]}..., "
                             f"but {ckpt} has sha256 {have[:12]}...")
     return problems
 
 
-def check_placement(path, attrs: dict | None = None) -> None:
+def check_placement(path, attrs: dict | None = None, hashes: dict | None = None) -> None:
     """Raise :class:`StoreError` if the store at ``path`` does not belong where it sits."""
-    problems = placement_problems(path, attrs)
+    problems = placement_problems(path, attrs, hashes)
     if problems:
         raise StoreError(f"{path} is not this run's store: " + "; ".join(problems)
                          + ". Its numbers belong to another network: remove it (or put it back where it "
