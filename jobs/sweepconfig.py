@@ -22,8 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.config import ConfigError, config_hash, from_dict, to_dict, write_atomic
+from pipeline.config import ConfigError, config_hash, from_dict, identity_dict, to_dict, write_atomic
 from pipeline.stages.discovery import DiscoverConfig
+from pipeline.store.placement import SWEEP_RECORD, config_differences
 from pipeline.stages.train import TrainConfig
 
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
@@ -189,6 +190,23 @@ def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:
     elif root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} exists and is not a sweep folder (no sweep.yaml): nothing was written. Give the "
                           "sweep another root, or empty the folder.")
+    asked = discovery_identity(sweep, base)
+    record = root / SWEEP_RECORD
+    if record.exists():
+        differ = config_differences(json.loads(record.read_text()), asked)
+        if differ:
+            raise ConfigError(f"{root} holds stores discovered with another discovery config than {base / sweep.discover} "
+                              f"now gives (folder vs file: {'; '.join(differ)}); the file was edited since the sweep "
+                              "was submitted. Nothing was written. Undo the edit, or give this sweep its own root.")
     root.mkdir(parents=True, exist_ok=True)
     write_atomic(have_file, yaml.safe_dump(to_dict(sweep), sort_keys=True))
     write_atomic(runs_file, "\n".join(ids) + "\n")
+    write_atomic(record, json.dumps(asked, sort_keys=True, indent=1) + "\n")
+
+
+def discovery_identity(sweep: SweepConfig, base: Path) -> dict:
+    """What every store of the sweep is discovered with (:data:`pipeline.store.placement.SWEEP_RECORD`):
+    the identity of its discovery config, less the checkpoint (each store's own)."""
+    ident = identity_dict(discover_config(sweep, base, "final"))
+    ident.pop("checkpoint", None)
+    return ident

@@ -3,7 +3,9 @@ into place, is refused by every reader (issue 22's first probe: its numbers used
 ``paths.parquet`` as this network's)."""
 
 import io
+import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -11,10 +13,11 @@ from analysis.collect import stores_info
 from analysis.config import AnalysisError
 from jobs.verify import verify
 from pipeline import open_store
+from pipeline.config import identity_dict
 from pipeline.inputs.paths import PathConfig
 from pipeline.stages.discovery import DiscoverConfig, discover_run, store_path
 from pipeline.store.identity import StoreError
-from pipeline.store.placement import check_placement, placement_problems
+from pipeline.store.placement import SWEEP_RECORD, check_placement, placement_problems
 
 CFG = DiscoverConfig(paths=PathConfig(kind="circle", n_paths=2, anchors=3, seed=1), n_shards=1, batch_size=8)
 
@@ -30,6 +33,13 @@ def sweep(tmp_path, digits_run):
         cfg = DiscoverConfig(**{**CFG.__dict__, "checkpoint": checkpoint})
         discover_run(root / "runs" / "a", cfg, progress=False)
     return root
+
+
+def _record(root, cfg=CFG):
+    """What a sweep folder records of its discovery config (jobs.sweepconfig.claim_root)."""
+    ident = identity_dict(cfg)
+    ident.pop("checkpoint")
+    (root / SWEEP_RECORD).write_text(json.dumps(ident))
 
 
 def _store(root, run, checkpoint="final"):
@@ -84,3 +94,27 @@ def test_a_checkpoint_replaced_after_discovery_is_found(sweep):
         open_store(store)
     out = io.StringIO()
     assert verify([store], sweep, out=out) == 1 and "NOT THIS RUN'S STORE" in out.getvalue()
+
+
+def test_another_sweep_s_store_is_refused(sweep, tmp_path):
+    """Same training recipe, so the same run id and checkpoint, but discovered by a sweep with
+    another eps: the store's name and checkpoint agree, its discovery config does not."""
+    _record(sweep)
+    ours = _store(sweep, "a")
+    assert placement_problems(ours) == []
+    other = tmp_path / "other"
+    shutil.copytree(sweep / "runs" / "a", other / "runs" / "a", ignore=shutil.ignore_patterns("regions"))
+    discover_run(other / "runs" / "a", replace(CFG, eps=1e-5), progress=False)
+    theirs = _store(other, "a")
+    assert theirs.name == ours.name
+    shutil.rmtree(ours)
+    shutil.copytree(theirs, ours)
+    with pytest.raises(StoreError, match=r"another config than this sweep's .*eps: 1e-06 vs 1e-05"):
+        open_store(ours)
+    with pytest.raises(AnalysisError, match="comes from another sweep"):
+        stores_info(sweep, [ours])
+    out = io.StringIO()
+    assert verify([ours], sweep, out=out) == 1 and "another sweep" in out.getvalue()
+    # a field that changes no result (batch_size) is not a difference
+    _record(sweep, replace(CFG, batch_size=64, eps=1e-5))
+    assert placement_problems(ours) == []

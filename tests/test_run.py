@@ -98,6 +98,13 @@ def test_a_folder_holding_another_sweep_is_refused_untouched(tmp_path):
     # where and how jobs run may change
     (tmp_path / "train.yaml").write_text((tmp_path / "train.yaml").read_text().replace("lr: 0.07", "lr: 0.05"))
     claim_root(replace(first, executor="local"), base, expand(first, base))
+    # the discovery file edited since: its stores would mix two configs; how the work is done may change
+    disc = tmp_path / "discover.yaml"
+    disc.write_text(disc.read_text() + "eps: 1.0e-05\n")
+    with pytest.raises(ConfigError, match=r"another discovery config.*eps: 1e-06 vs 1e-05"):
+        submit(first, base)
+    disc.write_text(disc.read_text().replace("eps: 1.0e-05\n", "").replace("batch_size: 16", "batch_size: 32"))
+    claim_root(first, base, expand(first, base))
     # a folder that is not a sweep at all
     stray, _ = load_sweep(tiny_sweep(tmp_path, name="stray"))
     (tmp_path / "elsewhere").mkdir()
