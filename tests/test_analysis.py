@@ -299,8 +299,13 @@ def test_figures_and_path_profile(sweep, table, tmp_path):
     np.testing.assert_allclose(p["f"][off[:-1]], p["line"][0::2], atol=1e-9)
     np.testing.assert_allclose(p["f"][off[1:] - 1], p["line"][1::2], atol=1e-9)
     assert p["breaks"].size == row.density - row.n_segments
-    with pytest.raises(AnalysisError, match="path 123456 is in no complete shard"):
+    with pytest.raises(AnalysisError, match="has no path 123456: its path ids are 0 to"):
         path_profile(sweep / row.store, 123456)
+    # the reader open_store returns draws the same profile
+    from pipeline import open_store
+
+    q = path_profile(open_store(sweep / row.store), int(row.path_id))
+    assert all(np.array_equal(p[k], q[k]) for k in p)
 
 
 def test_path_figure_breakpoints_in_a_strip_not_on_the_curves(sweep, table, monkeypatch):

@@ -48,10 +48,28 @@ def test_figure_polygons_colours_and_insets(plane, tmp_path):
     assert len(fig.axes) == 2 and fig.axes[1].get_ylabel() == "logit 2 at the region's centroid"  # the colorbar
     assert [a.images[0].get_array().shape for a in fig.axes[0].child_axes] == [(3, 4)] * 3
     fig.savefig(tmp_path / "logit.png", dpi=80)
+    # the (P, C, H, W) batches discover_plane takes: row `plane` of each
+    batched = [x.reshape(1, 1, 3, 4) for x in xs]
+    fig = plane_figure(res, images=batched)
+    assert [a.images[0].get_array().shape for a in fig.axes[0].child_axes] == [(3, 4)] * 3
+    with pytest.raises(ValueError, match="a batch of 2 corner images for a result of 1 plane"):
+        plane_figure(res, images=[torch.cat([b, b]) for b in batched])
     with pytest.raises(ValueError, match="color must be"):
         plane_figure(res, color="hue")
     with pytest.raises(AnalysisError, match="no affine maps"):
         plane_figure(discover_plane(net, *xs, keep_affine=False))
+
+
+def test_a_plane_with_no_area_is_refused(plane):
+    """x2 == x1 (or x2 on the line through x0 and x1, or a repeated x0) spans no plane: its
+    density per unit input area would be infinite, so it is refused by name, not computed."""
+    net, (x0, x1, x2), _ = plane
+    for bad in ((x0, x1, x1), (x0, x1, x0 + 2.5 * (x1 - x0)), (x0, x0, x2)):
+        with pytest.raises(ValueError, match=r"plane\(s\) \[0\] have no area"):
+            discover_plane(net, *bad)
+    xs = [torch.cat(pair) for pair in ((x0, x0), (x1, x1), (x2, x1))]  # the second plane of two is flat
+    with pytest.raises(ValueError, match=r"plane\(s\) \[1\] have no area"):
+        discover_plane(net, *xs)
 
 
 @pytest.fixture(scope="module")

@@ -313,7 +313,7 @@ def test_errors():
     with pytest.raises(UnsupportedOpError) as one_d:
         discover(net, x, x + 1, method="subdivide")
     with pytest.raises(UnsupportedOpError) as two_d:
-        discover_plane(net, x, x + 1, x - 1)
+        discover_plane(net, x, x + 1, x + torch.tensor([[1.0, -1.0, 0.0]]))
     assert str(one_d.value) == str(two_d.value)
     mlp = MLP().eval()
     x = torch.randn(2, 4)

@@ -36,17 +36,25 @@ def path_profile(store, path_id: int) -> dict:
     Raises
     ------
     AnalysisError
-        The path is in no complete shard, or the store kept no affine maps.
+        The store has no such path, the path is in no complete shard, or the store kept no
+        affine maps. ``store``: a store's folder, or the reader :func:`pipeline.open_store` returns.
     """
     from pipeline.store.lines import open_store
 
-    store = Path(store)
-    reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
+    if hasattr(store, "segment_indices"):  # the reader open_store returns
+        reader, store = store, store.path
+    else:
+        store = Path(store)
+        reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
     indices = reader.segment_indices(path_id)
     if not indices:
-        damaged = reader.status["damaged"]
-        why = f" (damaged shards {damaged} are not read: `python -m jobs verify {store}`)" if damaged else ""
-        raise AnalysisError(f"path {path_id} is in no complete shard of {store}{why}")
+        n_paths = reader.attrs.get("n_paths")
+        if n_paths is not None and not 0 <= path_id < int(n_paths):
+            raise AnalysisError(f"{store} has no path {path_id}: its path ids are 0 to {int(n_paths) - 1}")
+        left = sorted({*reader.status["damaged"], *reader.status["incomplete"], *reader.status["missing"]})
+        why = (f": shards {left} are damaged or unfinished and are not read (`python -m jobs verify {store}`)"
+               if left else "")
+        raise AnalysisError(f"path {path_id} of {store} is in no complete shard{why}")
     s, f, line_s, line, breaks, anchors = [], [], [], [], [], [0.0]
     offset = 0.0
     for j in indices:

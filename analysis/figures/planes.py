@@ -61,6 +61,17 @@ def _image_rgb(img) -> tuple[np.ndarray, str | None]:
     return a, ("gray" if a.ndim == 2 else None)
 
 
+def _plane_image(img, plane: int, n_planes: int):
+    """Row ``plane`` of a ``(P, C, H, W)`` batch of corners (as ``discover_plane`` takes them);
+    any other shape as it is."""
+    if getattr(img, "ndim", np.ndim(img)) != 4:
+        return img
+    if len(img) != n_planes:
+        raise ValueError(f"images: a batch of {len(img)} corner images for a result of {n_planes} plane(s); "
+                         "pass the batches given to discover_plane, or one (C, H, W) image per corner")
+    return img[plane]
+
+
 def plane_figure(result, plane: int = 0, images=None, color: str = "class", logit: int | None = None,
                  title: str = "", labels=None, class_names=None, figsize=(6.4, 5.8)) -> Figure:
     """The linear regions of one plane of a :class:`pipeline.engine.planes.PlaneResult`, SplineCam style.
@@ -77,7 +88,8 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
     ----------
     images : sequence of three ``(C, H, W)`` tensors or arrays, optional
         ``x0, x1, x2``, drawn as small insets at their corners (1- or 3-channel, each scaled to
-        its own range).
+        its own range). The ``(P, C, H, W)`` batches given to ``discover_plane`` are taken as
+        they are: row ``plane`` of each is drawn.
     labels : sequence of three str, optional
         A caption under each inset (e.g. ``"#12, label 3"``).
     class_names : sequence of str, optional
@@ -113,7 +125,8 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
     ax.set_xlim(-INSET - 0.08, right + INSET + 0.08)
     ax.set_ylim(-0.55 * INSET - 0.1, top + INSET + 0.12)
     if images is not None:
-        _draw_insets(ax, images, labels, corners, result.domain)
+        _draw_insets(ax, [_plane_image(img, plane, result.n_planes) for img in images], labels, corners,
+                     result.domain)
     dens = float(result.density[plane])
     head = f"{n:,} linear regions · density {dens:,.4g} per unit (u, v) area"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)

@@ -47,6 +47,14 @@ def _check_planes(x0, x1, x2):
         if bad.any():
             raise ValueError(f"{name} has non-finite values (nan or inf) in plane(s) "
                              f"{bad.nonzero().flatten()[:5].tolist()}")
+    flat = [(x - xs[0]).reshape(x.shape[0], -1).double() for x in xs[1:]]
+    aa, bb, ab = (flat[0] ** 2).sum(1), (flat[1] ** 2).sum(1), (flat[0] * flat[1]).sum(1)
+    flat_planes = (aa * bb - ab ** 2 <= 1e-12 * aa * bb).nonzero().flatten()  # sin^2 of the corner angle
+    if flat_planes.numel():
+        raise ValueError(f"plane(s) {flat_planes[:5].tolist()} have no area: x1 - x0 and x2 - x0 are zero or "
+                         "parallel (a repeated image?), so the 'plane' is a segment and a density per unit area "
+                         "would be infinite. Give three distinct images not on one line; for a segment, use "
+                         "pipeline.discover")
     return xs
 
 
