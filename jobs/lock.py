@@ -100,12 +100,19 @@ def _acquire(root: Path) -> tuple[int, bool]:
             log.warning("took over %s: a lock file left by %s, which ended without releasing it (killed?); what "
                         "it finished is on disk and the missing jobs run again", path, _who(left))
         me = {"host": socket.gethostname(), "pid": os.getpid(),
-              "since": datetime.now().astimezone().isoformat(timespec="seconds"), "command": " ".join(sys.argv)}
+              "since": datetime.now().astimezone().isoformat(timespec="seconds"), "command": _command()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         os.fsync(fd)
         return fd, made_root
     raise RuntimeError(f"could not take {path}: it kept being removed and made again")
+
+
+def _command() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):  # python -m <package>: argv[0] is the file
+        argv[0] = f"python -m {Path(argv[0]).parent.name}"
+    return " ".join(argv)
 
 
 def _release(root: Path, fd: int, made_root: bool):
