@@ -13,6 +13,10 @@ interpreter and torch are imported once per worker, not once per job. Each job w
 output (stdout, stderr and logging) to its own files, ``<folder>/<job id>_log.out`` and
 ``_log.err``, and a job that raises keeps its traceback there. Jobs are submitit-style
 callables: the same ``TrainJob`` and ``DiscoverJob`` objects that go to SLURM.
+
+The workers die with the process that made the pool, SIGKILL included (:func:`_die_with_parent`):
+a worker that outlived it would go on writing shards beside the run that resumes the sweep, then
+sit holding its memory until killed by hand.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import concurrent.futures as cf
 import multiprocessing as mp
 import os
 import sys
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,10 +71,63 @@ class LocalJob:
 
 
 _BUSY = None  # in a worker: the pool's count of jobs executing in its workers (a shared int)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+WATCH_S = 1.0  # the fallback watchdog looks for its parent this often
 
 
-def _init_worker(threads: int, busy=None):
+class _SpawnedByMainThread:
+    """Unpickles, in a worker, as whether the thread that spawned it was its parent's main thread.
+
+    ``spawn`` pickles a worker's arguments in the thread that starts it (the one calling
+    ``submit``), and Linux sends the parent-death signal when that *thread* exits: a worker
+    started from a short-lived thread must not ask for it, or it dies with the thread.
+    """
+
+    def __reduce__(self):
+        return bool, (threading.current_thread() is threading.main_thread(),)
+
+
+def _set_pdeathsig() -> bool:
+    """Ask Linux to SIGKILL this process when the thread that forked it exits; False if it cannot."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0), ctypes.c_ulong(0)) == 0
+    except (OSError, AttributeError):  # no libc.prctl: use the watchdog
+        return False
+
+
+def _watch_parent(parent: int):
+    while os.getppid() == parent:
+        time.sleep(WATCH_S)
+    # fd 2 is the running job's log, if any: say there why the job stopped
+    os.write(2, f"worker {os.getpid()}: its pool's process (pid {parent}) is gone; exiting\n".encode())
+    os._exit(1)
+
+
+def _die_with_parent(parent: int, main_thread: bool):
+    """Make this worker die when ``parent``, the process that made the pool, dies (SIGKILL too).
+
+    On Linux, with ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` when the spawning thread was the
+    parent's main thread (the signal follows the thread, see :class:`_SpawnedByMainThread`);
+    the parent may have died before the call, so the parent pid is checked after it. Elsewhere
+    (macOS; a worker spawned by another thread) a daemon thread polls ``getppid`` every
+    ``WATCH_S`` seconds: a re-parented worker exits.
+    """
+    if main_thread and sys.platform.startswith("linux") and _set_pdeathsig():
+        if os.getppid() != parent:  # died before prctl: no signal will come
+            os._exit(1)
+        return
+    threading.Thread(target=_watch_parent, args=(parent,), name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, busy=None, parent: int | None = None, main_thread: bool = False):
     global _BUSY
+    if parent is not None:  # first: importing torch takes seconds, the parent may die meanwhile
+        _die_with_parent(parent, main_thread)
     _BUSY = busy
     # before torch is imported by the first job: OpenMP reads this once
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -82,7 +141,6 @@ def _run(fn, stdout: str, stderr: str, name: str = "job"):
     """Run ``fn()`` in a worker with fds 1 and 2 (and logging) sent to the job's log files; the
     last line of its stdout log says how long it took."""
     import logging
-    import time
 
     sys.stdout.flush()
     sys.stderr.flush()
@@ -143,7 +201,8 @@ class LocalPool:
         context = mp.get_context("spawn")
         self._busy = context.Value("i", 0)  # each worker adds 1 while it executes a job
         self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=context,
-                                            initializer=_init_worker, initargs=(threads, self._busy))
+                                            initializer=_init_worker,
+                                            initargs=(threads, self._busy, os.getpid(), _SpawnedByMainThread()))
         self._count = 0
         self._prefix = f"local-{os.getpid()}"
 

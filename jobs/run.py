@@ -6,7 +6,8 @@
 Runs every missing job of the sweep (training, then each run's discovery shards, then the
 aggregation), waits for them, and writes ``<root>/report/index.html`` and ``report.md``. It is
 safe to run again: finished work is found on disk and skipped, so after a crash, a
-preemption or Ctrl-C the same command resumes.
+preemption or Ctrl-C the same command resumes. One ``run`` at a time per sweep folder: it holds
+``<root>/.lock`` (:mod:`jobs.lock`) until the report is written, and a second is refused.
 """
 
 from __future__ import annotations
@@ -56,20 +57,24 @@ def wait_slurm(jobs, poll_s: float = 10.0, timeout_s: float | None = None) -> No
 def run(sweep_file, executor: str | None = None, workers: int | None = None, poll_s: float = 10.0,
         base=None) -> dict:
     """Submit what is missing, wait, write the report; returns the report's files and timings.
-    Relative paths in the sweep file resolve against ``base`` (default: the current folder)."""
+    Relative paths in the sweep file resolve against ``base`` (default: the current folder).
+    The sweep folder's lock is held throughout: :class:`jobs.lock.SweepLocked` if another
+    process holds it, before anything is submitted."""
+    from .lock import sweep_lock
     from .report import report
     from .sweep import load_sweep, submit
 
     sweep, base = load_sweep(sweep_file, base)
     kind = executor or sweep.executor
     root = base / sweep.root
-    t0 = time.perf_counter()
-    res = submit(sweep, base, executor=kind, workers=workers)
-    if kind == "slurm" and res["jobs"]:
-        wait_slurm(res["jobs"], poll_s=poll_s)
-    t1 = time.perf_counter()
-    written = report(root, title=sweep.name)
-    t2 = time.perf_counter()
+    with sweep_lock(root):
+        t0 = time.perf_counter()
+        res = submit(sweep, base, executor=kind, workers=workers)
+        if kind == "slurm" and res["jobs"]:
+            wait_slurm(res["jobs"], poll_s=poll_s)
+        t1 = time.perf_counter()
+        written = report(root, title=sweep.name)
+        t2 = time.perf_counter()
     return {**written, "root": root, "jobs": res["submitted"], "jobs_s": t1 - t0, "report_s": t2 - t1}
 
 

@@ -3,7 +3,8 @@
     submit(sweep, base, executor="slurm")    # returns at once; `sweep status` follows it
 
 Submitting twice submits nothing the second time; a preempted or cancelled sweep resumes where
-it was (what is done is decided from the filesystem alone).
+it was (what is done is decided from the filesystem alone). One process at a time submits to a
+sweep folder (:mod:`jobs.lock`): a second one is refused, naming the first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import submitit
 from pipeline.config import to_dict
 
 from .ledger import record
+from .lock import sweep_lock
 from .plan import plan, summary
 from .sweepconfig import Resources, SweepConfig, analysis_config, claim_root
 from .tasks import AggregateJob, DiscoverJob, TrainJob
@@ -64,10 +66,19 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
       run's discovery starting as soon as its training ends, then the aggregation; waits.
     - ``debug``: every job in this process, stage after stage (for debuggers); waits.
 
+    Holds the sweep folder's lock (:func:`jobs.lock.sweep_lock`) from before the plan to the
+    return, so that two submissions never both run the missing jobs; a dry run takes none.
     Returns ``{"submitted": n, "plan": ..., "jobs": [...]}``.
     """
     kind = executor or sweep.executor
     check_resources(sweep, kind)
+    if dry_run:
+        return _submit(sweep, base, kind, dry_run, wait, workers)
+    with sweep_lock(base / sweep.root):
+        return _submit(sweep, base, kind, dry_run, wait, workers)
+
+
+def _submit(sweep: SweepConfig, base: Path, kind: str, dry_run: bool, wait: bool | None, workers: int | None) -> dict:
     root = base / sweep.root
     p = plan(sweep, base)
     print(f"sweep {sweep.name} ({len(p['runs'])} runs) in {root}\n{summary(p)}")

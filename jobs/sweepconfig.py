@@ -27,6 +27,8 @@ from pipeline.stages.discovery import DiscoverConfig
 from pipeline.store.placement import SWEEP_RECORD, config_differences
 from pipeline.stages.train import TrainConfig
 
+from .lock import LOCK_NAME
+
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
            "analysis_config", "claim_root"]
 
@@ -187,7 +189,7 @@ def claim_root(sweep: SweepConfig, base: Path, runs: list[Run]) -> None:
                                f"{want.get(d)!r}" for d in diff)
             raise ConfigError(f"{root} already holds another sweep ({have_file}): {detail}. Nothing was written. "
                               "Give this sweep its own root (root: in the sweep file), or move that folder away.")
-    elif root.exists() and any(root.iterdir()):
+    elif root.exists() and any(p.name != LOCK_NAME for p in root.iterdir()):  # the lock is this run's
         raise ConfigError(f"{root} exists and is not a sweep folder (no sweep.yaml): nothing was written. Give the "
                           "sweep another root, or empty the folder.")
     asked = discovery_identity(sweep, base)
