@@ -41,6 +41,15 @@ class Resources:
     time_min: int = 60
     array_parallelism: int = 32  # the throttle: at most this many tasks of an array at once
 
+    def __post_init__(self):
+        for name in ("cpus", "time_min", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+        if not self.mem_gb > 0:
+            raise ValueError(f"mem_gb must be > 0, got {self.mem_gb}")
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -51,7 +60,7 @@ class SweepConfig:
     grid: dict = field(default_factory=lambda: {"seed": [0]})  # dotted key -> values (cartesian product)
     discover: str = "configs/discover/digits.yaml"
     analysis: str | None = None  # an analysis config YAML (analysis.config.AnalysisConfig); None: its defaults
-    checkpoints: tuple = ("init", "final")
+    checkpoints: tuple[str, ...] = ("init", "final")
     n_shards: int = 2
     executor: str = "local"
     train_resources: Resources = field(default_factory=Resources)
@@ -63,6 +72,17 @@ class SweepConfig:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
         if not self.variants:
             raise ValueError("a sweep needs at least one variant (e.g. variants: {vanilla: {}})")
+        for name, overrides in self.variants.items():
+            if overrides is not None and not isinstance(overrides, dict):
+                raise ValueError(f"variants.{name}: expected a mapping of dotted keys to values (or {{}} for none), "
+                                 f"got {overrides!r}")
+        for key, values in self.grid.items():
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        if not self.checkpoints:
+            raise ValueError("checkpoints must name at least one checkpoint (e.g. [init, final])")
+        if self.n_shards < 1:
+            raise ValueError(f"n_shards must be >= 1, got {self.n_shards}")
 
 
 @dataclass(frozen=True)
@@ -99,7 +119,10 @@ def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
         if not (base / getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: {key}: {base / getattr(cfg, key)} does not exist (relative paths are "
                               f"resolved against {base}: run from the checkout, or use absolute paths)")
-    analysis_config(cfg, base)  # a bad analysis config fails now, not after the sweep has run
+    # every config the sweep names is checked now, before anything is written or submitted
+    expand(cfg, base)
+    discover_config(cfg, base, cfg.checkpoints[0])
+    analysis_config(cfg, base)
     return cfg, base
 
 
