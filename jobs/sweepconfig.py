@@ -27,7 +27,7 @@ from pipeline.stages.discovery import DiscoverConfig
 from pipeline.stages.train import TrainConfig
 
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
-           "analysis_config", "claim_root"]
+           "analysis_config", "claim_root", "load_sweep_folder", "load_sweep_or_folder"]
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -94,24 +94,29 @@ class Run:
 
 
 def _set(d: dict, dotted: str, value):
-    keys = dotted.split(".")
-    for k in keys[:-1]:
+    keys = str(dotted).split(".")
+    for i, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"'{dotted}' sets a field inside '{'.'.join(keys[:i + 1])}', which the recipe gives "
+                              f"the value {d!r}, not a mapping")
     d[keys[-1]] = value
 
 
 def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
     """The sweep config and the folder its relative paths are resolved against (default: the
     current directory, as for any command line), after checking the files it names exist."""
-    from pipeline.config import load_config
+    from pipeline.config import read_mapping
 
     path = Path(path)
-    if path.is_file():
-        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
-        if isinstance(raw, dict) and "settings" in raw and "variants" not in raw:
-            raise ConfigError(f"{path}: the key 'settings' is now called 'variants' (the same mapping of names "
-                              "to overrides; 'setting' in the analysis is the training recipe): rename it")
-    cfg = load_config(path, SweepConfig)
+    raw = read_mapping(path, "sweep")
+    if "settings" in raw and "variants" not in raw:
+        raise ConfigError(f"{path}: the key 'settings' is now called 'variants' (the same mapping of names "
+                          "to overrides; 'setting' in the analysis is the training recipe): rename it")
+    try:
+        cfg = from_dict(SweepConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     base = Path(base or Path.cwd()).resolve()
     for key in ("train", "discover", "analysis"):
         if key == "analysis" and cfg.analysis is None:
@@ -138,22 +143,68 @@ def sweep_root(arg) -> tuple[Path, "SweepConfig | None"]:
     raise ConfigError(f"{arg}: neither a sweep file (configs/*.yaml) nor a sweep folder")
 
 
+def load_sweep_folder(folder) -> tuple[SweepConfig, Path]:
+    """The sweep a sweep folder holds, as :func:`load_sweep` returns it: the config
+    :func:`claim_root` recorded in ``<folder>/sweep.yaml``, rooted at ``folder`` (wherever it
+    is now), with its recipe and discovery files found as they were at submission: relative to
+    the folder the sweep's relative ``root`` was resolved against, or else the current one.
+
+    Refuses a folder that is not a sweep's, and one whose recipe has changed since (its runs
+    would not be the folder's: the counts would be of another sweep).
+    """
+    folder = Path(folder).resolve()
+    recorded = folder / "sweep.yaml"
+    if not recorded.is_file():
+        raise ConfigError(f"{folder} is not a sweep folder (no sweep.yaml, written when a sweep is submitted): name "
+                          "the sweep file instead")
+    from pipeline.config import load_config
+
+    cfg = load_config(recorded, SweepConfig)
+    base = Path.cwd().resolve()
+    parts = Path(cfg.root).parts
+    if not Path(cfg.root).is_absolute() and folder.parts[-len(parts):] == parts:
+        base = Path(*folder.parts[:-len(parts)])  # the folder the sweep was submitted from
+    cfg = replace(cfg, root=str(folder))  # where it is now (root is not part of a sweep's identity)
+    for key in ("train", "discover"):
+        if not (base / getattr(cfg, key)).is_file():
+            raise ConfigError(f"{recorded}: {key}: {base / getattr(cfg, key)} does not exist (the sweep's relative "
+                              f"paths are resolved against {base}): run from the folder the sweep was submitted "
+                              "from, or name the sweep file")
+    runs_file = folder / "runs.txt"
+    ids = sorted(r.run_id for r in expand(cfg, base))
+    if runs_file.is_file() and runs_file.read_text().split() != ids:
+        raise ConfigError(f"{folder}: the training recipe {base / cfg.train} changed since the sweep was submitted "
+                          f"(its runs are not those of {runs_file}): name the sweep file, or restore the recipe")
+    return cfg, base
+
+
+def load_sweep_or_folder(arg) -> tuple[SweepConfig, Path]:
+    """:func:`load_sweep` of a sweep file, :func:`load_sweep_folder` of a sweep folder."""
+    arg = Path(arg)
+    if arg.is_dir():
+        return load_sweep_folder(arg)
+    return load_sweep(arg)
+
+
 def expand(sweep: SweepConfig, base: Path) -> list[Run]:
     """Every training run of the sweep, in a fixed order, named by variant and config hash."""
-    recipe = yaml.safe_load((base / sweep.train).read_text()) or {}
+    from pipeline.config import read_mapping
+
+    recipe_file = base / sweep.train
+    recipe = read_mapping(recipe_file, "training recipe")
     keys = sorted(sweep.grid)
     runs = []
     for variant in sorted(sweep.variants):
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
-            d = copy.deepcopy(recipe)
-            for k, v in (sweep.variants[variant] or {}).items():
-                _set(d, k, v)
-            for k, v in zip(keys, values):
-                _set(d, k, v)
             try:
+                d = copy.deepcopy(recipe)
+                for k, v in (sweep.variants[variant] or {}).items():
+                    _set(d, k, v)
+                for k, v in zip(keys, values):
+                    _set(d, k, v)
                 cfg = from_dict(TrainConfig, d)
             except ConfigError as err:
-                raise ConfigError(f"sweep {sweep.name}, variant '{variant}': {err}") from err
+                raise ConfigError(f"sweep {sweep.name}, variant '{variant}' of the recipe {recipe_file}: {err}") from err
             run_id = f"{variant}-{config_hash(cfg)}"
             runs.append(Run(run_id, variant, cfg, base / sweep.root / "runs" / run_id))
     hashes = [config_hash(r.config) for r in runs]
