@@ -130,7 +130,10 @@ def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
     name = (ckpt_dir / "LAST").read_text().strip() if which == "last" else f"{which}.pt"
     path = ckpt_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: is the run finished? ({run_dir}/metrics.csv shows progress)")
+        have = sorted(p.stem for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+        which_exist = f"the run has {', '.join(have)}" if have else f"{ckpt_dir} holds no checkpoint"
+        raise FileNotFoundError(f"no checkpoint {path}: {which_exist} (a run still training shows its progress in "
+                                f"{Path(run_dir) / 'metrics.csv'})")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     from pipeline.config import from_dict
 
