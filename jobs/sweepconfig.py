@@ -204,7 +204,8 @@ def expand(sweep: SweepConfig, base: Path) -> list[Run]:
                     _set(d, k, v)
                 cfg = from_dict(TrainConfig, d)
             except ConfigError as err:
-                raise ConfigError(f"sweep {sweep.name}, variant '{variant}' of the recipe {recipe_file}: {err}") from err
+                raise ConfigError(f"sweep {sweep.name}, variant '{variant}' of the recipe {recipe_file}: "
+                                  f"{err}") from err
             run_id = f"{variant}-{config_hash(cfg)}"
             runs.append(Run(run_id, variant, cfg, base / sweep.root / "runs" / run_id))
     hashes = [config_hash(r.config) for r in runs]

@@ -21,7 +21,8 @@ import yaml
 
 from pipeline.atomic import fsync_dir, write_atomic  # re-exported: the atomic writes live in pipeline/atomic.py
 
-__all__ = ["ConfigError", "from_dict", "check_type", "read_mapping", "to_dict", "identity_dict", "load_config", "save_config", "config_hash",
+__all__ = ["ConfigError", "from_dict", "check_type", "read_mapping", "to_dict", "identity_dict", "load_config",
+           "save_config", "config_hash",
            "write_atomic", "fsync_dir", "local_field", "short_id"]
 
 
