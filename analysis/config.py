@@ -77,10 +77,10 @@ class AnalysisConfig:
     processes: bool = False
     on_incomplete: str = "fail"  # never count a partial store without being told to
     figures: bool = True
-    formats: tuple = ("png", "pdf")
+    formats: tuple[str, ...] = ("png", "pdf")
     trained: str = "final"
     init: str = "init"
-    noise_reference: tuple = ("noisy", "vanilla")
+    noise_reference: tuple[str, ...] = ("noisy", "vanilla")
     path_plots: int = 2
     logits: int = 3
     planes: int = 1
@@ -97,6 +97,8 @@ class AnalysisConfig:
             raise ValueError("path_plots must be >= 0 and logits >= 1")
         if self.planes < 0 or not 0.0 < self.plane_scale <= 1.0 or self.plane_color not in ("class", "logit"):
             raise ValueError("planes must be >= 0, plane_scale in (0, 1] and plane_color 'class' or 'logit'")
+        if self.plane_seed < 0:
+            raise ValueError(f"plane_seed must be >= 0, got {self.plane_seed}")
         bad = [f for f in self.formats if f not in ("png", "pdf", "svg")]
         if bad:
             raise ValueError(f"figure formats must be png, pdf or svg, got {bad}")

@@ -140,6 +140,18 @@ def _uncertified(analysis_dir: Path) -> list[str]:
     return [note] if note else []
 
 
+def _read_table(path: Path) -> pd.DataFrame:
+    """A table of the aggregation, or :class:`AnalysisError` if it cannot be read (truncated by a
+    full disk, damaged): the aggregation writes it again from the stores."""
+    import pyarrow
+
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError, pyarrow.ArrowException) as err:
+        raise AnalysisError(f"{path} is unreadable ({type(err).__name__}: {err}): run `python -m jobs aggregate` on "
+                            "the sweep again to rewrite it from the stores") from err
+
+
 def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisConfig = AnalysisConfig(),
                  notes=()) -> dict:
     """Write ``index.html``, ``report.md``, ``findings.json`` and ``figures/`` into ``out_dir``
@@ -153,11 +165,11 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
     if not parquet.exists():
         raise AnalysisError(f"{analysis_dir} holds no aggregation (no paths.parquet): run "
                             f"`python -m jobs aggregate` on the sweep first")
-    table = pd.read_parquet(parquet)
+    table = _read_table(parquet)
     if table.empty:
         raise AnalysisError(f"{parquet} has no rows: nothing to report")
     planes_file = analysis_dir / "planes.parquet"
-    planes = pd.read_parquet(planes_file) if planes_file.exists() else None
+    planes = _read_table(planes_file) if planes_file.exists() else None
     frames = report_tables(table, config, planes)
     found = findings(table, config)
     if "plane_vs_line" in frames:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from pipeline.stages.discovery import DiscoverConfig, discover_run
@@ -89,7 +90,11 @@ def main(argv=None) -> int:
     from .tasks import use_allocated_device
 
     device = use_allocated_device(cfg.device, report=log.info)  # under srun: SLURM's GPU
-    status = discover_run(a.run, replace(cfg, device=device), shards, store=a.store or segments, deep=a.deep)
+    try:
+        status = discover_run(a.run, replace(cfg, device=device), shards, store=a.store or segments, deep=a.deep)
+    except (FileNotFoundError, ConfigError, StoreError) as err:  # a missing checkpoint names those that exist
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for what, st in (("segments", status), ("planes", status.get("planes"))):
         if st is not None:
             log.info("%s: complete shards %d/%d%s", what, len(st["complete"]), st["n_shards"],

@@ -9,6 +9,7 @@ sweep folder (:mod:`jobs.lock`): a second one is refused, naming the first.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import submitit
@@ -21,7 +22,9 @@ from .plan import plan, summary
 from .sweepconfig import Resources, SweepConfig, analysis_config, claim_root
 from .tasks import AggregateJob, DiscoverJob, TrainJob
 
-__all__ = ["submit", "check_resources", "executor_for", "wait_all"]
+__all__ = ["submit", "check_resources", "executor_for", "wait_all", "job_error"]
+
+log = logging.getLogger("jobs.submit")
 
 
 def executor_for(kind: str, folder: Path, res: Resources, name: str):
@@ -145,14 +148,34 @@ def _submit(sweep: SweepConfig, base: Path, kind: str, dry_run: bool, wait: bool
     return {"submitted": submitted, "plan": p, "jobs": all_jobs}
 
 
+def job_error(job) -> BaseException | None:
+    """Wait for ``job``; the exception it raised, or ``None``.
+
+    A debug job runs here, in this process, when asked for its outcome. Its ``result()`` opens
+    pdb's post-mortem on a failure: a prompt that waits for input, which hangs a batch command
+    (or, with stdin closed, buries the error). ``exception()`` runs it without one; the
+    traceback goes to this process's log instead.
+    """
+    from submitit.local.debug import DebugJob
+
+    if isinstance(job, DebugJob):
+        err = job.exception()
+        if err is not None:
+            log.error("debug job %s failed", job.job_id, exc_info=(type(err), err, err.__traceback__))
+        return err
+    try:
+        job.result()
+    except Exception as err:  # submitit re-raises the job's exception with its traceback
+        return err
+    return None
+
+
 def wait_all(jobs, stage):
-    failed = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as err:  # submitit re-raises the job's exception with its traceback
-            failed.append((job, err))
+    from submitit.local.debug import DebugJob
+
+    failed = [(job, err) for job in jobs if (err := job_error(job)) is not None]
     if failed:
         lines = "\n".join(f"  job {j.job_id}: {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-                          f"\n    log: {j.paths.stderr}" for j, e in failed)
+                          + ("\n    (ran in this process: traceback above)" if isinstance(j, DebugJob)
+                             else f"\n    log: {j.paths.stderr}") for j, e in failed)
         raise RuntimeError(f"{len(failed)} {stage} job(s) failed:\n{lines}")

@@ -30,7 +30,7 @@ from pipeline.stages.train import TrainConfig
 from .lock import LOCK_NAME
 
 __all__ = ["EXECUTORS", "Resources", "SweepConfig", "Run", "load_sweep", "sweep_root", "expand", "discover_config",
-           "analysis_config", "claim_root"]
+           "analysis_config", "claim_root", "load_sweep_folder", "load_sweep_or_folder"]
 
 EXECUTORS = ("slurm", "local", "debug")
 
@@ -44,6 +44,15 @@ class Resources:
     time_min: int = 60
     array_parallelism: int = 32  # the throttle: at most this many tasks of an array at once
 
+    def __post_init__(self):
+        for name in ("cpus", "time_min", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus < 0:
+            raise ValueError(f"gpus must be >= 0, got {self.gpus}")
+        if not self.mem_gb > 0:
+            raise ValueError(f"mem_gb must be > 0, got {self.mem_gb}")
+
 
 @dataclass(frozen=True)
 class SweepConfig:
@@ -54,7 +63,7 @@ class SweepConfig:
     grid: dict = field(default_factory=lambda: {"seed": [0]})  # dotted key -> values (cartesian product)
     discover: str = "configs/discover/digits.yaml"
     analysis: str | None = None  # an analysis config YAML (analysis.config.AnalysisConfig); None: its defaults
-    checkpoints: tuple = ("init", "final")
+    checkpoints: tuple[str, ...] = ("init", "final")
     n_shards: int = 2
     executor: str = "local"
     train_resources: Resources = field(default_factory=Resources)
@@ -66,6 +75,17 @@ class SweepConfig:
             raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}; got {self.executor!r}")
         if not self.variants:
             raise ValueError("a sweep needs at least one variant (e.g. variants: {vanilla: {}})")
+        for name, overrides in self.variants.items():
+            if overrides is not None and not isinstance(overrides, dict):
+                raise ValueError(f"variants.{name}: expected a mapping of dotted keys to values (or {{}} for none), "
+                                 f"got {overrides!r}")
+        for key, values in self.grid.items():
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        if not self.checkpoints:
+            raise ValueError("checkpoints must name at least one checkpoint (e.g. [init, final])")
+        if self.n_shards < 1:
+            raise ValueError(f"n_shards must be >= 1, got {self.n_shards}")
 
 
 @dataclass(frozen=True)
@@ -77,24 +97,29 @@ class Run:
 
 
 def _set(d: dict, dotted: str, value):
-    keys = dotted.split(".")
-    for k in keys[:-1]:
+    keys = str(dotted).split(".")
+    for i, k in enumerate(keys[:-1]):
         d = d.setdefault(k, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"'{dotted}' sets a field inside '{'.'.join(keys[:i + 1])}', which the recipe gives "
+                              f"the value {d!r}, not a mapping")
     d[keys[-1]] = value
 
 
 def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
     """The sweep config and the folder its relative paths are resolved against (default: the
     current directory, as for any command line), after checking the files it names exist."""
-    from pipeline.config import load_config
+    from pipeline.config import read_mapping
 
     path = Path(path)
-    if path.is_file():
-        raw = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
-        if isinstance(raw, dict) and "settings" in raw and "variants" not in raw:
-            raise ConfigError(f"{path}: the key 'settings' is now called 'variants' (the same mapping of names "
-                              "to overrides; 'setting' in the analysis is the training recipe): rename it")
-    cfg = load_config(path, SweepConfig)
+    raw = read_mapping(path, "sweep")
+    if "settings" in raw and "variants" not in raw:
+        raise ConfigError(f"{path}: the key 'settings' is now called 'variants' (the same mapping of names "
+                          "to overrides; 'setting' in the analysis is the training recipe): rename it")
+    try:
+        cfg = from_dict(SweepConfig, raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
     base = Path(base or Path.cwd()).resolve()
     for key in ("train", "discover", "analysis"):
         if key == "analysis" and cfg.analysis is None:
@@ -102,7 +127,10 @@ def load_sweep(path, base=None) -> tuple[SweepConfig, Path]:
         if not (base / getattr(cfg, key)).is_file():
             raise ConfigError(f"{path}: {key}: {base / getattr(cfg, key)} does not exist (relative paths are "
                               f"resolved against {base}: run from the checkout, or use absolute paths)")
-    analysis_config(cfg, base)  # a bad analysis config fails now, not after the sweep has run
+    # every config the sweep names is checked now, before anything is written or submitted
+    expand(cfg, base)
+    discover_config(cfg, base, cfg.checkpoints[0])
+    analysis_config(cfg, base)
     return cfg, base
 
 
@@ -118,22 +146,69 @@ def sweep_root(arg) -> tuple[Path, "SweepConfig | None"]:
     raise ConfigError(f"{arg}: neither a sweep file (configs/*.yaml) nor a sweep folder")
 
 
+def load_sweep_folder(folder) -> tuple[SweepConfig, Path]:
+    """The sweep a sweep folder holds, as :func:`load_sweep` returns it: the config
+    :func:`claim_root` recorded in ``<folder>/sweep.yaml``, rooted at ``folder`` (wherever it
+    is now), with its recipe and discovery files found as they were at submission: relative to
+    the folder the sweep's relative ``root`` was resolved against, or else the current one.
+
+    Refuses a folder that is not a sweep's, and one whose recipe has changed since (its runs
+    would not be the folder's: the counts would be of another sweep).
+    """
+    folder = Path(folder).resolve()
+    recorded = folder / "sweep.yaml"
+    if not recorded.is_file():
+        raise ConfigError(f"{folder} is not a sweep folder (no sweep.yaml, written when a sweep is submitted): name "
+                          "the sweep file instead")
+    from pipeline.config import load_config
+
+    cfg = load_config(recorded, SweepConfig)
+    base = Path.cwd().resolve()
+    parts = Path(cfg.root).parts
+    if not Path(cfg.root).is_absolute() and folder.parts[-len(parts):] == parts:
+        base = Path(*folder.parts[:-len(parts)])  # the folder the sweep was submitted from
+    cfg = replace(cfg, root=str(folder))  # where it is now (root is not part of a sweep's identity)
+    for key in ("train", "discover"):
+        if not (base / getattr(cfg, key)).is_file():
+            raise ConfigError(f"{recorded}: {key}: {base / getattr(cfg, key)} does not exist (the sweep's relative "
+                              f"paths are resolved against {base}): run from the folder the sweep was submitted "
+                              "from, or name the sweep file")
+    runs_file = folder / "runs.txt"
+    ids = sorted(r.run_id for r in expand(cfg, base))
+    if runs_file.is_file() and runs_file.read_text().split() != ids:
+        raise ConfigError(f"{folder}: the training recipe {base / cfg.train} changed since the sweep was submitted "
+                          f"(its runs are not those of {runs_file}): name the sweep file, or restore the recipe")
+    return cfg, base
+
+
+def load_sweep_or_folder(arg) -> tuple[SweepConfig, Path]:
+    """:func:`load_sweep` of a sweep file, :func:`load_sweep_folder` of a sweep folder."""
+    arg = Path(arg)
+    if arg.is_dir():
+        return load_sweep_folder(arg)
+    return load_sweep(arg)
+
+
 def expand(sweep: SweepConfig, base: Path) -> list[Run]:
     """Every training run of the sweep, in a fixed order, named by variant and config hash."""
-    recipe = yaml.safe_load((base / sweep.train).read_text()) or {}
+    from pipeline.config import read_mapping
+
+    recipe_file = base / sweep.train
+    recipe = read_mapping(recipe_file, "training recipe")
     keys = sorted(sweep.grid)
     runs = []
     for variant in sorted(sweep.variants):
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
-            d = copy.deepcopy(recipe)
-            for k, v in (sweep.variants[variant] or {}).items():
-                _set(d, k, v)
-            for k, v in zip(keys, values):
-                _set(d, k, v)
             try:
+                d = copy.deepcopy(recipe)
+                for k, v in (sweep.variants[variant] or {}).items():
+                    _set(d, k, v)
+                for k, v in zip(keys, values):
+                    _set(d, k, v)
                 cfg = from_dict(TrainConfig, d)
             except ConfigError as err:
-                raise ConfigError(f"sweep {sweep.name}, variant '{variant}': {err}") from err
+                raise ConfigError(f"sweep {sweep.name}, variant '{variant}' of the recipe {recipe_file}: "
+                                  f"{err}") from err
             run_id = f"{variant}-{config_hash(cfg)}"
             runs.append(Run(run_id, variant, cfg, base / sweep.root / "runs" / run_id))
     hashes = [config_hash(r.config) for r in runs]

@@ -104,6 +104,9 @@ class DataConfig:
                              f"got {self.val_fraction}")
         if not 0.0 <= self.label_noise <= 1.0:
             raise ValueError(f"label_noise must be a fraction in [0, 1], got {self.label_noise}")
+        for name in ("split_seed", "noise_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 class ImageDataset(Dataset):

@@ -14,6 +14,7 @@ of ``analysis/synthetic.py``; ``jobs/discover.py`` is the command line around th
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,14 +81,15 @@ class DiscoverConfig:
             raise ValueError(f"certify must be one of {', '.join(CERTIFY)}; got {self.certify!r}")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:N]; got {self.device!r}")
-        if min(self.batch_size or 1, self.chunk_segments, self.n_shards, self.chunk_planes) < 1:
-            raise ValueError("batch_size, chunk_segments, chunk_planes and n_shards must be >= 1")
+        for name in ("batch_size", "chunk_segments", "n_shards", "chunk_planes"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_vertices is not None and self.max_vertices < 16:
             raise ValueError(f"max_vertices must be >= 16 (or null: sized for the device); got {self.max_vertices}")
         if self.planes is not None and not isinstance(self.planes, PlaneSetConfig):
             raise TypeError(f"planes must be a PlaneSetConfig or None, got {type(self.planes).__name__}")
-        if not self.eps > 0:
-            raise ValueError(f"eps must be > 0; got {self.eps}")
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"eps must be a finite number > 0; got {self.eps}")
         from pipeline.engine.certificate import ON_CERTIFICATE
 
         if self.on_certificate not in ON_CERTIFICATE:

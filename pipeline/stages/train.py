@@ -41,7 +41,7 @@ __all__ = ["ModelConfig", "TrainConfig", "RECIPES", "train", "load_checkpoint", 
 class ModelConfig:
     name: str = "vgg8"
     k: int = 16  # ResNet18 base width (the paper's main ResNet18; 1..64 for double descent)
-    widths: tuple = (6, 16, 64)  # VGG8 conv widths (paper); the 8x8 digits take (6, 16)
+    widths: tuple[int, ...] = (6, 16, 64)  # VGG8 conv widths (paper); the 8x8 digits take (6, 16)
     pool: str = "avg"  # VGG8 pooling: the paper's average pooling keeps the function simply piecewise affine
 
     def __post_init__(self):
@@ -55,6 +55,10 @@ class ModelConfig:
             raise ValueError(f"unknown model {self.name!r}.{hint} Known models: {', '.join(sorted(MODELS))}")
         if self.pool not in ("avg", "max"):
             raise ValueError(f"pool must be avg or max; got {self.pool!r}")
+        if self.k < 1:
+            raise ValueError(f"k (the ResNet18 base width) must be >= 1, got {self.k}")
+        if not self.widths or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in self.widths):
+            raise ValueError(f"widths must be a non-empty list of integers >= 1, got {list(self.widths)}")
 
 
 @dataclass(frozen=True)
@@ -82,8 +86,19 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        if self.max_epochs < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError("max_epochs, batch_size and checkpoint_every must be >= 1")
+        for name in ("max_epochs", "batch_size", "checkpoint_every", "step_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        # `not x > 0` is also true of NaN (`.nan` in YAML)
+        for name in ("lr", "gamma", "loss_threshold"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if self.recipe == "noisy" and self.stop != "fit":
             raise ValueError("the noisy-label recipe trains to 100% training accuracy: set stop: fit")
         if self.recipe == "augment" and not self.data.augment:
@@ -115,7 +130,10 @@ def load_checkpoint(run_dir, which: str = "final", map_location="cpu"):
     name = (ckpt_dir / "LAST").read_text().strip() if which == "last" else f"{which}.pt"
     path = ckpt_dir / name
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint {path}: is the run finished? ({run_dir}/metrics.csv shows progress)")
+        have = sorted(p.stem for p in ckpt_dir.glob("*.pt")) if ckpt_dir.is_dir() else []
+        which_exist = f"the run has {', '.join(have)}" if have else f"{ckpt_dir} holds no checkpoint"
+        raise FileNotFoundError(f"no checkpoint {path}: {which_exist} (a run still training shows its progress in "
+                                f"{Path(run_dir) / 'metrics.csv'})")
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     from pipeline.config import from_dict
 

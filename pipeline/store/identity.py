@@ -68,6 +68,8 @@ class StoreConfig:
             raise ValueError(f"affine_dtype must be float64 or float32, got {self.affine_dtype!r}")
         if self.compressor not in ("zstd", "blosc"):
             raise ValueError(f"compressor must be zstd or blosc, got {self.compressor!r}")
+        if self.region_chunk < 1:
+            raise ValueError(f"region_chunk must be >= 1, got {self.region_chunk}")
 
     def codec(self):
         """The chunk codec. Zstd frames carry their own checksum, so a corrupt chunk fails to
