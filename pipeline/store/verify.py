@@ -55,14 +55,18 @@ def inspect(folder: Path, deep: bool = False, arrays=None):
 
 
 def rewrite_command(store, shard: int, deep: bool = False, attrs: dict | None = None) -> str:
-    """How to rewrite shard ``shard`` of ``store``, in plain words: from the store's ``run``,
-    ``n_shards`` and ``discover_config`` attributes (``attrs``, read if not given)."""
+    """How to rewrite shard ``shard`` of ``store``, in plain words: from its ``n_shards`` and
+    ``discover_config`` attributes (``attrs``, read if not given) and the run folder the store
+    sits in now (``<run>/regions/<store>``: a sweep moved whole is rewritten where it is; its
+    ``run`` attribute, where it was written, only for a store that sits elsewhere)."""
     if attrs is None:
         try:
             attrs = store_attrs(store)
         except StoreError:
             attrs = {}
     n, run = attrs.get("n_shards", "N"), attrs.get("run")
+    if run and Path(store).parent.name == "regions":
+        run = Path(store).parent.parent
     flag = " --deep" if deep else ""
     if not (run and attrs.get("discover_config")):
         return ("the store records no discovery config (it was written by pipeline.stages.discovery.write_shards "
