@@ -36,7 +36,8 @@ def path_profile(store, path_id: int) -> dict:
     Raises
     ------
     AnalysisError
-        The path is in no complete shard, or the store kept no affine maps.
+        The path does not exist in the store (or may be in a shard not complete), or the store
+        kept no affine maps.
     """
     from pipeline.store.lines import open_store
 
@@ -44,9 +45,7 @@ def path_profile(store, path_id: int) -> dict:
     reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
     indices = reader.segment_indices(path_id)
     if not indices:
-        damaged = reader.status["damaged"]
-        why = f" (damaged shards {damaged} are not read: `python -m jobs verify {store}`)" if damaged else ""
-        raise AnalysisError(f"path {path_id} is in no complete shard of {store}{why}")
+        raise AnalysisError(reader.not_found(f"path {path_id}", reader.path_ids()).args[0])
     s, f, line_s, line, breaks, anchors = [], [], [], [], [], [0.0]
     offset = 0.0
     for j in indices:

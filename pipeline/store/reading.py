@@ -167,6 +167,18 @@ class ShardReader:
         """The id of each row (item) of a shard, in order: what :meth:`_locate` finds a row by."""
         raise NotImplementedError
 
+    def not_found(self, what: str, ids) -> KeyError:
+        """The error for ``what`` (such as ``"path 7"``) asked for and not among ``ids`` (those of
+        its kind the complete shards hold): when every shard is complete it does not exist in the
+        store (and the valid ids are named); otherwise it may be in a shard not complete."""
+        st = self.status
+        if st["missing"]:
+            return KeyError(f"{what} is not in the complete shards of {self.path}: shards {st['missing'][:10]} of "
+                            f"{st['n_shards']} are not complete (not written, or damaged) and it may be in one of "
+                            f"them; `python -m jobs verify {self.path}` says which, resuming discovery writes them")
+        return KeyError(f"{what} does not exist in this store ({self.path}), whose shards are all complete: it "
+                        f"holds {_describe(ids)}")
+
     def _locate(self) -> dict:
         """id -> ``(shard, row)`` over the complete shards (read once)."""
         if self._index is None:
@@ -182,3 +194,13 @@ def _first_damage(path: Path, damaged: list, errors: dict) -> DamagedShardError:
     return DamagedShardError(f"{first} ({len(damaged) - 1} more damaged shard(s): {damaged[1:10]}; "
                              f"`python -m jobs verify {path}` lists them all)", first.store, first.shard, first.array,
                              first.file)
+
+
+def _describe(ids) -> str:
+    """``ids`` (integers) in a few words: a range when they are consecutive, else the first ten."""
+    ids = sorted({int(i) for i in ids})
+    if not ids:
+        return "none"
+    if ids == list(range(ids[0], ids[-1] + 1)):
+        return f"ids {ids[0]} to {ids[-1]}" if len(ids) > 1 else f"id {ids[0]} only"
+    return f"{len(ids)} ids: {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}"
