@@ -5,7 +5,8 @@
     verify_shard("runs/x/regions/final-1a2b3c4d.zarr", 0, deep=True)
 
 A shard is *complete* when it is marked so and its files agree with its manifest
-(:mod:`pipeline.store.manifest`: sizes for the cheap check, CRC-32s too for the deep one),
+(:mod:`pipeline.store.manifest`: sizes and each array's own metadata for the cheap check,
+CRC-32s too for the deep one; the check every reader and the aggregation apply),
 *incomplete* when it is not marked (an interrupted older writer), *damaged* otherwise. A damaged
 shard is a :class:`pipeline.store.identity.DamagedShardError` naming the store, the shard, the
 array and the file, and the command that rewrites it (:func:`rewrite_command`). The same for
