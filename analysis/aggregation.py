@@ -14,6 +14,8 @@ Layout of ``out_dir``::
     tables/plane_vs_line.{csv,md}  2-D against 1-D density per network (with plane stores)
     figures/*.{png,pdf}
     analysis_config.yaml   the resolved config
+    aggregation.json       the last aggregation's verdict: running, failed (why) or ok, the fingerprint
+                           of every store it found, the stores it left out and why (:mod:`analysis.status`)
     cache/                 per-store measures and fingerprints (incremental reruns)
     cache/planes/*.npz     the plane figures' regions, one per run, keyed by its checkpoint's
                            hash and the plane options (:mod:`analysis.plane_runs`)
@@ -32,10 +34,11 @@ from pipeline.config import save_config, write_atomic
 
 from . import tables
 from .collect import collect, uncertified_note
-from .config import AnalysisConfig
+from .config import AnalysisConfig, AnalysisError
 from .planes import collect_planes, plane_vs_line
+from .status import sweep_fingerprints, write_status
 
-__all__ = ["aggregate", "write_tables", "TABLES"]
+__all__ = ["aggregate", "write_tables", "left_out", "TABLES"]
 
 log = logging.getLogger("analysis.aggregation")
 
@@ -97,7 +100,41 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
                                 if v is not None})
     root = Path(sweep_root)
     out = Path(out_dir) if out_dir is not None else root / "analysis"
-    table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before anything is written
+    if not root.is_dir():  # before anything is written: no output folder for a sweep that is not there
+        raise AnalysisError(f"sweep root {root} does not exist or is not a folder")
+    found = sweep_fingerprints(root)  # the stores as they are before any is read
+    write_status(out, "running", root, found)
+    try:
+        written, stores = _aggregate(root, out, config)
+    except BaseException as err:  # Ctrl-C too: the folder must never look current
+        why = str(err) if isinstance(err, AnalysisError) else f"{type(err).__name__}: {err}"
+        write_status(out, "failed", root, found, error=why)
+        raise
+    write_status(out, "ok", root, found, left_out=left_out(stores), on_incomplete=config.on_incomplete)
+    return written
+
+
+def left_out(stores: pd.DataFrame) -> dict:
+    """``{store: why}`` of each store found but not (wholly) in the tables: skipped incomplete
+    stores, incomplete stores counted from their complete shards, networks whose failing
+    certificates left paths out (``stores.csv``'s rows)."""
+    out = {}
+    for r in stores.itertuples():
+        shards = f"{r.complete_shards} of {r.n_shards} shards complete, missing or damaged {r.missing_shards}"
+        if r.action == "skipped":
+            out[r.store] = f"left out: incomplete ({shards}; on_incomplete skip)"
+        elif r.status == "incomplete":
+            out[r.store] = f"counted from its complete shards only: incomplete ({shards}; on_incomplete report)"
+        if getattr(r, "uncertified_paths", 0) and r.uncertified_paths > 0:
+            what = "planes" if "planes-" in r.store else "paths"
+            out[r.store] = ((out[r.store] + "; ") if r.store in out else "") + \
+                f"{int(r.uncertified_paths)} {what} left out: their certificate failed"
+    return out
+
+
+def _aggregate(root: Path, out: Path, config: AnalysisConfig):
+    """:func:`aggregate` itself; returns the files written and the stores' report."""
+    table, stores = collect(root, cache_dir=out / "cache", config=config)  # fails before any table is written
     planes, plane_stores = collect_planes(root, config=config)
     stores = pd.concat([stores, plane_stores], ignore_index=True) if len(plane_stores) else stores
     written = _write_collected(out, table, planes, stores, config)
@@ -124,7 +161,7 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
              (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(),
              (stores["action"] == "skipped").sum(), out)
-    return written
+    return written, stores
 
 
 def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, stores: pd.DataFrame,

@@ -24,6 +24,7 @@ import logging
 import os
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -39,7 +40,8 @@ from pipeline.store.lines import paths_table, shard_partials
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
 __all__ = ["TABLE_COLUMNS", "LABEL_COLUMNS", "MEASURES", "find_stores", "store_fingerprint", "run_labels",
-           "collect", "dask_client", "compute_tasks", "stores_info", "stores_report", "uncertified_note"]
+           "collect", "dask_client", "compute_tasks", "compute_checked", "refusing", "stores_info", "stores_report",
+           "uncertified_note", "ON_INCOMPLETE_HINT"]
 
 log = logging.getLogger("analysis.collect")
 
@@ -54,6 +56,9 @@ MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.lines.paths_table
 TABLE_COLUMNS = (LABEL_COLUMNS + [c for c in MEASURE_COLUMNS if c != "n_uncertified"] + METRIC_COLUMNS
                  + ["store", "store_complete"])
 CACHE_SCHEMA = 3  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
+# how to leave incomplete stores out or count them, for the command line and for Python alike
+ON_INCOMPLETE_HINT = ("leave them out (`--on-incomplete skip` on the command line, on_incomplete='skip' in Python) "
+                      "or count their complete shards, flagged (`--on-incomplete report`, on_incomplete='report')")
 SORT_COLUMNS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "paths", "path_set",
                 "run_id", "path_id"]
 
@@ -222,6 +227,44 @@ def compute_tasks(tasks: dict, scheduler, config: AnalysisConfig) -> dict:
     return dict(zip(keys, results))
 
 
+class Refused(NamedTuple):
+    """A task's :class:`StoreError`, returned instead of raised: a task that raises has its
+    traceback logged by the Dask worker before the error reaches the caller."""
+
+    message: str
+
+
+def refusing(fn, *args):
+    """``fn(*args)``, or a :class:`Refused` holding its :class:`StoreError` (a damaged shard
+    found by the deep check of what a task reads): the unit of work of a Dask graph that never
+    prints a traceback for a damaged store."""
+    try:
+        return fn(*args)
+    except StoreError as err:
+        return Refused(str(err))
+
+
+def _unless_refused(fn, parts):
+    """``fn(parts)``, unless one of ``parts`` is a :class:`Refused` (then the first of them)."""
+    bad = [p for p in parts if isinstance(p, Refused)]
+    return bad[0] if bad else fn(parts)
+
+
+def compute_checked(tasks: dict, scheduler, config: AnalysisConfig, root, what: str = "store") -> dict:
+    """:func:`compute_tasks` of tasks built with :func:`refusing`; a task's refusal (a value, or
+    an item of a list value, that is a :class:`Refused`) is an :class:`AnalysisError` naming every
+    store refused, its shard and array and the command that rewrites it, in one paragraph."""
+    computed = compute_tasks(tasks, scheduler, config)
+    refused = []
+    for value in computed.values():
+        items = value if isinstance(value, list) else [value]
+        refused += [v.message for v in items if isinstance(v, Refused)][:1]
+    if refused:
+        raise AnalysisError(f"{len(refused)} {what}(s) under {root} cannot be read: " + " ".join(refused)
+                            + f" No table was written; `python -m jobs verify {root} --deep` lists every damaged shard.")
+    return computed
+
+
 def _load_cache(cache_dir: Path | None):
     if cache_dir is None:
         return {}, None
@@ -299,8 +342,7 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     if incomplete and on_incomplete == "fail":
         lines = "\n".join(_incomplete_line(k, v["status"]) for k, v in incomplete.items())
         raise AnalysisError(f"{len(incomplete)} incomplete store(s) under {root}:\n{lines}\nresume their "
-                            "discovery jobs, or pass on_incomplete='skip' (leave them out) or 'report' "
-                            "(count their complete shards, flagged)")
+                            f"discovery jobs (or rewrite each damaged shard as its line says), or {ON_INCOMPLETE_HINT}")
     for k in incomplete:
         log.warning("incomplete store %s (shards %s missing%s): %s", k, incomplete[k]["status"]["missing"],
                     f", of which damaged {incomplete[k]['status']['damaged']}" if incomplete[k]["status"]["damaged"]
@@ -320,12 +362,10 @@ def collect(sweep_root, cache_dir=None, scheduler=None, on_incomplete: str | Non
     tasks = {}
     for k in todo:
         store = str(info[k]["path"])
-        parts = [delayed(shard_partials, pure=True)(store, i) for i in info[k]["status"]["complete"]]
-        tasks[k] = delayed(paths_table, pure=True)(parts)
-    try:
-        computed = compute_tasks(tasks, scheduler, config)
-    except StoreError as err:  # a shard damaged since it was listed, or only the deep check sees it
-        raise AnalysisError(f"a store under {root} cannot be read: {err}") from err
+        parts = [delayed(refusing, pure=True)(shard_partials, store, i) for i in info[k]["status"]["complete"]]
+        tasks[k] = delayed(_unless_refused, pure=True)(paths_table, parts)
+    # a shard damaged since it was listed, or damaged so only the deep check sees it, is refused
+    computed = compute_checked(tasks, scheduler, config, root)
 
     frames = []
     for k in use:

@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 
 from pipeline.store.planes import PLANE_COLUMNS, plane_table
-from pipeline.store.identity import StoreError, store_attrs, store_geometry
+from pipeline.store.identity import store_attrs, store_geometry
 
-from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, compute_tasks, find_stores, run_labels, stores_info,
-                      stores_report)
+from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, ON_INCOMPLETE_HINT, compute_checked, find_stores, refusing,
+                      run_labels, stores_info, stores_report)
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, group_label
 from .tables import spearman
@@ -81,17 +81,15 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
         lines = "\n".join(f"  {k}: shards {info[k]['status']['missing']} of {info[k]['status']['n_shards']} missing"
                           for k in incomplete)
         raise AnalysisError(f"{len(incomplete)} incomplete plane store(s) under {root}:\n{lines}\nresume their "
-                            "discovery jobs, or pass on_incomplete='skip' or 'report'")
+                            f"discovery jobs, or {ON_INCOMPLETE_HINT}")
     use = [k for k in info if not (k in incomplete and on_incomplete == "skip")]
 
     from dask import delayed
 
-    tasks = {k: [delayed(plane_table, pure=True)(str(info[k]["path"]), i) for i in info[k]["status"]["complete"]]
-             for k in use}
-    try:
-        computed = compute_tasks({k: delayed(list)(v) for k, v in tasks.items()}, scheduler, config)
-    except StoreError as err:
-        raise AnalysisError(f"a plane store under {root} cannot be read: {err}") from err
+    tasks = {k: [delayed(refusing, pure=True)(plane_table, str(info[k]["path"]), i)
+                 for i in info[k]["status"]["complete"]] for k in use}
+    computed = compute_checked({k: delayed(list)(v) for k, v in tasks.items()}, scheduler, config, root,
+                               "plane store")
     frames = []
     for k in use:
         parts = [p for p in computed[k] if len(p)]

@@ -32,6 +32,7 @@ from pipeline.config import write_atomic
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, findings
 from .planes import plane_findings, plane_vs_line
+from .status import read_status, stale_reason
 from .aggregation import TABLES
 
 __all__ = ["write_report", "networks_table", "report_tables"]
@@ -131,6 +132,22 @@ def _planes(analysis_dir: Path) -> dict:
     return {"captions": {p["file"]: p["caption"] for p in meta.get("planes", [])}, "notes": meta.get("notes", [])}
 
 
+def _left_out(analysis_dir: Path) -> list[str]:
+    """The note naming every store the aggregation left out or counted in part, with why
+    (recorded by the aggregation, :mod:`analysis.status`; else from ``stores.csv``); the networks
+    whose failing certificates left paths out have their own note (:func:`_uncertified`)."""
+    record = read_status(analysis_dir) or {}
+    why = {k: v for k, v in (record.get("left_out") or {}).items() if not v.endswith("their certificate failed")}
+    if not why and (analysis_dir / "stores.csv").is_file():
+        from .aggregation import left_out
+
+        stores = pd.read_csv(analysis_dir / "stores.csv")
+        why = {k: v for k, v in left_out(stores).items() if not v.endswith("their certificate failed")}
+    if not why:
+        return []
+    return ["Stores not wholly in this report: " + "; ".join(f"{k}: {v}" for k, v in sorted(why.items()))]
+
+
 def _uncertified(analysis_dir: Path) -> list[str]:
     """The note naming the networks whose failing certificates left paths out (stores.csv)."""
     from .collect import uncertified_note
@@ -153,18 +170,29 @@ def _read_table(path: Path) -> pd.DataFrame:
 
 
 def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisConfig = AnalysisConfig(),
-                 notes=()) -> dict:
+                 notes=(), sweep_root=None, allow_stale: bool = False) -> dict:
     """Write ``index.html``, ``report.md``, ``findings.json`` and ``figures/`` into ``out_dir``
     from an aggregation folder; returns the paths written.
 
-    Raises :class:`AnalysisError` if ``analysis_dir`` holds no aggregation (run
-    ``python -m jobs aggregate`` first).
+    The aggregation must be the sweep's current one (:func:`analysis.status.stale_reason`: its
+    last run succeeded and no store of ``sweep_root``, default the root it recorded, changed
+    since). With ``allow_stale`` another is reported, and the page says so, and why, at its top.
+    Every store the aggregation left out (or counted in part) is named with the reason.
+
+    Raises :class:`AnalysisError` if ``analysis_dir`` holds no aggregation, or (unless
+    ``allow_stale``) one that failed or is older than the stores: the message says which and what
+    to run.
     """
     analysis_dir, out = Path(analysis_dir), Path(out_dir)
     parquet = analysis_dir / "paths.parquet"
     if not parquet.exists():
         raise AnalysisError(f"{analysis_dir} holds no aggregation (no paths.parquet): run "
                             f"`python -m jobs aggregate` on the sweep first")
+    stale = stale_reason(analysis_dir, sweep_root)
+    if stale and not allow_stale:
+        raise AnalysisError(f"{analysis_dir} is not the sweep's current aggregation: {stale}. Nothing was written: "
+                            "run `python -m jobs aggregate <sweep>` (and fix what it reports) first, or pass "
+                            "--allow-stale (allow_stale=True in Python) to report it anyway, marked stale at the top")
     table = _read_table(parquet)
     if table.empty:
         raise AnalysisError(f"{parquet} has no rows: nothing to report")
@@ -184,8 +212,11 @@ def write_report(analysis_dir, out_dir, title: str = "sweep", config: AnalysisCo
         for f in files:
             shutil.copyfile(f, out / "figures" / f.name)
     meta = {"title": title, "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "summary": _summary(table, config), "constant": const, "notes": list(notes) + _uncertified(analysis_dir),
-            "planes": _planes(analysis_dir)}
+            "summary": _summary(table, config), "constant": const,
+            "notes": list(notes) + _left_out(analysis_dir) + _uncertified(analysis_dir), "planes": _planes(analysis_dir),
+            "stale": (f"STALE: this report is built from an aggregation that is not the sweep's current one ({stale}); "
+                      "its numbers may not be the stores' (reported with --allow-stale; run `python -m jobs "
+                      "aggregate` for a current one).") if stale else None}
     written = {"html": out / "index.html", "markdown": out / "report.md", "findings": out / "findings.json"}
     write_atomic(written["html"], _html(meta, found, shown, figs))
     write_atomic(written["markdown"], _markdown(meta, found, shown, figs))
@@ -222,7 +253,9 @@ def _overview(meta) -> str:
 
 
 def _markdown(meta, found, shown, figs) -> str:
-    lines = [f"# Linear regions report: {meta['title']}", "", f"*Generated {meta['generated']}.*", "",
+    lines = [f"# Linear regions report: {meta['title']}", ""]
+    lines += [f"> **{meta['stale']}**", ""] if meta.get("stale") else []
+    lines += [f"*Generated {meta['generated']}.*", "",
              html.unescape(INTRO.replace("<b>", "**").replace("</b>", "**")), "", _overview(meta), ""]
     lines += [f"*{n}*" for n in meta["notes"]] + ([""] if meta["notes"] else [])
     lines += ["## Findings", ""]
@@ -266,7 +299,7 @@ color:#222;line-height:1.45}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
 table{border-collapse:collapse;font-size:.85em;margin:.5em 0 1.2em}th,td{border:1px solid #ddd;padding:3px 7px}
 th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.note{color:#666;font-size:.9em}figure{display:inline-block;margin:.5em;vertical-align:top}
+.note{color:#666;font-size:.9em}.stale{background:#fde2e1;border:1px solid #c0392b;padding:.6em}figure{display:inline-block;margin:.5em;vertical-align:top}
 figure img{max-width:520px;border:1px solid #eee}figcaption{max-width:520px}li{margin:.3em 0}
 """
 
@@ -276,6 +309,7 @@ def _html(meta, found, shown, figs) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Linear regions report: {esc(meta['title'])}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>Linear regions report: {esc(meta['title'])}</h1>",
+             f"<p class='stale'><b>{esc(meta['stale'])}</b></p>" if meta.get("stale") else "",
              f"<p class='note'>Generated {esc(meta['generated'])}.</p>", f"<p>{INTRO}</p>",
              f"<p>{esc(_overview(meta))}</p>"]
     parts += [f"<p class='note'>{esc(n)}</p>" for n in meta["notes"]]

@@ -5,8 +5,10 @@
 
 A run is trained when ``checkpoints/final.pt`` exists; a shard is done when the store (and the
 plane store, when the discovery config has ``planes``) lists it complete (marked complete, and its files match its manifest: a damaged shard is incomplete, so
-``sweep resume`` writes it again); the aggregation when ``<root>/analysis/DONE`` exists and
-nothing upstream is left.
+``sweep resume`` writes it again); the aggregation when nothing upstream is left and
+``<root>/analysis`` holds the sweep's current aggregation: its last run succeeded and no store
+changed since it started (:func:`analysis.status.stale_reason`: the store fingerprints it
+recorded against the stores now), so a failed, killed or outdated aggregation is never done.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
         incomplete); ``damaged``: ``(run, discover config, shard, error)`` of each damaged
         shard (the cheap check of :func:`pipeline.store.verify.shard_status`); ``uncertified``:
         ``(run, discover config, store, n)`` of each store holding ``n`` rows whose certificate
-        failed (written with ``on_certificate: warn``; from the shards' attributes).
+        failed (written with ``on_certificate: warn``; from the shards' attributes);
+        ``aggregate_why``: why the aggregation is not done, in words (``None`` when it is).
     """
     from pipeline.store.placement import placement_problems
     from pipeline.store.verify import shard_info, shard_status
@@ -72,13 +75,16 @@ def plan(sweep: SweepConfig, base: Path) -> dict:
             for shard in range(sweep.n_shards):
                 item = (r, dcfg, shard)
                 discover["done" if shard in complete else "incomplete" if started else "todo"].append(item)
-    marker = base / sweep.root / "analysis" / "DONE"
-    aggregate = {"done": [1] if marker.exists() and not (discover["todo"] or discover["incomplete"]) else [],
-                 "incomplete": [], "todo": []}
-    if not aggregate["done"]:
-        aggregate["todo"] = [1]
-    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "damaged": damaged,
-            "uncertified": uncertified, "misplaced": misplaced}
+    root = base / sweep.root
+    if discover["todo"] or discover["incomplete"]:
+        why = "discovery is not finished"
+    else:
+        from analysis.status import stale_reason
+
+        why = stale_reason(root / "analysis", root)
+    aggregate = {"done": [] if why else [1], "incomplete": [], "todo": [1] if why else []}
+    return {"runs": runs, "train": train, "discover": discover, "aggregate": aggregate, "aggregate_why": why,
+            "damaged": damaged, "uncertified": uncertified, "misplaced": misplaced}
 
 
 def summary(p: dict) -> str:
@@ -95,6 +101,8 @@ def status(sweep: SweepConfig, base: Path) -> str:
     root = base / sweep.root
     p = plan(sweep, base)
     out = [f"sweep {sweep.name} in {root}", summary(p)]
+    if p["aggregate_why"] and not (p["discover"]["todo"] or p["discover"]["incomplete"]):
+        out.append(f"aggregation not done: {p['aggregate_why']}")
     if p["damaged"]:
         out.append(f"damaged shards ({len(p['damaged'])}, counted as incomplete: `sweep resume` writes them again):")
         out += [f"  {err}" for *_, err in p["damaged"]]  # each names its store and shard

@@ -3,8 +3,10 @@
     python -m jobs verify runs/digits-vgg8/regions/final-6b2d1440.zarr    # one store
     python -m jobs verify sweeps/demo --deep                              # every store of a sweep
 
-The cheap check (the default) stats every file of every complete shard: a missing, truncated
-or added chunk or metadata file is found. ``--deep`` also reads every file and compares its
+The cheap check (the default) stats every file of every complete shard and compares each
+array's own metadata (shape, dtype, chunks) and chunk files with the manifest: a missing,
+truncated or added chunk or metadata file, or an edited manifest or array metadata, is found.
+It is the check the readers and the aggregation apply (:mod:`pipeline.store.manifest`). ``--deep`` also reads every file and compares its
 checksum (flipped bytes); it reads the whole store. Each damaged shard is printed with what is
 wrong and the command that rewrites it. A store that is not its run's (its recorded run,
 checkpoint sha256 or name disagree with where it sits: another network's store copied into

@@ -259,7 +259,9 @@ def test_report_of_a_damaged_table_says_to_aggregate_again(tmp_path, capsys):
 
     (tmp_path / "analysis").mkdir()
     (tmp_path / "analysis" / "paths.parquet").write_bytes(b"PAR1" + b"\0" * 64)  # a truncated write
-    assert main([str(tmp_path)]) == 2
+    assert main([str(tmp_path)]) == 2  # no recorded verdict: refused as not current
+    assert "not the sweep's current aggregation" in capsys.readouterr().err
+    assert main([str(tmp_path), "--allow-stale"]) == 2  # asked to report anyway: the table itself is refused
     err = capsys.readouterr().err
     assert "paths.parquet is unreadable" in err and "python -m jobs aggregate" in err
     assert not (tmp_path / "report").exists()

@@ -74,7 +74,7 @@ def test_discovery_writes_a_plane_store_equal_to_the_engine(written):
         with torch.no_grad():
             f = model.double()(x).numpy()
         np.testing.assert_allclose(one.evaluate(0, one.centroid), f, rtol=1e-9, atol=1e-9)
-    with pytest.raises(KeyError, match="plane 5 is in no complete shard"):
+    with pytest.raises(KeyError, match="plane 5 does not exist in this store"):
         reader.plane(5)
 
 
@@ -134,6 +134,6 @@ def test_jobs_plane_draws_a_stored_plane(written, tmp_path, capsys):
     assert out.stat().st_size > 10_000
     assert f"{int(direct.n_regions[2]):,} linear regions on plane {pid}" in capsys.readouterr().out
     assert main(["--store", str(store), "--plane", "5"]) == 2
-    assert "plane 5 is in no complete shard" in capsys.readouterr().err
+    assert "plane 5 does not exist in this store" in capsys.readouterr().err
     assert main(["--store", str(store_path(run, CFG)), "--plane", str(pid)]) == 2
     assert "not of planes" in capsys.readouterr().err

@@ -147,9 +147,9 @@ def test_manifest_records_every_array_and_file(store):
     m = attrs["manifest"]
     assert attrs["complete"] is True and m["version"] == 1 and m["checksum"] == "crc32"
     s, k = attrs["n_segments"], 3
-    assert m["arrays"]["segments/deviation"] == {"shape": [s, k], "dtype": "float64"}
-    assert m["arrays"]["segments/certificate_tol"] == {"shape": [s], "dtype": "float64"}
-    assert m["arrays"]["regions/slope"] == {"shape": [attrs["n_regions"], k], "dtype": "float64"}
+    assert m["arrays"]["segments/deviation"] == {"shape": [s, k], "dtype": "float64", "chunks": [s, k]}
+    assert m["arrays"]["segments/certificate_tol"] == {"shape": [s], "dtype": "float64", "chunks": [s]}
+    assert m["arrays"]["regions/slope"] == {"shape": [attrs["n_regions"], k], "dtype": "float64", "chunks": [16, k]}
     on_disk = sorted(p.relative_to(store / "shard-00000").as_posix() for p in (store / "shard-00000").rglob("*")
                      if p.is_file())
     assert sorted(m["files"]) == [f for f in on_disk if f != "zarr.json"]

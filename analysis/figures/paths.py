@@ -36,8 +36,8 @@ def path_profile(store, path_id: int) -> dict:
     Raises
     ------
     AnalysisError
-        The store has no such path, the path is in no complete shard, or the store kept no
-        affine maps. ``store``: a store's folder, or the reader :func:`pipeline.open_store` returns.
+        The path does not exist in the store (or may be in a shard not complete), or the store
+        kept no affine maps. ``store``: a store's folder, or the reader :func:`pipeline.open_store` returns.
     """
     from pipeline.store.lines import open_store
 
@@ -48,13 +48,7 @@ def path_profile(store, path_id: int) -> dict:
         reader = open_store(store, allow_incomplete=True)  # damaged shards are left out: never drawn
     indices = reader.segment_indices(path_id)
     if not indices:
-        n_paths = reader.attrs.get("n_paths")
-        if n_paths is not None and not 0 <= path_id < int(n_paths):
-            raise AnalysisError(f"{store} has no path {path_id}: its path ids are 0 to {int(n_paths) - 1}")
-        left = sorted({*reader.status["damaged"], *reader.status["incomplete"], *reader.status["missing"]})
-        why = (f": shards {left} are damaged or unfinished and are not read (`python -m jobs verify {store}`)"
-               if left else "")
-        raise AnalysisError(f"path {path_id} of {store} is in no complete shard{why}")
+        raise AnalysisError(reader.not_found(f"path {path_id}", reader.path_ids()).args[0])
     s, f, line_s, line, breaks, anchors = [], [], [], [], [], [0.0]
     offset = 0.0
     for j in indices:

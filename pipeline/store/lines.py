@@ -139,6 +139,10 @@ class StoreReader(ShardReader):
                                        asarray=True, meta=np.zeros((0,) * arr.ndim, dtype=arr.dtype)))
         return da.concatenate(parts) if parts else da.zeros((0,))
 
+    def path_ids(self) -> list[int]:
+        """The ids of the paths in the complete shards, sorted."""
+        return sorted({p for p, _ in self._locate()})
+
     def segment_indices(self, path_id: int) -> list[int]:
         """The segment indices of path ``path_id`` in the complete shards, sorted."""
         return sorted(s for p, s in self._locate() if p == path_id)
@@ -158,12 +162,16 @@ class StoreReader(ShardReader):
         Raises
         ------
         KeyError
-            No complete shard holds that segment.
+            No complete shard holds that segment: it does not exist in the store (the valid ids
+            are named), or it may be in a shard that is not complete.
         """
         try:
             shard, row = self._locate()[(int(path_id), int(segment_index))]
         except KeyError:
-            raise KeyError(f"segment {segment_index} of path {path_id} is in no complete shard of {self.path}") from None
+            paths = self.path_ids()
+            if int(path_id) not in paths:
+                raise self.not_found(f"path {path_id}", paths) from None
+            raise self.not_found(f"segment {segment_index} of path {path_id}", self.segment_indices(path_id)) from None
         out = {"shard": shard}
         for name in ("length", "continuity_gap", "certificate_tol", "gap_tol"):
             present = self._has(shard, f"segments/{name}")

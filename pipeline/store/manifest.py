@@ -1,27 +1,32 @@
 """A shard's manifest: what it records when the shard is completed, and how a folder differs from it.
 
 The completion marker (the shard group's attributes) records, for every array of the shard, its
-shape and dtype, and for every file of the shard but its own ``zarr.json`` (chunks and
-metadata), its size and CRC-32::
+shape, dtype and chunk shape (shards written before chunks were recorded have none), and for
+every file of the shard but its own ``zarr.json`` (chunks and metadata), its size and CRC-32::
 
     {"version": 1, "checksum": "crc32",
-     "arrays": {"segments/deviation": {"shape": [S, K], "dtype": "float64"}, ...},
+     "arrays": {"segments/deviation": {"shape": [S, K], "dtype": "float64", "chunks": [C, K]}, ...},
      "files": {"segments/deviation/c/0/0": [394, "1a2b3c4d"], "segments/deviation/zarr.json": [...], ...}}
 
 Zarr reads a missing chunk as its fill value without complaint, so a reader compares the files
 with the manifest before it trusts them (:func:`manifest_problem`): the cheap check stats every
-file (missing, truncated or added files), the deep one also reads them and compares checksums
-(flipped bytes). Written by :mod:`pipeline.store.shards`, checked by :mod:`pipeline.store.verify`.
+file (missing, truncated or added files) and compares each array's own metadata (its
+``zarr.json``: shape, dtype, chunks) and chunk files with the manifest; the deep one also reads
+every file and compares checksums (flipped bytes). It is the one check every reader, the
+aggregation and ``python -m jobs verify`` apply, so any damage one of them finds, all find:
+:func:`array_problem` is also what a reader applies to the array Zarr opened. Written by :mod:`pipeline.store.shards`, checked by :mod:`pipeline.store.verify`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import zlib
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["MANIFEST_VERSION", "Problem", "make_manifest", "manifest_problem", "shard_files", "checksum"]
+__all__ = ["MANIFEST_VERSION", "Problem", "make_manifest", "manifest_problem", "array_problem", "metadata_problem",
+           "shard_files", "checksum"]
 
 MANIFEST_VERSION = 1
 
@@ -43,7 +48,8 @@ def make_manifest(folder: Path, arrays: dict) -> dict:
     for key in shard_files(folder):
         files[key] = list(checksum(folder / key))
     return {"version": MANIFEST_VERSION, "checksum": "crc32",
-            "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype)} for k, a in sorted(arrays.items())},
+            "arrays": {k: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks)}
+                       for k, a in sorted(arrays.items())},
             "files": files}
 
 
@@ -87,7 +93,61 @@ def manifest_problem(folder: Path, manifest, deep: bool, arrays=None) -> Problem
             return Problem(f"its manifest lists no array {absent[0]}", absent[0])
     files = {k: v for k, v in manifest["files"].items() if arrays is None or array_of(k, arrays)}
     return (_size_problem(folder, files, known) or (_added_problem(folder, files, known) if arrays is None else None)
+            or metadata_problem(folder, manifest, arrays)
             or (_checksum_problem(folder, files, known) if deep else None))
+
+
+def array_problem(key: str, shape, dtype, chunks, want: dict) -> Problem | None:
+    """How an array's own metadata (``shape``, ``dtype``, ``chunks``: from its ``zarr.json``, or
+    the array Zarr opened) differs from what the manifest records for it (``want``)."""
+    have = {"shape": [int(n) for n in shape], "dtype": str(dtype), "chunks": [int(c) for c in chunks]}
+    recorded = {k: (str(v) if k == "dtype" else [int(n) for n in v]) for k, v in want.items()
+                if k in ("shape", "dtype", "chunks")}
+    diff = [f"{k} {have[k]} where the manifest records {v}" for k, v in recorded.items() if have[k] != v]
+    if diff:
+        return Problem(f"its metadata ({key}/zarr.json) says " + ", ".join(diff) + " (one of them was edited or "
+                       "overwritten after the shard was completed)", key, f"{key}/zarr.json")
+    return None
+
+
+def metadata_problem(folder: Path, manifest: dict, arrays=None) -> Problem | None:
+    """The first array (of ``arrays``, default all the manifest lists) whose own ``zarr.json``
+    disagrees with the manifest (:func:`array_problem`), or one of whose chunk files lies
+    outside the chunk grid its shape and chunks make: one small read per array, no data."""
+    known = manifest.get("arrays", {})
+    for key in (known if arrays is None else [a for a in arrays if a in known]):
+        meta_file = folder / key / "zarr.json"
+        try:
+            meta = json.loads(meta_file.read_text())
+            shape, dtype = meta["shape"], meta["data_type"]
+            chunks = meta["chunk_grid"]["configuration"]["chunk_shape"]
+        except FileNotFoundError:
+            return Problem(f"its metadata file {key}/zarr.json is missing", key, f"{key}/zarr.json")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return Problem(f"its metadata file {key}/zarr.json cannot be read ({type(err).__name__}: {err})", key,
+                           f"{key}/zarr.json")
+        try:
+            problem = array_problem(key, shape, dtype, chunks, known[key]) or _grid_problem(key, shape, chunks,
+                                                                                             manifest["files"])
+        except (TypeError, ValueError, AttributeError) as err:  # a manifest or metadata of the wrong form
+            return Problem(f"its manifest's record of the array, or its metadata, cannot be read "
+                           f"({type(err).__name__}: {err})", key, f"{key}/zarr.json")
+        if problem:
+            return problem
+    return None
+
+
+def _grid_problem(key: str, shape, chunks, files: dict) -> Problem | None:
+    """A chunk file of array ``key`` whose index lies outside the chunk grid of ``shape``."""
+    grid = [-(-int(n) // max(int(c), 1)) for n, c in zip(shape, chunks)]
+    prefix = f"{key}/c/"
+    for f in files:
+        if f.startswith(prefix):
+            index = f[len(prefix):].split("/")
+            if len(index) != len(grid) or any(not i.isdigit() or int(i) >= g for i, g in zip(index, grid)):
+                return Problem(f"chunk file {f} lies outside the array's shape {list(shape)} (chunks {list(chunks)}): "
+                               "the shape was changed after the data was written", key, f)
+    return None
 
 
 def _size_problem(folder: Path, files: dict, known) -> Problem | None:

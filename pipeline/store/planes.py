@@ -157,7 +157,7 @@ class PlaneStoreReader(ShardReader):
         try:
             shard, row = self._locate()[int(plane_id)]
         except KeyError:
-            raise KeyError(f"plane {plane_id} is in no complete shard of {self.path}") from None
+            raise self.not_found(f"plane {plane_id}", self._locate()) from None
         one = slice(row, row + 1)
         get = lambda key, sel=one: self._read(shard, key, sel)  # noqa: E731
         lo, hi = (int(v) for v in get("planes/region_offset", slice(row, row + 2)))

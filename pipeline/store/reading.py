@@ -6,8 +6,9 @@
 A reader trusts a shard only after :mod:`pipeline.store.verify` passed it: :class:`ShardReader`
 checks every shard once when the store is opened (cheaply, or deeply with ``deep``) and keeps
 the manifests it read; :func:`read_checked` checks the small per-item arrays it reads deeply.
-Every read checks the array's shape and dtype against the manifest, and a read that still fails
-inside Zarr is a :class:`pipeline.store.identity.DamagedShardError` naming store, shard and
+Every read checks the array's metadata against the manifest with the check
+:mod:`pipeline.store.verify` applies (:func:`pipeline.store.manifest.array_problem`), and what it
+read against the shape the manifest gives the selection; a read that still fails inside Zarr is a :class:`pipeline.store.identity.DamagedShardError` naming store, shard and
 array. The layouts (:class:`pipeline.store.lines.StoreReader`,
 :class:`pipeline.store.planes.PlaneStoreReader`) add what their items are.
 """
@@ -23,7 +24,7 @@ import zarr
 from pipeline.store.placement import check_placement
 from pipeline.store.identity import (SCHEMA_VERSION, DamagedShardError, StoreError, shard_name, store_attrs,
                                      store_geometry)
-from pipeline.store.manifest import Problem
+from pipeline.store.manifest import Problem, array_problem
 from pipeline.store.verify import damage, scan, shard_meta, verify_shard
 
 __all__ = ["LATER_ARRAYS", "ShardReader", "read_array", "read_checked", "check_geometry", "has_array"]
@@ -60,9 +61,9 @@ def _open_array(store: Path, shard: int, manifest: dict, key: str):
         raise StoreError(f"{store}: shard {shard_name(shard)} has no array {key} (arrays: "
                          f"{', '.join(manifest['arrays'])})")
     arr = _guarded(store, shard, key, lambda: zarr.open_array(str(store / shard_name(shard) / key), mode="r"))
-    if list(arr.shape) != want["shape"] or str(arr.dtype) != want["dtype"]:
-        raise damage(store, shard, Problem(f"its metadata says shape {list(arr.shape)} and dtype {arr.dtype}, the "
-                                           f"manifest {want['shape']} and {want['dtype']}", key, f"{key}/zarr.json"))
+    problem = array_problem(key, arr.shape, arr.dtype, arr.chunks, want)  # the check verify applies
+    if problem:
+        raise damage(store, shard, problem)
     return arr
 
 
@@ -81,7 +82,12 @@ def read_array(store: Path, shard: int, manifest: dict, key: str, sel=slice(None
     against it; a read that fails in Zarr is a :class:`DamagedShardError` naming store, shard
     and array."""
     arr = _open_array(store, shard, manifest, key)
-    return _guarded(store, shard, key, lambda: arr[sel])
+    data = _guarded(store, shard, key, lambda: np.asarray(arr[sel]))
+    want = np.broadcast_to(np.empty((), dtype=data.dtype), tuple(manifest["arrays"][key]["shape"]))[sel].shape
+    if data.shape != want:  # what was read is not what the manifest says the selection holds
+        raise damage(store, shard, Problem(f"reading {sel!r} gave shape {list(data.shape)} where the manifest's "
+                                           f"shape gives {list(want)}", key))
+    return data
 
 
 def read_checked(store, shard: int, keys) -> dict:
@@ -161,6 +167,18 @@ class ShardReader:
         """The id of each row (item) of a shard, in order: what :meth:`_locate` finds a row by."""
         raise NotImplementedError
 
+    def not_found(self, what: str, ids) -> KeyError:
+        """The error for ``what`` (such as ``"path 7"``) asked for and not among ``ids`` (those of
+        its kind the complete shards hold): when every shard is complete it does not exist in the
+        store (and the valid ids are named); otherwise it may be in a shard not complete."""
+        st = self.status
+        if st["missing"]:
+            return KeyError(f"{what} is not in the complete shards of {self.path}: shards {st['missing'][:10]} of "
+                            f"{st['n_shards']} are not complete (not written, or damaged) and it may be in one of "
+                            f"them; `python -m jobs verify {self.path}` says which, resuming discovery writes them")
+        return KeyError(f"{what} does not exist in this store ({self.path}), whose shards are all complete: it "
+                        f"holds {_describe(ids)}")
+
     def _locate(self) -> dict:
         """id -> ``(shard, row)`` over the complete shards (read once)."""
         if self._index is None:
@@ -176,3 +194,13 @@ def _first_damage(path: Path, damaged: list, errors: dict) -> DamagedShardError:
     return DamagedShardError(f"{first} ({len(damaged) - 1} more damaged shard(s): {damaged[1:10]}; "
                              f"`python -m jobs verify {path}` lists them all)", first.store, first.shard, first.array,
                              first.file)
+
+
+def _describe(ids) -> str:
+    """``ids`` (integers) in a few words: a range when they are consecutive, else the first ten."""
+    ids = sorted({int(i) for i in ids})
+    if not ids:
+        return "none"
+    if ids == list(range(ids[0], ids[-1] + 1)):
+        return f"ids {ids[0]} to {ids[-1]}" if len(ids) > 1 else f"id {ids[0]} only"
+    return f"{len(ids)} ids: {', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}"

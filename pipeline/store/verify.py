@@ -5,7 +5,8 @@
     verify_shard("runs/x/regions/final-1a2b3c4d.zarr", 0, deep=True)
 
 A shard is *complete* when it is marked so and its files agree with its manifest
-(:mod:`pipeline.store.manifest`: sizes for the cheap check, CRC-32s too for the deep one),
+(:mod:`pipeline.store.manifest`: sizes and each array's own metadata for the cheap check,
+CRC-32s too for the deep one; the check every reader and the aggregation apply),
 *incomplete* when it is not marked (an interrupted older writer), *damaged* otherwise. A damaged
 shard is a :class:`pipeline.store.identity.DamagedShardError` naming the store, the shard, the
 array and the file, and the command that rewrites it (:func:`rewrite_command`). The same for
@@ -55,14 +56,18 @@ def inspect(folder: Path, deep: bool = False, arrays=None):
 
 
 def rewrite_command(store, shard: int, deep: bool = False, attrs: dict | None = None) -> str:
-    """How to rewrite shard ``shard`` of ``store``, in plain words: from the store's ``run``,
-    ``n_shards`` and ``discover_config`` attributes (``attrs``, read if not given)."""
+    """How to rewrite shard ``shard`` of ``store``, in plain words: from its ``n_shards`` and
+    ``discover_config`` attributes (``attrs``, read if not given) and the run folder the store
+    sits in now (``<run>/regions/<store>``: a sweep moved whole is rewritten where it is; its
+    ``run`` attribute, where it was written, only for a store that sits elsewhere)."""
     if attrs is None:
         try:
             attrs = store_attrs(store)
         except StoreError:
             attrs = {}
     n, run = attrs.get("n_shards", "N"), attrs.get("run")
+    if run and Path(store).parent.name == "regions":
+        run = Path(store).parent.parent
     flag = " --deep" if deep else ""
     if not (run and attrs.get("discover_config")):
         return ("the store records no discovery config (it was written by pipeline.stages.discovery.write_shards "
