@@ -88,7 +88,9 @@ def test_failing_job_is_reported_with_its_traceback(cluster, tmp_path):
 
 
 def test_cancelled_discovery_resumes_to_an_equal_store(cluster, tmp_path):
-    sweep, base = load_sweep(tiny_sweep(tmp_path, name="cancel", variants={"vanilla": {}}, n_paths=40, anchors=8,
+    # 960 segments: enough that the shard cannot finish in the grace SLURM gives a cancelled
+    # job (SIGTERM, which submitit ignores, then SIGKILL after KillWait)
+    sweep, base = load_sweep(tiny_sweep(tmp_path, name="cancel", variants={"vanilla": {}}, n_paths=40, anchors=24,
                                         n_shards=1, executor="slurm"))
     from dataclasses import replace
 
