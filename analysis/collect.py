@@ -6,7 +6,8 @@
 A sweep is any folder holding training runs; each run folder has ``config.yaml``,
 ``metrics.csv`` and its discovery stores ``regions/<checkpoint>-<hash>.zarr``
 (``jobs/discover.py``). Each shard is read by one task (lazily: nothing is read until the graph
-runs, and only the per-segment arrays, never the region arrays); the tasks return per-path
+runs: the per-segment arrays, and of the region arrays ``t_start`` and ``slope``, which the kink
+measures and sampled counts need; never ``intercept``); the tasks return per-path
 partial sums, which a per-store task adds up and turns into the measures of
 :meth:`pipeline.store.lines.StoreReader.paths`; each task checks the arrays it reads against the
 shard's manifest first, so a damaged shard is an error, never data. With a cache folder the
@@ -31,11 +32,10 @@ import pandas as pd
 import yaml
 
 from pipeline.config import write_atomic
-from pipeline.engine.measures import PATH_COLUMNS
 from pipeline.store.identity import StoreError, is_store, store_attrs, store_geometry
 from pipeline.store.placement import check_placement
 from pipeline.store.verify import shard_state, shard_status
-from pipeline.store.lines import paths_table, shard_partials
+from pipeline.store.lines import PATH_TABLE_COLUMNS, paths_table, shard_partials
 
 from .config import LOCAL_SCHEDULERS, AnalysisConfig, AnalysisError
 
@@ -50,12 +50,12 @@ LABEL_COLUMNS = ["run_id", "dataset", "model", "width", "setting", "noise", "see
                  "path_set"]
 MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
 METRIC_COLUMNS = ["train_error", "train_loss", "test_error", "test_loss", "epochs"]
-MEASURE_COLUMNS = list(PATH_COLUMNS)  # pipeline.store.lines.paths_table
+MEASURE_COLUMNS = list(PATH_TABLE_COLUMNS)  # pipeline.store.lines.paths_table
 # the table holds certified paths only (a path with a failing segment is left out, counted per
 # store in stores.csv as uncertified_paths): its n_uncertified would be 0 everywhere
 TABLE_COLUMNS = (LABEL_COLUMNS + [c for c in MEASURE_COLUMNS if c != "n_uncertified"] + METRIC_COLUMNS
                  + ["store", "store_complete"])
-CACHE_SCHEMA = 3  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
+CACHE_SCHEMA = 4  # bump when MEASURE_COLUMNS or their meaning change: old caches are then ignored
 # how to leave incomplete stores out or count them, for the command line and for Python alike
 ON_INCOMPLETE_HINT = ("leave them out (`--on-incomplete skip` on the command line, on_incomplete='skip' in Python) "
                       "or count their complete shards, flagged (`--on-incomplete report`, on_incomplete='report')")

@@ -2,7 +2,7 @@
 
     from pipeline.store.lines import open_store
     reader = open_store("runs/digits-vgg8/regions/final-1a2b3c4d.zarr")
-    reader.paths()                    # one row per path: density, length, deviation, ...
+    reader.paths()                    # one row per path: density, length, deviation, kinks, ...
     reader.regions("t_start")         # every region's start, lazily (dask)
 
 Layout (``shared/DESIGN.md``)::
@@ -24,22 +24,31 @@ stores (``geometry: plane``) lay out their shards in :mod:`pipeline.store.planes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from pipeline.engine.kink_measures import KINK_COLUMNS, combine_kink_partials, kink_partials
 from pipeline.engine.measures import PATH_COLUMNS, combine_path_partials, path_partials
 from pipeline.store.identity import StoreConfig, StoreError, shard_name
-from pipeline.store.reading import ShardArray, ShardReader, read_checked
+from pipeline.store.reading import ShardArray, ShardReader, has_array, read_checked
 from pipeline.store.shards import ShardFolder
+from pipeline.store.verify import shard_meta
 
-__all__ = ["SEGMENT_SCALARS", "SEGMENT_VECTORS", "REGION_ARRAYS", "ShardWriter", "StoreReader", "open_store",
-           "open_stores", "shard_partials", "paths_table"]
+__all__ = ["SEGMENT_SCALARS", "SEGMENT_VECTORS", "REGION_ARRAYS", "PATH_TABLE_COLUMNS", "ShardWriter", "StoreReader",
+           "open_store", "open_stores", "shard_partials", "paths_table"]
 
 SEGMENT_SCALARS = ("path_id", "segment_index", "length", "density", "continuity_gap", "certificate_tol", "gap_tol")
 SEGMENT_VECTORS = ("deviation", "total_variation", "f0", "f1")
 REGION_ARRAYS = ("t_start", "t_end", "intercept", "slope")
 # the per-segment arrays shard_partials reads (checked deeply: they are small)
 PARTIAL_ARRAYS = ("path_id", "density", "length", "deviation", "total_variation", "continuity_gap", "gap_tol")
+# ... and the region arrays the kink measures and sampled counts need (slope only where kept)
+PARTIAL_REGION_ARRAYS = ("segments/region_offset", "regions/t_start", "regions/slope")
+# the per-path table: counting and deviation (pipeline.engine.measures), then the kinks and the
+# sampled counts (pipeline.engine.kink_measures)
+PATH_TABLE_COLUMNS = (*PATH_COLUMNS, *KINK_COLUMNS)
 
 
 class ShardWriter(ShardFolder):
@@ -113,9 +122,11 @@ class StoreReader(ShardReader):
         return pd.DataFrame(cols)
 
     def paths(self) -> pd.DataFrame:
-        """One row per path (``pipeline.engine.measures.PATH_COLUMNS``): density (sum), length,
-        density per length, deviation and total variation (per-logit sums over the path's
-        segments, then L2 over logits), ``continuity_gap`` (the largest), ``n_segments``."""
+        """One row per path (``PATH_TABLE_COLUMNS``): density (sum), length, density per length,
+        deviation and total variation (per-logit sums over the path's segments, then L2 over
+        logits), ``continuity_gap`` (the largest), ``n_segments``, ``n_uncertified``; then the
+        kink measures and sampled counts (:mod:`pipeline.engine.kink_measures`; NaN but the
+        sampled counts where the store kept no affine maps)."""
         return paths_table([shard_partials(self.path, i) for i in self.shards])
 
     def regions(self, name: str):
@@ -187,23 +198,34 @@ class StoreReader(ShardReader):
 
 
 def shard_partials(store, shard: int) -> dict:
-    """Per-path partial sums of one complete shard (:func:`pipeline.engine.measures.path_partials`):
-    reads its per-segment arrays only, after checking them deeply (they are small). The unit of
-    work of the analysis' Dask graph.
+    """Per-path partials of one complete shard: ``{"paths": path_partials(...), "kinks":
+    kink_partials(...)}`` (:mod:`pipeline.engine.measures`, :mod:`pipeline.engine.kink_measures`).
+    Reads its per-segment arrays and the region arrays ``t_start`` and ``slope`` (where kept),
+    after checking them deeply. The unit of work of the analysis' Dask graph.
 
     Raises
     ------
     DamagedShardError
         The arrays read differ from the shard's manifest, or cannot be decoded.
     """
-    cols = read_checked(store, shard, [f"segments/{name}" for name in PARTIAL_ARRAYS])
-    return path_partials(cols["path_id"], cols["density"], cols["length"], cols["deviation"],
-                         cols["total_variation"], cols["continuity_gap"], cols.get("gap_tol"))
+    meta = shard_meta(Path(store) / shard_name(shard))
+    manifest = meta.get("manifest") if isinstance(meta, dict) else None
+    regions = [k for k in PARTIAL_REGION_ARRAYS if k != "regions/slope" or has_array(manifest, k)]
+    cols = read_checked(store, shard, [f"segments/{name}" for name in PARTIAL_ARRAYS] + regions)
+    paths = path_partials(cols["path_id"], cols["density"], cols["length"], cols["deviation"],
+                          cols["total_variation"], cols["continuity_gap"], cols.get("gap_tol"))
+    kinks = kink_partials(cols["path_id"], cols["length"], cols["region_offset"], cols["t_start"], cols.get("slope"))
+    return {"paths": paths, "kinks": kinks}
 
 
 def paths_table(parts) -> pd.DataFrame:
-    """The per-path table (``PATH_COLUMNS``) of one store from its shards' :func:`shard_partials`."""
-    return pd.DataFrame(combine_path_partials(parts), columns=list(PATH_COLUMNS))
+    """The per-path table (``PATH_TABLE_COLUMNS``) of one store from its shards' :func:`shard_partials`."""
+    parts = list(parts)
+    paths = combine_path_partials([p["paths"] for p in parts])
+    kinks = combine_kink_partials([p["kinks"] for p in parts])
+    if not np.array_equal(paths["path_id"], kinks["path_id"]):  # both from the same segments' path ids
+        raise AssertionError("the kink measures' paths differ from the path table's")
+    return pd.DataFrame({**paths, **kinks}, columns=list(PATH_TABLE_COLUMNS))
 
 
 def open_store(path, allow_incomplete: bool = False, deep: bool = False) -> StoreReader:
