@@ -1,6 +1,8 @@
 """Statistics of a plane's partition (pipeline.engine.planes.stats) against closed forms, hand-built
 partitions, the network itself and dense sampling."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -259,8 +261,10 @@ def test_gradient_jumps_against_the_maps(mlp):
 
 
 def test_without_maps_or_gram_the_columns_are_nan(mlp):
-    _, _, res, _ = mlp
-    st = plane_stats(res, 0)  # no Gram matrix: input-unit measures unknown
+    _, _, res, gram = mlp
+    np.testing.assert_allclose(res.gram[0], [gram[0, 0], gram[0, 1], gram[1, 1]], rtol=1e-12)  # recorded
+    assert plane_stats(res, 0)["grad_jump_per_length"] == plane_stats(res, 0, gram=gram)["grad_jump_per_length"]
+    st = plane_stats(replace(res, gram=None), 0)  # no Gram matrix: input-unit measures unknown
     assert np.isnan(st["boundary_length_input"]) and np.isnan(st["grad_jump_per_length"])
     assert np.isfinite(st["boundary_length"]) and np.isfinite(st["mean_degree"])
     bare = _hand([res.polygon(r) for r in range(res.total_regions)])
