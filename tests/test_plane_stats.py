@@ -272,3 +272,20 @@ def test_without_maps_or_gram_the_columns_are_nan(mlp):
     assert np.isnan(st["boundary_length"]) and np.isnan(st["boundary_pieces"]) and np.isfinite(st["area_median"])
     table = plane_stats_table(res)
     assert set(table) == set(STATS_COLUMNS) and all(v.shape == (1,) for v in table.values())
+
+
+# --- (e) the figure ---------------------------------------------------------------------------------
+
+def test_the_figure_draws_the_boundary(mlp):
+    from matplotlib.collections import LineCollection
+
+    from analysis.figures import plane_figure
+
+    _, _, res, _ = mlp
+    segs = decision_boundary(res, 0)
+    ax = plane_figure(res, boundary=True).axes[0]
+    lines = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(lines) == 2 and all(len(c.get_segments()) == len(segs) for c in lines)
+    np.testing.assert_allclose(np.array(lines[1].get_segments()), segs)  # the parallelogram: drawn as it is
+    assert "decision boundary" in ax.get_title()
+    assert not [c for c in plane_figure(res).axes[0].collections if isinstance(c, LineCollection)]
