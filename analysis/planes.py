@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.store.planes import PLANE_COLUMNS, plane_table
-from pipeline.store.identity import store_attrs, store_geometry
+from pipeline.engine.planes.stats import STATS_COLUMNS
+from pipeline.store.planes import PLANE_COLUMNS, plane_stats_table, plane_table
+from pipeline.store.identity import StoreError, store_attrs, store_geometry
 
 from .collect import (LABEL_COLUMNS, METRIC_COLUMNS, ON_INCOMPLETE_HINT, compute_checked, find_stores, refusing,
                       run_labels, stores_info, stores_report)
@@ -31,12 +32,13 @@ from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, group_label
 from .tables import spearman
 
-__all__ = ["PLANE_TABLE_COLUMNS", "COMPARE_COLUMNS", "find_plane_stores", "collect_planes", "plane_vs_line",
-           "plane_findings"]
+__all__ = ["PLANE_TABLE_COLUMNS", "COMPARE_COLUMNS", "find_plane_stores", "shard_rows", "collect_planes",
+           "plane_vs_line", "plane_findings"]
 
 log = logging.getLogger("analysis.planes")
 
-PLANE_TABLE_COLUMNS = LABEL_COLUMNS + list(PLANE_COLUMNS) + METRIC_COLUMNS + ["store", "store_complete"]
+PLANE_TABLE_COLUMNS = (LABEL_COLUMNS + list(PLANE_COLUMNS) + list(STATS_COLUMNS) + METRIC_COLUMNS
+                       + ["store", "store_complete"])
 NETWORK_KEYS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "run_id"]
 COMPARE_COLUMNS = NETWORK_KEYS + ["paths", "path_set", "planes", "plane_set", "n_images", "density_1d",
                                   "regions_2d", "density_2d_input", "rho_density", "rho_deviation"]
@@ -54,6 +56,16 @@ def _plane_labels(run_dir: Path, attrs: dict) -> dict:
     return labels
 
 
+def shard_rows(store, shard: int) -> pd.DataFrame:
+    """One row per plane of a complete shard: :func:`pipeline.store.planes.plane_table`'s columns and
+    the partition statistics (:func:`pipeline.store.planes.plane_stats_table`)."""
+    rows = plane_table(store, shard)
+    stats = plane_stats_table(store, shard)
+    if not np.array_equal(rows["plane_id"].to_numpy(), stats["plane_id"].to_numpy()):
+        raise StoreError(f"{store} shard {shard}: its planes and its regions disagree on the plane ids")
+    return pd.concat([rows, stats.drop(columns="plane_id")], axis=1)
+
+
 def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
                    config: AnalysisConfig = AnalysisConfig()):
     """One row per (plane store, plane) under ``sweep_root``, and a row per plane store.
@@ -62,8 +74,10 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
     -------
     table : pandas.DataFrame
         ``PLANE_TABLE_COLUMNS``: the network's labels (``paths`` is ``planes-<kind>/<split>``,
-        ``path_set`` the plane set's id), :data:`pipeline.store.planes.PLANE_COLUMNS`, the run's
-        metrics, the store and whether it is complete. Empty when the sweep has no plane store.
+        ``path_set`` the plane set's id), :data:`pipeline.store.planes.PLANE_COLUMNS`, the partition
+        statistics :data:`pipeline.engine.planes.stats.STATS_COLUMNS` (NaN where the store kept no
+        affine maps or, in input units, no Gram matrix), the run's metrics, the store and whether it
+        is complete. Empty when the sweep has no plane store.
     stores : pandas.DataFrame
         As :func:`analysis.collect.collect`'s, for the plane stores (``n_paths``: planes).
 
@@ -86,7 +100,7 @@ def collect_planes(sweep_root, scheduler=None, on_incomplete: str | None = None,
 
     from dask import delayed
 
-    tasks = {k: [delayed(refusing, pure=True)(plane_table, str(info[k]["path"]), i)
+    tasks = {k: [delayed(refusing, pure=True)(shard_rows, str(info[k]["path"]), i)
                  for i in info[k]["status"]["complete"]] for k in use}
     computed = compute_checked({k: delayed(list)(v) for k, v in tasks.items()}, scheduler, config, root,
                                "plane store")

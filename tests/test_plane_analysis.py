@@ -60,6 +60,10 @@ def test_a_sweep_with_planes_writes_resumes_and_compares_them(tmp_path):
     out = base / sweep.root / "analysis"
     planes = pd.read_parquet(out / "planes.parquet")
     assert len(planes) == 2 * 2 * 4 and set(planes["paths"]) == {"planes-images/train"}
+    # the partition statistics, from each plane's regions (affine maps and Gram matrix kept)
+    assert {"mean_degree", "boundary_length", "boundary_length_input", "grad_jump_per_length"} <= set(planes)
+    assert planes["mean_degree"].gt(0).all() and planes["area_median"].between(0, 1).all()
+    assert planes["boundary_length_input"].notna().all() and planes["vertices_max"].ge(3).all()
     compare = pd.read_csv(out / "tables" / "plane_vs_line.csv")
     assert len(compare) == 4 and (compare["n_images"] == 4).all()  # the 1-D paths' bases, seed 1 both
     assert compare["rho_density"].between(-1, 1).all()

@@ -4,6 +4,7 @@ discovery next to the segments, resumed, verified, and read back equal to the en
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -137,3 +138,29 @@ def test_jobs_plane_draws_a_stored_plane(written, tmp_path, capsys):
     assert "plane 5 does not exist in this store" in capsys.readouterr().err
     assert main(["--store", str(store_path(run, CFG)), "--plane", str(pid)]) == 2
     assert "not of planes" in capsys.readouterr().err
+
+
+def test_partition_statistics_from_the_store_equal_the_engines(written):
+    from pipeline.engine.planes.stats import STATS_COLUMNS, plane_stats
+    from pipeline.store.planes import plane_stats_table
+
+    run, _, planes, direct = written
+    store = plane_store_path(run, CFG)
+    reader = open_plane_store(store)
+    table = pd.concat([plane_stats_table(store, s) for s in reader.shards], ignore_index=True)
+    assert list(table.columns) == ["plane_id", *STATS_COLUMNS]
+    np.testing.assert_array_equal(table["plane_id"], planes.plane_id)
+    for row, pid in enumerate(planes.plane_id):
+        one = reader.plane(int(pid))
+        d1 = (planes.x1[row] - planes.x0[row]).double().flatten().numpy()
+        d2 = (planes.x2[row] - planes.x0[row]).double().flatten().numpy()
+        np.testing.assert_allclose(one.gram[0], [d1 @ d1, d1 @ d2, d2 @ d2], rtol=1e-12)
+        np.testing.assert_allclose(direct.gram[row], one.gram[0], rtol=1e-12)
+        st = plane_stats(one, 0)
+        assert np.isfinite(st["boundary_length_input"]) and np.isfinite(st["grad_jump_per_length"])
+        np.testing.assert_allclose(table.loc[row, list(STATS_COLUMNS)].to_numpy(float),
+                                   [st[c] for c in STATS_COLUMNS], rtol=1e-12)
+        ref = plane_stats(direct, row)  # the engine's float64 maps: the same partition
+        for c in ("area_median", "vertices_mean", "mean_degree", "boundary_pieces"):
+            assert table.loc[row, c] == pytest.approx(ref[c], rel=1e-9), c
+        assert table.loc[row, "boundary_length"] == pytest.approx(ref["boundary_length"], rel=1e-4)

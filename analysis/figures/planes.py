@@ -73,7 +73,8 @@ def _plane_image(img, plane: int, n_planes: int):
 
 
 def plane_figure(result, plane: int = 0, images=None, color: str = "class", logit: int | None = None,
-                 title: str = "", labels=None, class_names=None, figsize=(6.4, 5.8)) -> Figure:
+                 title: str = "", labels=None, class_names=None, figsize=(6.4, 5.8),
+                 boundary: bool = False) -> Figure:
     """The linear regions of one plane of a :class:`pipeline.engine.planes.PlaneResult`, SplineCam style.
 
     Each region is a polygon, mapped from ``(u, v)`` to an equilateral triangle (``x0`` bottom
@@ -96,6 +97,10 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
         Legend names of the classes (default their indices).
     title : str
         Prepended to the default title (region count and density).
+    boundary : bool
+        Draw the decision boundary inside the plane (the ties of the top two logits within regions,
+        :func:`pipeline.engine.planes.stats.decision_boundary`) as one ``LineCollection`` over
+        the regions, and give its length in the title.
     """
     from matplotlib.collections import PolyCollection
 
@@ -129,8 +134,26 @@ def plane_figure(result, plane: int = 0, images=None, color: str = "class", logi
                      result.domain)
     dens = float(result.density[plane])
     head = f"{n:,} linear regions · density {dens:,.4g} per unit (u, v) area"
+    if boundary:
+        head += f"\ndecision boundary: {_draw_boundary(ax, result, plane):.3g} (u, v) units long"
     ax.set_title(f"{title}\n{head}" if title else head, fontsize=9)
     return fig
+
+
+def _draw_boundary(ax, result, plane: int) -> float:
+    """The decision boundary of ``plane`` as one ``LineCollection`` (white under black, seen on any
+    fill); returns its length in ``(u, v)`` units."""
+    from matplotlib.collections import LineCollection
+    from pipeline.engine.planes.stats import decision_boundary
+
+    if result.intercept is None:
+        raise AnalysisError("this plane result kept no affine maps (keep_affine=False): no decision boundary")
+    segs = decision_boundary(result, plane)
+    xy = _to_picture(segs.reshape(-1, 2), result.domain).reshape(-1, 2, 2)
+    for color, width in (("white", 2.4), ("black", 1.1)):
+        ax.add_collection(LineCollection(xy, colors=color, linewidths=width, capstyle="round",
+                                         label="decision boundary" if color == "black" else None))
+    return float(np.linalg.norm(segs[:, 1] - segs[:, 0], axis=1).sum())
 
 
 INSET = 0.24  # the corner images' size, in picture units (the triangle's side is 1)

@@ -8,7 +8,8 @@ Layout (the store's ``geometry`` attribute is ``"plane"``)::
       shard-00000/                  attrs: complete=true and manifest (written last), n_planes, n_regions
         planes/    plane_id, label, corner_index (P,3), region_offset (P+1), n_regions, n_pieces,
                    input_area, density, density_input, deviation (P,K), f_corners (P,C,K),
-                   continuity_gap, certificate_tol, gap_tol, hull_gap, dropped_pieces, dropped_area
+                   continuity_gap, certificate_tol, gap_tol, hull_gap, dropped_pieces, dropped_area,
+                   gram (P,3) (d1.d1, d1.d2, d2.d2; NaN where the result had none)
         regions/   area, region_gap, centroid (R,2), vertex_offset (R+1), intercept (R,K), grad (R,2,K)
         vertices/  uv (V,2)
 
@@ -29,7 +30,8 @@ from pipeline.store.identity import StoreConfig, store_attrs
 from pipeline.store.reading import ShardReader, check_geometry, read_checked
 from pipeline.store.shards import ShardFolder
 
-__all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table"]
+__all__ = ["PLANE_COLUMNS", "PlaneShardWriter", "PlaneStoreReader", "open_plane_store", "plane_table",
+           "plane_stats_table"]
 
 PLANE_INTS = ("plane_id", "label", "n_regions", "n_pieces", "dropped_pieces")
 PLANE_FLOATS = ("input_area", "density", "density_input", "continuity_gap", "certificate_tol", "gap_tol",
@@ -66,6 +68,7 @@ class PlaneShardWriter(ShardFolder):
         self.pl["corner_index"] = self.array("planes/corner_index", (n, 3), "i8", (rows, 3))
         self.pl["deviation"] = self.array("planes/deviation", (n, k), "f8", (rows, k))
         self.pl["f_corners"] = self.array("planes/f_corners", (n, corners, k), "f8", (rows, corners, k))
+        self.pl["gram"] = self.array("planes/gram", (n, 3), "f8", (rows, 3))
         self.pl["plane_id"][:] = np.asarray(plane_id, dtype=np.int64)
         self.pl["label"][:] = np.asarray(label, dtype=np.int64)
         self.pl["corner_index"][:] = np.asarray(corner_index, dtype=np.int64).reshape(n, 3)
@@ -82,6 +85,7 @@ class PlaneShardWriter(ShardFolder):
         for name in ("n_regions", "n_pieces", "dropped_pieces", *PLANE_FLOATS, "deviation", "f_corners"):
             val = getattr(res, name)
             self.pl[name][lo:hi] = np.full(res.n_planes, np.nan) if val is None else val  # gap_tol
+        self.pl["gram"][lo:hi] = np.full((res.n_planes, 3), np.nan) if res.gram is None else res.gram
         for name in ("area", "region_gap", "centroid"):
             self.reg[name].append(getattr(res, name))
         self.reg["vertex_offset"].append(res.vertex_offset[1:] + self.vertices)
@@ -115,6 +119,43 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     out["corner_1"], out["corner_2"] = corners[:, 1], corners[:, 2]
     out["deviation"] = np.linalg.norm(cols["deviation"] / area, axis=1)
     return pd.DataFrame(out, columns=list(PLANE_COLUMNS))
+
+
+def plane_stats_table(store, shard: int) -> pd.DataFrame:
+    """The partition statistics of every plane of a complete shard
+    (:data:`pipeline.engine.planes.stats.STATS_COLUMNS`, with ``plane_id``), from its regions,
+    all arrays checked deeply against the manifest first. Without affine maps (``keep_affine``
+    false) the decision boundary and gradient columns are NaN; without the Gram matrix (stores
+    written before it was recorded) the columns in input units are.
+
+    Raises
+    ------
+    pipeline.store.identity.DamagedShardError
+        The arrays differ from the manifest or cannot be decoded.
+    """
+    from pipeline.engine.planes import PlaneResult
+    from pipeline.engine.planes.stats import STATS_COLUMNS, plane_stats_table as stats
+
+    store = Path(store)
+    attrs = store_attrs(store)
+    check_geometry(store, attrs, "plane")
+    affine = ["regions/intercept", "regions/grad"] if attrs.get("keep_affine", True) else []
+    keys = ["planes/plane_id", "planes/region_offset", "planes/input_area", "planes/gram", "regions/area",
+            "regions/centroid", "regions/vertex_offset", "vertices/uv", *affine]
+    cols = read_checked(store, shard, keys)
+    n = cols["plane_id"].size
+    nan = np.full(n, np.nan)
+    res = PlaneResult(
+        plane_index=np.arange(n), n_regions=np.diff(cols["region_offset"]), plane_offset=cols["region_offset"],
+        input_area=cols["input_area"], density=nan, density_input=nan, f_corners=np.zeros((n, 0, 0)),
+        deviation=np.zeros((n, 0)), continuity_gap=nan, certificate_tol=nan, hull_gap=nan,
+        n_pieces=np.zeros(n, dtype=np.int64), dropped_pieces=np.zeros(n, dtype=np.int64), dropped_area=nan,
+        area=cols["area"], centroid=cols["centroid"], vertex_offset=cols["vertex_offset"], uv=cols["uv"],
+        region_gap=np.zeros(cols["area"].size),
+        intercept=cols["intercept"].astype(np.float64) if "intercept" in cols else None,
+        grad=cols["grad"].astype(np.float64) if "grad" in cols else None,
+        domain=attrs.get("domain") or "triangle", gram=cols.get("gram"))
+    return pd.DataFrame({"plane_id": cols["plane_id"], **stats(res)}, columns=["plane_id", *STATS_COLUMNS])
 
 
 class PlaneStoreReader(ShardReader):
@@ -178,7 +219,7 @@ class PlaneStoreReader(ShardReader):
             region_gap=get("regions/region_gap", slice(lo, hi)),
             intercept=get("regions/intercept", slice(lo, hi)).astype(np.float64) if affine else None,
             grad=get("regions/grad", slice(lo, hi)).astype(np.float64) if affine else None,
-            domain=self.domain)
+            domain=self.domain, gram=get("planes/gram") if self._has(shard, "planes/gram") else None)
 
 
 def open_plane_store(path, allow_incomplete: bool = False, deep: bool = False) -> PlaneStoreReader:

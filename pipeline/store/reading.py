@@ -33,7 +33,7 @@ log = logging.getLogger("pipeline.store.reading")
 
 # arrays added since schema 2, read as NaN from shards written before them (gap_tol: the
 # certificate's pass/fail tolerance; NaN = no verdict recorded, counted as passed)
-LATER_ARRAYS = ("segments/gap_tol", "planes/gap_tol")
+LATER_ARRAYS = ("segments/gap_tol", "planes/gap_tol", "planes/gram")
 # geometry -> (what its items are called, the function that opens its stores)
 GEOMETRIES = {"line": ("segments", "pipeline.store.lines.open_store"),
               "plane": ("planes", "pipeline.store.planes.open_plane_store")}

@@ -43,8 +43,10 @@ vertex lists), :mod:`~pipeline.engine.planes.mode` (the graph mode that cuts the
 piecewise-linear op), :mod:`~pipeline.engine.planes.cuts` (one round of cuts),
 :mod:`~pipeline.engine.planes.assemble` (pieces to regions, maps and measures),
 :mod:`~pipeline.engine.planes.certify` (the centroid certificate),
-:mod:`~pipeline.engine.planes.geometry` (polygon geometry on the host) and
-:mod:`~pipeline.engine.planes.result` (:class:`PlaneResult` and :data:`DOMAINS`).
+:mod:`~pipeline.engine.planes.geometry` (polygon geometry on the host),
+:mod:`~pipeline.engine.planes.result` (:class:`PlaneResult` and :data:`DOMAINS`) and, after
+discovery, :mod:`~pipeline.engine.planes.stats` (the partition's statistics: areas, adjacency,
+decision boundary, gradient jumps).
 """
 
 from pipeline.engine.certificate import CertificateError, CertificateWarning

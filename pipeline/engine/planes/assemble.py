@@ -28,6 +28,7 @@ class Chunk:
     d2: torch.Tensor  # x2 - x0
     input_area: np.ndarray  # (P,) |d1 ^ d2|
     f_corners: np.ndarray  # (P, C, K) the network at the domain's corners
+    gram: np.ndarray | None = None  # (P, 3) d1.d1, d1.d2, d2.d2
 
 
 @dataclass(frozen=True)
@@ -196,4 +197,4 @@ def assemble_chunk(prepared, chunk: Chunk, pieces: Pieces, *, domain: str, keep_
         n_pieces=np.bincount(pieces.plane, minlength=n_planes), dropped_pieces=pieces.dropped_pieces,
         dropped_area=pieces.dropped_area, area=merge.area, centroid=merge.centroid, vertex_offset=voff, uv=uv,
         region_gap=gap, intercept=fit.intercept if keep_affine else None, grad=grad if keep_affine else None,
-        domain=domain, gap_tol=gap_tol)
+        domain=domain, gap_tol=gap_tol, gram=chunk.gram)

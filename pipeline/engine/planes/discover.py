@@ -211,8 +211,9 @@ class _ChunkRunner:
         n_planes = x0.shape[0]
         a = self.d1.double().reshape(n_planes, -1)
         b = self.d2.double().reshape(n_planes, -1)
-        gram = (a * a).sum(1) * (b * b).sum(1) - (a * b).sum(1) ** 2
-        self.input_area = gram.clamp_min(0).sqrt().numpy()
+        aa, ab, bb = (a * a).sum(1), (a * b).sum(1), (b * b).sum(1)
+        self.gram = torch.stack([aa, ab, bb], 1).numpy()
+        self.input_area = (aa * bb - ab ** 2).clamp_min(0).sqrt().numpy()
         self.corners = torch.tensor(DOMAINS[domain].corners, dtype=torch.float64, device=prepared.device)
 
     def _corner_inputs(self, lo: int, hi: int) -> torch.Tensor:
@@ -246,7 +247,8 @@ class _ChunkRunner:
             run_graph(self.plan, mode, tile, max_vertices, emit)
         cat = lambda k: torch.cat([p[k] for p in parts]).cpu().numpy()  # noqa: E731
         chunk = Chunk(plane_index=np.arange(lo, hi), x0=self.x0[lo:hi], d1=self.d1[lo:hi], d2=self.d2[lo:hi],
-                      input_area=self.input_area[lo:hi], f_corners=f_corners.cpu().numpy())
+                      input_area=self.input_area[lo:hi], f_corners=f_corners.cpu().numpy(),
+                      gram=self.gram[lo:hi])
         pieces = Pieces(plane=cat(0), count=cat(1), uv=cat(2), f=cat(3), h1=cat(4), h2=cat(5),
                         dropped_pieces=mode.dropped_pieces.copy(), dropped_area=mode.dropped_area.copy())
         return assemble_chunk(self.prepared, chunk, pieces, domain=self.domain, keep_affine=self.keep_affine,

@@ -46,7 +46,9 @@ class PlaneResult:
     (:func:`pipeline.engine.certificate.gap_tolerance`) and ``certified (P,)`` ``continuity_gap <= gap_tol``,
     ``hull_gap (P,)`` the largest ``|hull area - area|`` of a merged region (a wrong merge
     shows here), ``n_pieces (P,)`` pieces before the merge, ``dropped_pieces (P,)`` and
-    ``dropped_area (P,)`` the slivers below ``min_area``.
+    ``dropped_area (P,)`` the slivers below ``min_area``, ``gram (P, 3)`` the plane's Gram matrix
+    ``d1.d1, d1.d2, d2.d2`` (``d1 = x1 - x0``, ``d2 = x2 - x0``: input lengths and angles in the
+    plane; None, or NaN rows, where not recorded).
     Per region: ``area (R,)`` in ``(u, v)`` units, ``centroid (R, 2)``, ``vertex_offset
     (R+1,)`` into ``uv (V, 2)`` (each polygon convex, counter-clockwise), ``region_gap (R,)`` (the
     fit's residual at the vertices, and where the centroid was evaluated in the working precision
@@ -78,6 +80,7 @@ class PlaneResult:
     grad: np.ndarray | None
     domain: str = "triangle"
     gap_tol: np.ndarray | None = None
+    gram: np.ndarray | None = None
 
     @property
     def certified(self) -> np.ndarray | None:
