@@ -50,7 +50,7 @@ from torch.overrides import TorchFunctionMode
 from pipeline.engine import allowlist, pwl
 from pipeline.engine.prepared import as_prepared
 
-__all__ = ["LocalComplexity", "local_complexity", "frame", "neighbourhood"]
+__all__ = ["LocalComplexity", "local_complexity", "frame", "neighbourhood", "segment_points", "lc_along_segments"]
 
 
 @dataclass(frozen=True)
@@ -192,3 +192,22 @@ def local_complexity(model, x: torch.Tensor, radius: float, n_dirs: int = 25, se
     per_layer = torch.cat(blocks).cpu() if blocks else torch.zeros(0, 0, dtype=torch.long)
     return LocalComplexity(per_layer.sum(1), per_layer, names or (), units or (), float(radius),
                            int(directions.shape[0]), int(seed), bool(include_centre))
+
+
+def segment_points(x0: torch.Tensor, x1: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` equally spaced points of each segment, ``x0 + (i / n) (x1 - x0)`` for ``i = 0..n-1``:
+    ``(S, n, *input_shape)``. The end is left out, so the ``M n`` points of a closed path of ``M``
+    segments are equally spaced in the segments' parameter and none is taken twice."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    t = (torch.arange(n, dtype=x0.dtype, device=x0.device) / n).reshape(1, n, *([1] * (x0.ndim - 1)))
+    return x0[:, None] + t * (x1 - x0)[:, None]
+
+
+def lc_along_segments(model, x0: torch.Tensor, x1: torch.Tensor, n: int, radius: float, n_dirs: int = 25,
+                      seed: int = 0, **options) -> torch.Tensor:
+    """Local complexity at the :func:`segment_points` of each segment: ``(S, n)`` int64 (one
+    frame for all of them). ``options``: as :func:`local_complexity`."""
+    pts = segment_points(x0, x1, n)
+    res = local_complexity(model, pts.reshape(-1, *x0.shape[1:]), radius, n_dirs, seed, **options)
+    return res.lc.reshape(x0.shape[0], n)
