@@ -72,7 +72,8 @@ class AnalysisConfig:
     local_complexity : bool
         Also compute the local complexity of Humayun et al. (2024) along every store's paths
         (:mod:`analysis.local_complexity`) into ``local_complexity.parquet``. Off by default: it
-        runs every checkpoint again (tens of seconds on the demo, cached afterwards).
+        runs every checkpoint again (about 13 s per store of 160 segments on the digits: minutes for
+        the demo; cached afterwards).
     lc_radius : float
         Radius of the cross-polytope around each point, in the network's (normalised) input units.
     lc_points : int
