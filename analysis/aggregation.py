@@ -12,6 +12,9 @@ Layout of ``out_dir``::
     tables/paired.{csv,md}         paper Table 2
     tables/noise_medians.{csv,md}  paper Fig. 5 as numbers
     tables/plane_vs_line.{csv,md}  2-D against 1-D density per network (with plane stores)
+    tables/sampling_recall.{csv,md}  sampled_density_N / density per network (with those columns)
+    local_complexity.parquet     LC per (store, path), with config.local_complexity
+    tables/lc_density.{csv,md}   Spearman of LC against density per network (the same)
     figures/*.{png,pdf}
     analysis_config.yaml   the resolved config
     aggregation.json       the last aggregation's verdict: running, failed (why) or ok, the fingerprint
@@ -49,6 +52,9 @@ TABLES = {
     "noise_medians": ("Median density and deviation over paths per noise level (paper Fig. 5)", ".4g"),
     "plane_vs_line": ("2-D against 1-D density on the same images, per network (regions per plane and per path)",
                       ".3g"),
+    "sampling_recall": ("Regions seen at N equally spaced points per segment over regions found, per network", ".3f"),
+    "lc_density": ("Local complexity (Humayun et al. 2024) against the exact density across paths, per network",
+                   ".3g"),
 }
 
 
@@ -144,6 +150,7 @@ def _aggregate(root: Path, out: Path, config: AnalysisConfig):
               "noise_medians": tables.noise_medians(table, config)}
     if len(planes):
         frames["plane_vs_line"] = plane_vs_line(table, planes)
+    frames.update(_sampling_frames(table, root, out, config, written, notes))
     written["tables"] = write_tables(frames, out / "tables", notes)
     written["figures"] = []
     if config.figures:
@@ -158,10 +165,41 @@ def _aggregate(root: Path, out: Path, config: AnalysisConfig):
             from .figures import draw_density2d
 
             written["figures"] += draw_density2d(frames["plane_vs_line"], out / "figures", config)
+        if "sampling_recall" in frames:
+            from .figures.common import save
+            from .figures.sampling import sampling_figure
+
+            fig = sampling_figure(frames["sampling_recall"], frames.get("lc_density"))
+            written["figures"] += save(fig, out / "figures", "sampling_recall", config)
     log.info("%d paths of %d stores (%d read, %d cached, %d skipped) -> %s", len(table), len(stores),
              (stores["action"] == "read").sum(), (stores["action"] == "cached").sum(),
              (stores["action"] == "skipped").sum(), out)
     return written, stores
+
+
+def _sampling_frames(table: pd.DataFrame, root: Path, out: Path, config: AnalysisConfig, written: dict,
+                     notes: list) -> dict:
+    """The sampled counts' recall (when the table has ``sampled_density_<N>`` columns) and, with
+    ``config.local_complexity``, ``local_complexity.parquet`` and LC against density
+    (:mod:`analysis.local_complexity`); stores left out are added to ``notes``."""
+    from .local_complexity import lc_paths, lc_vs_density, sampling_recall
+
+    frames = {}
+    recall = sampling_recall(table)
+    if len(recall):
+        frames["sampling_recall"] = recall
+    lc_file = out / "local_complexity.parquet"
+    if not config.local_complexity:
+        lc_file.unlink(missing_ok=True)  # from an earlier aggregation with other options: no longer true
+        return frames
+    lc, lc_notes = lc_paths(table, root, out / "cache" / "local_complexity", config)
+    notes.extend(lc_notes)
+    tmp = out / "local_complexity.parquet.tmp"
+    lc.to_parquet(tmp, index=False)
+    os.replace(tmp, lc_file)
+    written["local_complexity"] = lc_file
+    frames["lc_density"] = lc_vs_density(table, lc)
+    return frames
 
 
 def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, stores: pd.DataFrame,

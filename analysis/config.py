@@ -69,6 +69,19 @@ class AnalysisConfig:
         Choice of the three images.
     plane_color : {"class", "logit"}
         Fill regions by the predicted class, or by the logit of the class predicted at ``x0``.
+    local_complexity : bool
+        Also compute the local complexity of Humayun et al. (2024) along every store's paths
+        (:mod:`analysis.local_complexity`) into ``local_complexity.parquet``. Off by default: it
+        runs every checkpoint again (about 13 s per store of 160 segments on the digits: minutes for
+        the demo; cached afterwards).
+    lc_radius : float
+        Radius of the cross-polytope around each point, in the network's (normalised) input units.
+    lc_points : int
+        Equally spaced points per segment (one of the sampled pattern counts' 8, 32, 128, 512).
+    lc_dirs : int
+        Orthonormal directions of the cross-polytope (``2 lc_dirs`` vertices; theirs: 25).
+    lc_seed : int
+        Draws the directions.
     """
 
     scheduler: str | None = None
@@ -87,6 +100,11 @@ class AnalysisConfig:
     plane_scale: float = 0.25
     plane_seed: int = 0
     plane_color: str = "class"
+    local_complexity: bool = False  # off: it reruns every checkpoint (see the docstring)
+    lc_radius: float = 0.5
+    lc_points: int = 32  # one N of the sampled counts, the cheap one that still sees most regions
+    lc_dirs: int = 25  # Humayun et al.'s hull_n = 50 vertices
+    lc_seed: int = 0
 
     def __post_init__(self):
         if self.on_incomplete not in ON_INCOMPLETE:
@@ -99,6 +117,8 @@ class AnalysisConfig:
             raise ValueError("planes must be >= 0, plane_scale in (0, 1] and plane_color 'class' or 'logit'")
         if self.plane_seed < 0:
             raise ValueError(f"plane_seed must be >= 0, got {self.plane_seed}")
+        if not self.lc_radius > 0 or self.lc_points < 1 or self.lc_dirs < 1 or self.lc_seed < 0:
+            raise ValueError("lc_radius must be > 0, lc_points and lc_dirs >= 1 and lc_seed >= 0")
         bad = [f for f in self.formats if f not in ("png", "pdf", "svg")]
         if bad:
             raise ValueError(f"figure formats must be png, pdf or svg, got {bad}")

@@ -17,7 +17,8 @@ from analysis.tables import format_csv
 
 GOLDEN = Path(__file__).parent / "golden" / "analysis"
 ROOT = Path(__file__).resolve().parents[1]
-TABLES = ["spearman.csv", "spearman.md", "paired.csv", "paired.md", "noise_medians.csv", "noise_medians.md"]
+TABLES = ["spearman.csv", "spearman.md", "paired.csv", "paired.md", "noise_medians.csv", "noise_medians.md",
+          "sampling_recall.csv", "sampling_recall.md"]
 
 
 
