@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from pipeline.engine.kink_measures import SAMPLE_POINTS
+
 from .config import AnalysisConfig
 from .tables import GROUP, paired_differences, paired_table, spearman, noise_medians
 
@@ -31,7 +33,8 @@ MODEL_NAMES = {"vgg8": "VGG8", "resnet18": "ResNet18", "mlp": "MLP"}
 
 @dataclass(frozen=True)
 class Finding:
-    topic: str  # training | correlation | noise | noise_medians | augment | training_vs_init | test_error | double_descent
+    topic: str  # training | correlation | noise | noise_medians | augment | training_vs_init | test_error |
+    #             effective_density | sampling | double_descent
     group: str  # the architecture, as written in the text
     text: str  # "<group>: <what was found>."
     numbers: dict = field(default_factory=dict)
@@ -103,6 +106,8 @@ def findings(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()) -> 
         out += _augment(fractions, label)
         out += _trained_vs_init(fractions, label)
         out += _test_error(trained, label)
+        out += _effective(fractions, trained, label)
+        out += _sampling(trained, label)
     dd = table[table["setting"] == "double_descent"]
     for k, rows in dd.groupby(["dataset", "model", "paths", "path_set"], sort=True):
         out += _double_descent(rows, dict(zip(["dataset", "model", "paths", "path_set"], k)), config)
@@ -118,6 +123,11 @@ def _networks(rows: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     net = g[["setting", "noise", "seed", "width", "train_error", "test_error", "epochs"]].first()
     net["median_density"] = g["density"].median()
     net["median_deviation"] = g["deviation"].median()
+    if "effective_density" in r:
+        net["median_effective_density"] = g["effective_density"].median()
+    for n in SAMPLE_POINTS:
+        if f"sampled_density_{n}" in r:
+            net[f"recall_{n}"] = g[f"sampled_density_{n}"].sum() / g["density"].sum()
     net["rho"] = g.apply(lambda d: spearman(d["density"], d["deviation"]), include_groups=False)
     net["n_paths"] = g.size()
     return net.reset_index()
@@ -262,6 +272,65 @@ def _test_error(net, label) -> list[Finding]:
             f"with median deviation (ρ = {r_dev:.2f}) and {strength(r_den)} one with median density "
             f"(ρ = {r_den:.2f}).")
     return [Finding("test_error", label, text, {"networks": len(net), "rho_deviation": r_dev, "rho_density": r_den})]
+
+
+def _mean_frac(paired, comparison: str, measure: str) -> float:
+    rows = _fractions(paired, comparison)
+    col = f"frac_{measure}_mean"
+    if rows.empty or col not in rows:
+        return math.nan
+    return float(rows[col].mean())
+
+
+def _effective(paired, net, label) -> list[Finding]:
+    """Effective density (regions weighted by their slope jumps: the paper's open question)
+    against density and deviation, on the statistics the other sentences use."""
+    parts, verdicts, numbers = [], [], {}
+    for comparison, what in (("noise vs clean", "added label noise"), ("augment vs vanilla", "data augmentation")):
+        eff, den, dev = (_mean_frac(paired, comparison, m) for m in ("effective_density", "density", "deviation"))
+        if math.isnan(eff):
+            continue
+        parts.append(f"{what} raises it on {_pct(eff)} of paths (density: {_pct(den)}, deviation: {_pct(dev)}"
+                     f"{', mean over noise levels' if comparison == 'noise vs clean' else ''})")
+        verdicts.append(f"{what} {_than(eff, den, dev)}")
+        numbers[comparison] = {"effective_density": eff, "density": den, "deviation": dev}
+    if len(net) >= 3 and net["test_error"].nunique() >= 2 and "median_effective_density" in net \
+            and net["median_effective_density"].notna().all():
+        r = {m: spearman(net[f"median_{m}"], net["test_error"]) for m in ("effective_density", "density", "deviation")}
+        parts.append(f"across the {len(net)} trained networks its median has ρ = {r['effective_density']:.2f} with test "
+                     f"error (density: {r['density']:.2f}, deviation: {r['deviation']:.2f})")
+        abs_r = {m: abs(v) if not math.isnan(v) else math.nan for m, v in r.items()}
+        verdicts.append(f"test error {_than(abs_r['effective_density'], abs_r['density'], abs_r['deviation'])}")
+        numbers["test_error_rho"] = r
+    if not parts:
+        return []
+    text = (f"{label}: weighting each region boundary by the jump of the slope there (effective density, "
+            f"docs/design.md), {'; '.join(parts)}. Effective density tracks {'; '.join(verdicts)}.")
+    return [Finding("effective_density", label, text, numbers)]
+
+
+def _than(eff: float, den: float, dev: float) -> str:
+    """``more/less/as closely than density and ... deviation`` for comparable scores."""
+    def word(other):
+        if math.isnan(other):
+            return "n/a against"
+        return "better than" if eff > other else "worse than" if eff < other else "as well as"
+    return f"{word(den)} density and {word(dev)} deviation"
+
+
+def _sampling(net, label) -> list[Finding]:
+    """How many of the exact regions N equally spaced points per segment find (the paper's
+    Section 2.2 critique of sampled counts), per trained network."""
+    cols = [n for n in SAMPLE_POINTS if f"recall_{n}" in net]
+    if net.empty or not cols:
+        return []
+    med = {n: float(net[f"recall_{n}"].median()) for n in cols}
+    worst = {n: float(net[f"recall_{n}"].min()) for n in cols}
+    text = (f"{label}: counting distinct regions at N equally spaced points per segment, as sampled estimates do, "
+            f"finds {', '.join(f'{_pct(med[n])} at N = {n}' for n in cols)} of the regions the exact method finds "
+            f"(median over {len(net)} trained network{'s' if len(net) > 1 else ''}; the lowest: "
+            f"{', '.join(_pct(worst[n]) for n in cols)}).")
+    return [Finding("sampling", label, text, {"recall_median": med, "recall_min": worst})]
 
 
 def _double_descent(rows, keys, config) -> list[Finding]:

@@ -36,8 +36,10 @@ log = logging.getLogger("analysis.tables")
 
 # what makes results comparable at all: the same data, architecture and path set
 GROUP = ["dataset", "model", "width", "paths", "path_set"]
-PAIRED_MEASURES = ["density", "density_per_length", "deviation", "total_variation"]
-MEDIAN_MEASURES = ["density", "density_per_length", "deviation"]
+# effective_density (docs/design.md, "Kinks along a path"): regions weighted by their slope jumps,
+# the paper's open question; NaN where a store kept no affine maps, and then left out of fractions
+PAIRED_MEASURES = ["density", "density_per_length", "deviation", "total_variation", "effective_density"]
+MEDIAN_MEASURES = ["density", "density_per_length", "deviation", "effective_density"]
 VANILLA, AUGMENT, NOISY = "vanilla", "augment", "noisy"
 
 
@@ -107,6 +109,11 @@ def clean_reference(trained: pd.DataFrame, order=(NOISY, VANILLA)) -> pd.DataFra
     return clean[rank == best]
 
 
+def present(measures, table: pd.DataFrame) -> list:
+    """The ``measures`` ``table`` has (a table aggregated before a measure existed lacks it)."""
+    return [m for m in measures if m in table.columns]
+
+
 def _pairs(after: pd.DataFrame, before: pd.DataFrame, on: list, comparison: str, reference) -> pd.DataFrame:
     labels = GROUP + ["setting", "noise", "seed", "path_id"]
     try:
@@ -121,7 +128,7 @@ def _pairs(after: pd.DataFrame, before: pd.DataFrame, on: list, comparison: str,
         return pd.DataFrame()
     out = []
     ref = m["setting_ref"] if reference is None else reference
-    for measure in PAIRED_MEASURES:
+    for measure in present(PAIRED_MEASURES, m):
         b, a = m[f"{measure}_ref"].astype(float), m[measure].astype(float)
         out.append(m[labels].assign(comparison=comparison, reference=ref, measure=measure, before=b.to_numpy(),
                                     after=a.to_numpy(), difference=(a - b).to_numpy()))
@@ -173,14 +180,15 @@ def paired_table(pairs: pd.DataFrame) -> pd.DataFrame:
     network pair, then mean ± std over seeds.
 
     Columns: ``comparison``, ``reference``, ``GROUP``, ``setting``, ``noise``, ``n_seeds``,
-    ``n_paths``, and ``frac_<measure>_{mean,std}`` for density, density per length, deviation
-    and total variation.
+    ``n_paths``, and ``frac_<measure>_{mean,std}`` for density, density per length, deviation,
+    total variation and effective density (a fraction over the pairs where the measure is defined).
     """
     keys = ["comparison", "reference"] + GROUP + ["setting", "noise"]
-    values = [f"frac_{m}" for m in PAIRED_MEASURES]
+    values = [f"frac_{m}" for m in PAIRED_MEASURES if pairs.empty or m in set(pairs["measure"])]
     if pairs.empty:
         return summarize(pd.DataFrame(columns=keys + ["seed", "n_paths"] + values), keys, values)
-    up = pairs.assign(up=(pairs["difference"] > 0).astype(float))
+    # a pair whose measure is undefined (NaN: no affine maps) is no evidence either way
+    up = pairs.assign(up=(pairs["difference"] > 0).astype(float).where(pairs["difference"].notna()))
     per = up.groupby(keys + ["seed", "measure"], dropna=False, sort=True).agg(frac=("up", "mean"),
                                                                                n_paths=("up", "size"))
     wide = per["frac"].unstack("measure").rename(columns=lambda m: f"frac_{m}")
@@ -194,10 +202,11 @@ def noise_medians(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()
     only data/architecture/path-set groups with ``noisy`` networks appear.
 
     Columns: ``GROUP``, ``noise``, ``setting``, ``n_seeds``, ``n_paths``, and
-    ``median_<measure>_{mean,std}`` for density, density per length and deviation.
+    ``median_<measure>_{mean,std}`` for density, density per length, deviation and effective density.
     """
     keys = GROUP + ["noise", "setting"]
-    values = [f"median_{m}" for m in MEDIAN_MEASURES]
+    measures = present(MEDIAN_MEASURES, table)
+    values = [f"median_{m}" for m in measures]
     trained = table[table["checkpoint"] == config.trained]
     noisy = trained[(trained["setting"] == NOISY) & (trained["noise"] > 0)]
     clean = clean_reference(trained, config.noise_reference)
@@ -206,7 +215,7 @@ def noise_medians(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()
     if rows.empty:
         return summarize(pd.DataFrame(columns=keys + ["seed", "n_paths"] + values), keys, values)
     per = rows.groupby(keys + ["seed", "run_id"], dropna=False, sort=True).agg(
-        n_paths=("path_id", "size"), **{f"median_{m}": (m, "median") for m in MEDIAN_MEASURES})
+        n_paths=("path_id", "size"), **{f"median_{m}": (m, "median") for m in measures})
     return summarize(per.reset_index(), keys, values)
 
 

@@ -155,3 +155,33 @@ def test_training_sentence_counts_the_networks_that_did_not_fit():
     table["train_error"] = 0.0
     t = _by_topic(findings(table))["training"]
     assert "all 4 networks trained on noisy labels reached 100% training accuracy" in t.text
+
+
+def test_effective_density_and_sampling_sentences_quote_their_numbers():
+    """Effective density raised by noise on every path (density on 3 of 10), lowered by
+    augmentation on every path; sampled counts a known fraction of the exact ones."""
+    table = _table()
+    bump = (table["setting"] == "noisy") & (table["checkpoint"] == "final")
+    table["effective_density"] = 0.5 * table["density"] + np.where(bump, 100.0, 0.0)
+    for n in (8, 32, 128, 512):
+        table[f"sampled_density_{n}"] = np.floor(table["density"] * n / (n + 8))
+    topics = _by_topic(findings(table))
+    eff = topics["effective_density"]
+    assert eff.numbers["noise vs clean"] == {"effective_density": 1.0, "density": 0.3, "deviation": 1.0}
+    assert eff.numbers["augment vs vanilla"] == {"effective_density": 0.0, "density": 0.0, "deviation": 0.0}
+    assert "added label noise raises it on 100% of paths (density: 30%, deviation: 100%" in eff.text
+    assert "tracks added label noise better than density and as well as deviation" in eff.text
+    trained = table[table["checkpoint"] == "final"]
+    per = trained.groupby("run_id").agg(e=("effective_density", "median"), t=("test_error", "first"))
+    rho = per["e"].rank().corr(per["t"].rank())
+    assert eff.numbers["test_error_rho"]["effective_density"] == pytest.approx(rho)
+    assert f"ρ = {rho:.2f} with test error" in eff.text
+    sampling = topics["sampling"]
+    sums = trained.groupby("run_id")[["density", "sampled_density_8", "sampled_density_512"]].sum()
+    for n in (8, 512):
+        recall = sums[f"sampled_density_{n}"] / sums["density"]
+        assert sampling.numbers["recall_median"][n] == pytest.approx(recall.median())
+        assert sampling.numbers["recall_min"][n] == pytest.approx(recall.min())
+    assert "at N = 8" in sampling.text and "of the regions the exact method finds" in sampling.text
+    # a table without the new columns (aggregated before they existed) says nothing of them
+    assert not {"effective_density", "sampling"} & set(_by_topic(findings(_table())))

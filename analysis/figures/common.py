@@ -16,6 +16,7 @@ LABELS = {
     "density_per_length": "density per unit length",
     "deviation": "absolute deviation (L2 over logits)",
     "total_variation": "total variation (L2 over logits)",
+    "effective_density": "effective density (regions weighted by slope jump)",
     "train_error": "train error",
     "test_error": "test error",
     "test_loss": "test loss",

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..config import AnalysisConfig
-from ..tables import PAIRED_MEASURES
+from ..tables import PAIRED_MEASURES, present
 from .common import LABELS, curve_label, style
 
 __all__ = ["ecdf_figure", "noise_figure", "test_loss_figure", "double_descent_figure", "density2d_figure",
@@ -65,10 +65,19 @@ def noise_figure(medians: pd.DataFrame, title: str = "") -> Figure:
     return style(fig)
 
 
+def _measure_axes(fig: Figure) -> list:
+    """One panel per paired measure, three to a row (the grid's spare panels removed)."""
+    rows = -(-len(PAIRED_MEASURES) // 3)
+    axes = list(fig.subplots(rows, 3).ravel())
+    for ax in axes[len(PAIRED_MEASURES):]:
+        ax.remove()
+    return axes[:len(PAIRED_MEASURES)]
+
+
 def _per_network(rows: pd.DataFrame) -> pd.DataFrame:
     keys = ["run_id", "checkpoint", "path_set", "setting", "noise", "seed", "dataset", "model", "width"]
     return rows.groupby(keys, sort=True, dropna=False).agg(
-        **{m: (m, "median") for m in PAIRED_MEASURES},
+        **{m: (m, "median") for m in present(PAIRED_MEASURES, rows)},
         **{c: (c, "first") for c in ("train_error", "test_error", "test_loss")}).reset_index()
 
 
@@ -76,11 +85,13 @@ def test_loss_figure(rows: pd.DataFrame, config: AnalysisConfig = AnalysisConfig
     """Each measure (median over paths of each trained network) against the network's test
     loss, over all networks of the rows given; one colour per setting, one marker per model."""
     nets = _per_network(rows[rows["checkpoint"] == config.trained])
-    fig = Figure(figsize=(10, 8), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    fig = Figure(figsize=(15, 8), layout="constrained")
+    axes = _measure_axes(fig)
     markers = dict(zip(sorted(nets["model"].unique()), "osD^vP*X"))
     colors = {s: f"C{i % 10}" for i, s in enumerate(sorted(nets["setting"].unique()))}
     for ax, measure in zip(axes, PAIRED_MEASURES):
+        if measure not in nets:
+            continue
         for (setting, model), g in nets.groupby(["setting", "model"], sort=True):
             ax.scatter(g["test_loss"], g[measure], marker=markers[model], color=colors[setting],
                        label=f"{setting} · {model}", alpha=0.8)
@@ -93,14 +104,17 @@ def test_loss_figure(rows: pd.DataFrame, config: AnalysisConfig = AnalysisConfig
 
 
 def double_descent_figure(rows: pd.DataFrame, config: AnalysisConfig = AnalysisConfig(), title: str = "") -> Figure:
-    """Median deviation, median density, train and test error vs model width (the
+    """Median deviation, density and effective density, train and test error vs model width (the
     double-descent sweep), mean ± std over seeds, log-2 width axis."""
     nets = _per_network(rows[rows["checkpoint"] == config.trained])
     per_width = nets.groupby("width", sort=True)
-    fig = Figure(figsize=(10, 8), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
-    panels = [("deviation", "median "), ("density", "median "), ("train_error", ""), ("test_error", "")]
+    fig = Figure(figsize=(15, 8), layout="constrained")
+    axes = _measure_axes(fig)
+    panels = [("deviation", "median "), ("density", "median "), ("effective_density", "median "),
+              ("train_error", ""), ("test_error", "")]
     for ax, (col, prefix) in zip(axes, panels):
+        if col not in nets:
+            continue
         mean, std = per_width[col].mean(), per_width[col].std(ddof=1).fillna(0.0)
         ax.errorbar(mean.index, mean.to_numpy(), yerr=std.to_numpy(), marker="o", capsize=3)
         ax.set_xscale("log", base=2)
@@ -148,8 +162,8 @@ def density2d_figure(per_network: pd.DataFrame, title: str = "") -> Figure:
 def paired_hist_figure(pairs: pd.DataFrame, title: str = "") -> Figure:
     """Histograms of the paired differences (after − before) per measure, one outline per
     setting and noise level (seeds pooled); the dashed line marks no change."""
-    fig = Figure(figsize=(10, 8), layout="constrained")
-    axes = fig.subplots(2, 2).ravel()
+    fig = Figure(figsize=(15, 8), layout="constrained")
+    axes = _measure_axes(fig)
     for ax, measure in zip(axes, PAIRED_MEASURES):
         d = pairs[pairs["measure"] == measure]
         if d.empty:
