@@ -41,7 +41,8 @@ PLANE_TABLE_COLUMNS = (LABEL_COLUMNS + list(PLANE_COLUMNS) + list(STATS_COLUMNS)
                        + ["store", "store_complete"])
 NETWORK_KEYS = ["dataset", "model", "width", "setting", "noise", "seed", "checkpoint", "run_id"]
 COMPARE_COLUMNS = NETWORK_KEYS + ["paths", "path_set", "planes", "plane_set", "n_images", "density_1d",
-                                  "regions_2d", "density_2d_input", "rho_density", "rho_deviation"]
+                                  "regions_2d", "density_2d_input", "rho_density", "rho_deviation",
+                                  "effective_regions_2d", "boundary_length_2d", "boundary_pieces_2d"]
 
 
 def find_plane_stores(root) -> list[Path]:
@@ -131,7 +132,9 @@ def plane_vs_line(paths: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
     ``regions_2d`` the median of the plane's region count, ``density_2d_input`` the median
     regions per unit input-space area; ``rho_density`` Spearman over the images between the
     path's density and the plane's region count, ``rho_deviation`` between the two absolute
-    deviations (NaN with fewer than 3 images).
+    deviations (NaN with fewer than 3 images); ``effective_regions_2d``, ``boundary_length_2d``
+    (input units) and ``boundary_pieces_2d`` the medians over the planes of their partition
+    statistics (``docs/design.md``, "Plane partition statistics"; NaN where not stored).
     """
     if planes.empty or paths.empty:
         return pd.DataFrame(columns=COMPARE_COLUMNS)
@@ -148,8 +151,14 @@ def plane_vs_line(paths: pd.DataFrame, planes: pd.DataFrame) -> pd.DataFrame:
                      "density_1d": float(g["density"].median()), "regions_2d": float(g["n_regions"].median()),
                      "density_2d_input": float(g["density_input"].median()),
                      "rho_density": spearman(g["density"], g["n_regions"]) if n >= 3 else np.nan,
-                     "rho_deviation": spearman(g["deviation"], g["deviation_2d"]) if n >= 3 else np.nan})
+                     "rho_deviation": spearman(g["deviation"], g["deviation_2d"]) if n >= 3 else np.nan,
+                     **{f"{c}_2d": _median(g, c) for c in ("effective_regions", "boundary_pieces")},
+                     "boundary_length_2d": _median(g, "boundary_length_input")})
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def _median(g: pd.DataFrame, column: str) -> float:
+    return float(g[column].median()) if column in g and g[column].notna().any() else np.nan
 
 
 def plane_findings(per_network: pd.DataFrame) -> list[Finding]:
@@ -172,7 +181,17 @@ def plane_findings(per_network: pd.DataFrame) -> list[Finding]:
                 f"network{'s' if len(g) > 1 else ''})")
         if not np.isnan(across):
             text += f", and {strength(across)} one network by network (Spearman {across:.2f} between their medians)"
+        eff = float(g["effective_regions_2d"].median()) if "effective_regions_2d" in g else np.nan
+        if not np.isnan(eff):
+            text += (f". By area, a plane's {g['regions_2d'].median():.0f} regions count as {eff:.1f} (the median "
+                     "effective number, exp(entropy) of the area shares: a few large regions hold most of the plane)")
+        pieces = float(g["boundary_pieces_2d"].median()) if "boundary_pieces_2d" in g else np.nan
+        if not np.isnan(pieces):
+            length = float(g["boundary_length_2d"].median())
+            text += (f"; the decision boundary inside a plane runs in {pieces:.0f} piece{'s' if pieces != 1 else ''}"
+                     + (f" of total input-space length {length:.3g}" if not np.isnan(length) else "") + " (medians)")
         out.append(Finding("planes", label, text + ".", {"checkpoint": k[5], "planes": k[6], "plane_set": k[7],
                                                          "rho_images_median": images, "rho_networks": across,
-                                                         "networks": len(g)}))
+                                                         "networks": len(g), "effective_regions_median": eff,
+                                                         "boundary_pieces_median": pieces}))
     return out

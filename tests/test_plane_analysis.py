@@ -37,6 +37,14 @@ def test_planes_and_paths_are_matched_image_by_image():
     assert plane_vs_line(*_frames(kind="noise")).empty and plane_vs_line(*_frames(split="test")).empty
     text = plane_findings(out)[0].text
     assert "a strong positive rank correlation image by image (median Spearman 1.00 over 1 network)" in text
+    assert np.isnan(row["effective_regions_2d"]) and "effective number" not in text  # no statistics stored
+    # with the partition statistics: their medians over the planes, and the sentence quotes them
+    stats = planes.assign(effective_regions=[10.0, 30.0, 20.0, 40.0], boundary_pieces=[1, 3, 2, 2],
+                          boundary_length_input=[1.0, 2.0, 3.0, 4.0])
+    row = plane_vs_line(paths, stats).iloc[0]
+    assert (row["effective_regions_2d"], row["boundary_pieces_2d"], row["boundary_length_2d"]) == (25.0, 2.0, 2.5)
+    text = plane_findings(plane_vs_line(paths, stats))[0].text
+    assert "a plane's 250 regions count as 25.0" in text and "runs in 2 pieces of total input-space length 2.5" in text
 
 
 def test_a_sweep_with_planes_writes_resumes_and_compares_them(tmp_path):
