@@ -183,10 +183,14 @@ def plane_findings(per_network: pd.DataFrame) -> list[Finding]:
             text += f", and {strength(across)} one network by network (Spearman {across:.2f} between their medians)"
         eff = float(g["effective_regions_2d"].median()) if "effective_regions_2d" in g else np.nan
         if not np.isnan(eff):
-            text += (f". By area, a plane's {g['regions_2d'].median():.0f} regions count as {eff:.1f} (the median "
-                     "effective number, exp(entropy) of the area shares: a few large regions hold most of the plane)")
+            regions = float(g["regions_2d"].median())
+            text += (f". By area, a plane's {regions:.0f} regions count as {eff:.1f} (the median effective number, "
+                     "exp(entropy) of the area shares" + (": a few large regions hold most of the plane)"
+                                                          if eff < 0.5 * regions else ")"))
         pieces = float(g["boundary_pieces_2d"].median()) if "boundary_pieces_2d" in g else np.nan
-        if not np.isnan(pieces):
+        if pieces == 0:
+            text += "; on the median plane no decision boundary crosses it (one class throughout)"
+        elif not np.isnan(pieces):
             length = float(g["boundary_length_2d"].median())
             text += (f"; the decision boundary inside a plane runs in {pieces:.0f} piece{'s' if pieces != 1 else ''}"
                      + (f" of total input-space length {length:.3g}" if not np.isnan(length) else "") + " (medians)")
