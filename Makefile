@@ -19,10 +19,10 @@ demo: venv
 	$(PY) -m jobs demo
 
 test: venv-dev
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=15
 
 test-fast: venv-dev
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: venv
 	$(PY) bench/engine.py

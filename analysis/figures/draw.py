@@ -96,6 +96,7 @@ def draw_planes(planes, out_dir, config: AnalysisConfig = AnalysisConfig()) -> l
         t0 = time.perf_counter()
         p, res = run.plane, run.plane["result"]
         fig = plane_figure(res, images=p["corners"], color=config.plane_color, labels=plane_labels(p),
+                           boundary=res.intercept is not None,  # the decision boundary inside the plane
                            title=f"{run.model} · {run.setting}, seed {run.seed} · {run.checkpoint} · run {run.run_id}")
         written += save(fig, out, run.name, config)
         drawn = time.perf_counter() - t0
