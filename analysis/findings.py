@@ -125,6 +125,8 @@ def _networks(rows: pd.DataFrame, checkpoint: str) -> pd.DataFrame:
     net["median_deviation"] = g["deviation"].median()
     if "effective_density" in r:
         net["median_effective_density"] = g["effective_density"].median()
+    if "cos_median" in r:
+        net["median_cos"] = g["cos_median"].median()
     for n in SAMPLE_POINTS:
         if f"sampled_density_{n}" in r:
             net[f"recall_{n}"] = g[f"sampled_density_{n}"].sum() / g["density"].sum()
@@ -234,8 +236,14 @@ def _noise_medians(medians, label) -> list[Finding]:
     seq = " → ".join(_p(p) for p in ps)
     text = (f"{label}: with label noise {seq}, the median deviation over paths {_trend(dev)} "
             f"({' → '.join(_num(v) for v in dev)}), the median density {_trend(den)} "
-            f"({' → '.join(_num(v) for v in den)}).")
-    return [Finding("noise_medians", label, text, {"noise": ps, "median_deviation": dev, "median_density": den})]
+            f"({' → '.join(_num(v) for v in den)})")
+    numbers = {"noise": ps, "median_deviation": dev, "median_density": den}
+    if "median_cos_median_mean" in m and m["median_cos_median_mean"].notna().all():
+        cos = [float(v) for v in m["median_cos_median_mean"]]
+        text += (f"; local similarity (the median cosine between the slopes of adjacent regions) "
+                 f"{_trend(cos)} ({' → '.join(f'{v:.3f}' for v in cos)})")
+        numbers["median_cos"] = cos
+    return [Finding("noise_medians", label, text + ".", numbers)]
 
 
 def _augment(paired, label) -> list[Finding]:
@@ -337,10 +345,18 @@ def _double_descent(rows, keys, config) -> list[Finding]:
     net = _networks(rows, config.trained)
     if net["width"].nunique() < 3:
         return []
-    by = net.groupby("width")[["test_error", "median_deviation", "median_density"]].mean().sort_index()
-    peak = {c: int(by[c].idxmax()) for c in by.columns}
+    cols = ["test_error", "median_deviation", "median_density"]
+    by = net.groupby("width")[cols + (["median_cos"] if "median_cos" in net else [])].mean().sort_index()
+    peak = {c: int(by[c].idxmax()) for c in cols}
     label = f"{MODEL_NAMES.get(keys['model'], keys['model'])} on {keys['dataset']} (double descent)"
     text = (f"{label}: over widths {int(by.index.min())}–{int(by.index.max())}, test error peaks at width "
             f"{peak['test_error']} ({_pct(float(by['test_error'].max()))}); median deviation peaks at width "
-            f"{peak['median_deviation']}, median density at width {peak['median_density']}.")
-    return [Finding("double_descent", label, text, {"peaks": peak, "widths": [int(w) for w in by.index]})]
+            f"{peak['median_deviation']}, median density at width {peak['median_density']}")
+    numbers = {"peaks": peak, "widths": [int(w) for w in by.index]}
+    if "median_cos" in by and by["median_cos"].notna().all():
+        at_peak, widest = float(by["median_cos"].loc[peak["test_error"]]), float(by["median_cos"].iloc[-1])
+        text += (f"; local similarity (median cosine between adjacent regions' slopes) is {at_peak:.3f} at the test-"
+                 f"error peak and {widest:.3f} at width {int(by.index.max())}, "
+                 f"{'higher' if widest > at_peak else 'lower' if widest < at_peak else 'the same'} past it")
+        numbers["cos_at_peak"], numbers["cos_widest"] = at_peak, widest
+    return [Finding("double_descent", label, text + ".", numbers)]

@@ -39,7 +39,9 @@ GROUP = ["dataset", "model", "width", "paths", "path_set"]
 # effective_density (docs/design.md, "Kinks along a path"): regions weighted by their slope jumps,
 # the paper's open question; NaN where a store kept no affine maps, and then left out of fractions
 PAIRED_MEASURES = ["density", "density_per_length", "deviation", "total_variation", "effective_density"]
-MEDIAN_MEASURES = ["density", "density_per_length", "deviation", "effective_density"]
+# cos_median: local similarity, the median cosine between the slopes adjacent regions have along a
+# path (docs/design.md): the paper's claim that regions grow locally similar past interpolation
+MEDIAN_MEASURES = ["density", "density_per_length", "deviation", "effective_density", "cos_median"]
 VANILLA, AUGMENT, NOISY = "vanilla", "augment", "noisy"
 
 
@@ -202,7 +204,8 @@ def noise_medians(table: pd.DataFrame, config: AnalysisConfig = AnalysisConfig()
     only data/architecture/path-set groups with ``noisy`` networks appear.
 
     Columns: ``GROUP``, ``noise``, ``setting``, ``n_seeds``, ``n_paths``, and
-    ``median_<measure>_{mean,std}`` for density, density per length, deviation and effective density.
+    ``median_<measure>_{mean,std}`` for density, density per length, deviation, effective density and
+    the local similarity ``cos_median``.
     """
     keys = GROUP + ["noise", "setting"]
     measures = present(MEDIAN_MEASURES, table)

@@ -185,3 +185,22 @@ def test_effective_density_and_sampling_sentences_quote_their_numbers():
     assert "at N = 8" in sampling.text and "of the regions the exact method finds" in sampling.text
     # a table without the new columns (aggregated before they existed) says nothing of them
     assert not {"effective_density", "sampling"} & set(_by_topic(findings(_table())))
+
+
+def test_local_similarity_with_noise_and_past_the_double_descent_peak():
+    table = _table()
+    final = table["checkpoint"] == "final"
+    table["cos_median"] = np.where(final, 0.9 - 0.2 * table["noise"], 0.5)
+    text = _by_topic(findings(table))["noise_medians"].text
+    assert "local similarity (the median cosine between the slopes of adjacent regions) falls at every step " \
+           "(0.900 → 0.800 → 0.700)" in text
+    # double descent: test error peaks at width 4; local similarity lowest there, highest at the widest
+    parts = []
+    for width, te, cos in ((2, 0.3, 0.5), (4, 0.5, 0.4), (8, 0.2, 0.6), (16, 0.1, 0.8)):
+        net = _net(f"dd{width}", "double_descent", 0.2, 0, "final", np.arange(N_PATHS) + 10, np.ones(N_PATHS),
+                   test_error=te, width=width)
+        parts.append(net.assign(cos_median=cos))
+    dd = _by_topic(findings(pd.concat(parts, ignore_index=True)))["double_descent"]
+    assert dd.numbers["peaks"]["test_error"] == 4
+    assert (dd.numbers["cos_at_peak"], dd.numbers["cos_widest"]) == (0.4, 0.8)
+    assert "is 0.400 at the test-error peak and 0.800 at width 16, higher past it" in dd.text
