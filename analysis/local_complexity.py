@@ -29,7 +29,6 @@ demo's 40 stores. The aggregation does not call it unless asked (``AnalysisConfi
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -39,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from .config import AnalysisConfig
+from .npz_cache import load_arrays, save_arrays
 from .figures.common import slug
 
 __all__ = ["CACHE_SCHEMA", "LC_COLUMNS", "SAMPLED_N", "lc_paths", "store_lc", "lc_vs_density", "sampling_recall"]
@@ -145,25 +145,17 @@ def lc_paths(table: pd.DataFrame, root, cache_dir, config: AnalysisConfig = Anal
 
 
 def _save(file: Path, key: str, got: dict) -> None:
-    from pipeline.atomic import write_atomic
-
-    file.parent.mkdir(parents=True, exist_ok=True)
-    blob = io.BytesIO()
-    np.savez(blob, path_id=got["path_id"], lc_mean=got["lc_mean"], seconds=np.asarray(got["seconds"]),
-             key=np.asarray(key))
-    write_atomic(file, blob.getvalue())
+    save_arrays(file, key, {"path_id": got["path_id"], "lc_mean": got["lc_mean"], "seconds": got["seconds"]})
 
 
 def _load(file: Path, key: str) -> dict | None:
-    if not file.is_file():
+    data = load_arrays(file, key, "local complexity cache")
+    if data is None:
         return None
     try:
-        with np.load(file, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                return None
-            return {"path_id": z["path_id"], "lc_mean": z["lc_mean"], "seconds": float(z["seconds"])}
-    except (OSError, ValueError, KeyError) as err:  # a damaged cache is recomputed, never trusted
-        log.warning("local complexity cache %s is unreadable (%s): computing it again", file, err)
+        return {"path_id": data["path_id"], "lc_mean": data["lc_mean"], "seconds": float(data["seconds"])}
+    except KeyError as err:  # written by another version: recomputed
+        log.warning("local complexity cache %s lacks %s: computing it again", file, err)
         return None
 
 

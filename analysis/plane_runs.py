@@ -21,7 +21,6 @@ regions.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -32,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .config import AnalysisConfig
+from .npz_cache import load_arrays, save_arrays
 from .figures.common import slug
 
 __all__ = ["PlaneRun", "PlaneRuns", "choose_runs", "plane_runs", "CACHE_SCHEMA"]
@@ -152,39 +152,26 @@ def _plane_run(model: str, run_dir: Path, r, cache_dir: Path, config: AnalysisCo
 
 def _save(file: Path, key: str, plane: dict, total_seconds: float) -> None:
     """One ``.npz``: the PlaneResult's arrays as ``result.<field>`` (None fields left out), the
-    rest of ``plane`` and the key; written atomically (:func:`pipeline.atomic.write_atomic`)."""
-    from pipeline.atomic import write_atomic
-
+    rest of ``plane`` and the key (:func:`analysis.npz_cache.save_arrays`)."""
     res = plane["result"]
     arrays = {f"result.{f.name}": np.asarray(getattr(res, f.name)) for f in fields(res)
               if getattr(res, f.name) is not None}
     arrays.update({k: np.asarray(v) for k, v in plane.items() if k not in ("result", "corners")})
-    arrays.update(corners=np.stack(plane["corners"]), total_seconds=np.asarray(total_seconds), key=np.asarray(key))
-    file.parent.mkdir(parents=True, exist_ok=True)
-    blob = io.BytesIO()
-    np.savez(blob, **arrays)
-    write_atomic(file, blob.getvalue())
+    arrays.update(corners=np.stack(plane["corners"]), total_seconds=np.asarray(total_seconds))
+    save_arrays(file, key, arrays)
 
 
 def _load(file: Path, key: str) -> dict | None:
     """``plane`` and ``total_seconds`` from ``file`` if it exists and holds ``key``; else None."""
     from pipeline.engine.planes import PlaneResult
 
-    if not file.is_file():
-        return None
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            if str(z["key"]) != key:
-                log.info("plane cache %s: its checkpoint or options changed, computing it again", file)
-                return None
-            data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, KeyError) as err:  # a damaged cache is recomputed, never trusted
-        log.warning("plane cache %s is unreadable (%s): computing it again", file, err)
+    data = load_arrays(file, key, "plane cache")
+    if data is None:
         return None
     value = {k[len("result."):]: v.item() if v.dtype.kind == "U" else v for k, v in data.items()
              if k.startswith("result.")}
     result = PlaneResult(**{f.name: value.get(f.name) for f in fields(PlaneResult)})  # left out: None
     plane = {k: v.item() if v.ndim == 0 else v for k, v in data.items()
-             if not k.startswith("result.") and k not in ("key", "total_seconds", "corners")}
+             if not k.startswith("result.") and k not in ("total_seconds", "corners")}
     plane.update(result=result, corners=list(data["corners"]))
     return {"plane": plane, "total_seconds": float(data["total_seconds"])}
