@@ -94,6 +94,15 @@ class PlaneShardWriter(ShardFolder):
         self._close_chunk(res, lo, hi, res.plane_offset, res.total_regions)
 
 
+def _read_shard(store, shard: int, keys) -> tuple[dict, dict]:
+    """A plane store's attributes and the arrays ``keys`` (or ``keys(attrs)``) of one complete
+    shard, checked deeply against the manifest (:func:`pipeline.store.reading.read_checked`)."""
+    store = Path(store)
+    attrs = store_attrs(store)
+    check_geometry(store, attrs, "plane")
+    return attrs, read_checked(store, shard, keys(attrs) if callable(keys) else keys)
+
+
 def plane_table(store, shard: int) -> pd.DataFrame:
     """One row per plane of a complete shard (``PLANE_COLUMNS``), from its per-plane arrays
     alone, checked deeply against the manifest first (they are small). ``deviation`` is the
@@ -107,10 +116,7 @@ def plane_table(store, shard: int) -> pd.DataFrame:
     """
     from pipeline.engine.planes import domain_area
 
-    store = Path(store)
-    attrs = store_attrs(store)
-    check_geometry(store, attrs, "plane")
-    cols = read_checked(store, shard, [f"planes/{name}" for name in TABLE_ARRAYS])
+    attrs, cols = _read_shard(store, shard, [f"planes/{name}" for name in TABLE_ARRAYS])
     if "gap_tol" not in cols:  # written before the tolerance was recorded: no verdict
         cols["gap_tol"] = np.full(cols["plane_id"].size, np.nan)
     area = domain_area(attrs.get("domain") or "triangle")  # none recorded: PlaneResult's default
@@ -136,13 +142,10 @@ def plane_stats_table(store, shard: int) -> pd.DataFrame:
     from pipeline.engine.planes import PlaneResult
     from pipeline.engine.planes.stats import STATS_COLUMNS, plane_stats_table as stats
 
-    store = Path(store)
-    attrs = store_attrs(store)
-    check_geometry(store, attrs, "plane")
-    affine = ["regions/intercept", "regions/grad"] if attrs.get("keep_affine", True) else []
     keys = ["planes/plane_id", "planes/region_offset", "planes/input_area", "planes/gram", "regions/area",
-            "regions/centroid", "regions/vertex_offset", "vertices/uv", *affine]
-    cols = read_checked(store, shard, keys)
+            "regions/centroid", "regions/vertex_offset", "vertices/uv"]
+    affine = ["regions/intercept", "regions/grad"]
+    attrs, cols = _read_shard(store, shard, lambda attrs: keys + (affine if attrs.get("keep_affine", True) else []))
     n = cols["plane_id"].size
     nan = np.full(n, np.nan)
     res = PlaneResult(
