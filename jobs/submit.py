@@ -16,13 +16,17 @@ import submitit
 
 from pipeline.config import to_dict
 
-from .ledger import record
+from .ledger import record, records
 from .lock import sweep_lock
-from .plan import plan, summary
+from .plan import plan, sacct_states, summary
 from .sweepconfig import Resources, SweepConfig, analysis_config, claim_root
 from .tasks import AggregateJob, DiscoverJob, TrainJob
 
-__all__ = ["submit", "check_resources", "executor_for", "wait_all", "job_error"]
+__all__ = ["submit", "check_resources", "executor_for", "wait_all", "job_error", "jobs_in_flight"]
+
+# SLURM states of a job that may still write (sacct's, first word)
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 log = logging.getLogger("jobs.submit")
 
@@ -81,6 +85,28 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
         return _submit(sweep, base, kind, dry_run, wait, workers)
 
 
+def jobs_in_flight(root: Path) -> list[tuple[str, str, str]]:
+    """``(stage, job id, state)`` of every SLURM job in the sweep's ledger that is still queued or
+    running (from ``sacct``; none without SLURM)."""
+    recs = records(root)
+    states = sacct_states([r["job_id"] for r in recs])
+    return [(r["stage"], r["job_id"], states[r["job_id"]]) for r in recs
+            if states.get(r["job_id"], "") in ACTIVE_STATES]
+
+
+def _refuse_in_flight(root: Path) -> None:
+    """A SLURM submission returns at once, so its lock is gone while its jobs run: a second
+    submission would plan their unfinished work again and submit it twice."""
+    busy = jobs_in_flight(root)
+    if busy:
+        shown = ", ".join(f"{jid} ({stage}, {state})" for stage, jid, state in busy[:8])
+        more = f" and {len(busy) - 8} more" if len(busy) > 8 else ""
+        ids = " ".join(sorted({jid.split("_")[0] for _, jid, _ in busy}))
+        raise RuntimeError(f"{len(busy)} SLURM job(s) this sweep submitted are still queued or running: {shown}{more}. "
+                           f"Submitting now would run their work twice. Wait for them (python -m jobs sweep status "
+                           f"SWEEP), or cancel them (scancel {ids}) and submit again. Nothing was submitted.")
+
+
 def _submit(sweep: SweepConfig, base: Path, kind: str, dry_run: bool, wait: bool | None, workers: int | None) -> dict:
     root = base / sweep.root
     p = plan(sweep, base)
@@ -88,6 +114,8 @@ def _submit(sweep: SweepConfig, base: Path, kind: str, dry_run: bool, wait: bool
     if dry_run:
         print("dry run: nothing submitted")
         return {"submitted": 0, "plan": p, "jobs": []}
+    if kind == "slurm":
+        _refuse_in_flight(root)
     claim_root(sweep, base, p["runs"])
     if kind == "local":
         from .local import run_local

@@ -179,9 +179,10 @@ def _executor(folder, name, time_min, max_num_timeout=3, **params):
     return ex
 
 
-# 0.18-0.28 s an epoch here (idle to loaded): 55-85 s of training, more than a first attempt can do (below)
+# 0.11-0.28 s an epoch here (a quiet fast day to loaded): 66-170 s of training, more than a first
+# attempt can do (below); at 300 epochs a quiet day's 34 s ended before the first signal
 LONG_TRAIN = {"recipe": "vanilla", "model": {"name": "vgg8", "widths": [4, 8]}, "data": {"name": "digits"},
-              "lr": 0.02, "batch_size": 16, "stop": "epochs", "max_epochs": 300, "step_epochs": 100,
+              "lr": 0.02, "batch_size": 16, "stop": "epochs", "max_epochs": 600, "step_epochs": 200,
               "checkpoint_every": 1}
 
 
@@ -192,8 +193,8 @@ def test_training_past_its_time_limit_resumes_to_the_same_weights(cluster, tmp_p
     SLURM checks time limits every 30 s and signals at the first check that finds the limit less
     than delay + 30 s away: 20-50 s into the first attempt. A requeued attempt starts ~12 s after
     the check that ended the last one (the cluster's cred_expire=10), so its signal comes at the
-    check after next, ~48 s in. ~55-85 s of training thus cannot end in the first attempt and ends
-    in the second or third. (Longer delays are worse: with 20 s the requeued attempts lasted to the
+    check after next, ~48 s in. 66-170 s of training (600 epochs) thus cannot end in the first
+    attempt, and ends in the second to fourth. (Longer delays are worse: with 20 s the requeued attempts lasted to the
     next check, 16 s; with 40 s every attempt got its signal at its first check, 8 s in.)"""
     import pandas as pd
     import torch

@@ -95,6 +95,39 @@ def test_slurm_without_a_cluster_says_so(tmp_path, monkeypatch):
         submit(sweep, base, executor="slurm")
 
 
+def test_slurm_submission_while_the_last_one_s_jobs_run_is_refused(tmp_path, monkeypatch):
+    """`sweep submit` to SLURM returns at once and its lock with it: while its jobs are queued or
+    running, a second submission would plan their work again and submit it twice."""
+    import json
+    import os
+
+    from jobs.submit import jobs_in_flight
+
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, body in (("sbatch", "echo never called >&2; exit 1"), ("sacct", 'cat "$SACCT_OUT"')):
+        (bin_ / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    sweep, base = load_sweep(tiny_sweep(tmp_path))
+    root = tmp_path / "out"
+    root.mkdir()
+    ledger = root / "submissions.jsonl"
+    ledger.write_text("".join(json.dumps({"stage": s, "job_id": j, "stdout": "o", "stderr": "e"}) + "\n"
+                              for s, j in (("train", "41_0"), ("train", "41_1"), ("aggregate", "42"))))
+    states = tmp_path / "sacct.txt"
+    monkeypatch.setenv("SACCT_OUT", str(states))
+    states.write_text("41_0|COMPLETED\n41_1|RUNNING\n42|PENDING\n")
+    assert jobs_in_flight(root) == [("train", "41_1", "RUNNING"), ("aggregate", "42", "PENDING")]
+    before = ledger.read_text()
+    with pytest.raises(RuntimeError, match=r"2 SLURM job\(s\) this sweep submitted are still queued or running: "
+                                           r"41_1 \(train, RUNNING\), 42 \(aggregate, PENDING\).*scancel 41 42"):
+        submit(sweep, base, executor="slurm")
+    assert ledger.read_text() == before and not (root / "sweep.yaml").exists()
+    states.write_text("41_0|COMPLETED\n41_1|CANCELLED by 0\n42|CANCELLED by 0\n")
+    assert jobs_in_flight(root) == []
+
+
 @pytest.mark.slow
 def test_local_executor_runs_the_stages_in_turn(tmp_path):
     sweep, base = load_sweep(tiny_sweep(tmp_path, variants={"vanilla": {}}, n_shards=1, executor="local"))
