@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,8 +37,14 @@ def main(argv=None) -> int:
     if a.seed is not None:
         cfg = replace(cfg, seed=a.seed)
     out = a.out or Path("runs") / f"{a.config.stem}-{config_hash(cfg)}"
-    metrics = train(cfg, out, progress=True)
     from pipeline.inputs.data import load
+    from pipeline.inputs.sources import DatasetNotFoundError
+
+    try:
+        metrics = train(cfg, out, progress=True)
+    except (ConfigError, DatasetNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     data = load(cfg.data)
     log.info("%s", summary(build_model(cfg, data.num_classes, data.input_shape)))

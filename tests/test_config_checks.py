@@ -265,3 +265,17 @@ def test_report_of_a_damaged_table_says_to_aggregate_again(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "paths.parquet is unreadable" in err and "python -m jobs aggregate" in err
     assert not (tmp_path / "report").exists()
+
+
+def test_train_with_a_missing_dataset_writes_nothing(tmp_path, capsys):
+    """`python -m jobs train` on a CIFAR recipe whose files are not there: one error saying where
+    to put them, and no run folder left behind (the data is loaded before anything is written)."""
+    from jobs.train import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {{name: vgg8, widths: [4, 8]}}\ndata: {{name: cifar10, root: {tmp_path / 'none'}}}\n"
+                      "max_epochs: 1\n")
+    assert main([str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CIFAR-10 not found") and "download: true" in err
+    assert not (tmp_path / "run").exists()

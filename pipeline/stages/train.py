@@ -192,7 +192,6 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if saved.exists():
         from pipeline.config import load_config
@@ -200,10 +199,10 @@ def train(cfg: TrainConfig, run_dir, *, progress: bool = False, stop_after_epoch
         if identity_dict(load_config(saved, TrainConfig)) != identity_dict(cfg):
             raise ConfigError(f"{run_dir} holds a run with another config ({saved}); use a new folder "
                               "(runs are named by the hash of their config) or delete it")
-    else:
+    data = load(cfg.data)  # before anything is written: a missing dataset leaves no run folder behind
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
         save_config(cfg, saved)
-
-    data = load(cfg.data)
     np.save(run_dir / "noisy_indices.npy", data.noisy_indices)
     # nn.Module init draws from the global CPU generator: seed it for construction only. Seeding
     # the default CPU generator (not torch.manual_seed, which also reseeds every CUDA device)
