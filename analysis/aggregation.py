@@ -27,7 +27,7 @@ Layout of ``out_dir``::
 from __future__ import annotations
 
 import logging
-import os
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -194,12 +194,16 @@ def _sampling_frames(table: pd.DataFrame, root: Path, out: Path, config: Analysi
         return frames
     lc, lc_notes = lc_paths(table, root, out / "cache" / "local_complexity", config)
     notes.extend(lc_notes)
-    tmp = out / "local_complexity.parquet.tmp"
-    lc.to_parquet(tmp, index=False)
-    os.replace(tmp, lc_file)
-    written["local_complexity"] = lc_file
+    written["local_complexity"] = _write_parquet(lc, lc_file)
     frames["lc_density"] = lc_vs_density(table, lc)
     return frames
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """``frame`` as a Parquet file a reader never sees half of (:func:`pipeline.atomic.write_atomic`)."""
+    blob = io.BytesIO()
+    frame.to_parquet(blob, index=False)
+    return write_atomic(path, blob.getvalue())
 
 
 def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, stores: pd.DataFrame,
@@ -208,14 +212,10 @@ def _write_collected(out: Path, table: pd.DataFrame, planes: pd.DataFrame, store
     and the resolved config; returns them by name."""
     out.mkdir(parents=True, exist_ok=True)
     written = {"paths": out / "paths.parquet", "stores": out / "stores.csv", "config": out / "analysis_config.yaml"}
-    tmp = out / "paths.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, written["paths"])
+    _write_parquet(table, written["paths"])
     write_atomic(written["stores"], tables.format_csv(stores))
     if len(planes):
-        written["planes"] = out / "planes.parquet"
-        planes.to_parquet(tmp, index=False)
-        os.replace(tmp, written["planes"])
+        written["planes"] = _write_parquet(planes, out / "planes.parquet")
     else:
         (out / "planes.parquet").unlink(missing_ok=True)  # from an earlier aggregation: no longer true
     save_config(config, written["config"])
