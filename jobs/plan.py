@@ -20,10 +20,13 @@ from pipeline.stages.discovery import store_paths
 from .ledger import records
 from .sweepconfig import SweepConfig, discover_config, expand
 
-__all__ = ["FAILED_STATES", "plan", "summary", "status", "log_tail", "sacct_states"]
+__all__ = ["FAILED_STATES", "ACTIVE_STATES", "plan", "summary", "status", "log_tail", "sacct_states", "jobs_in_flight"]
 
 # SLURM states of a job that ended without finishing (prefixes: sacct may add "by <uid>", or cut names short)
 FAILED_STATES = ("FAILED", "OUT_OF_ME", "NODE_FAIL", "TIMEOUT", "CANCELLED", "BOOT_FAIL", "DEADLINE")
+# SLURM states of a job that may still write (sacct's, first word)
+ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
+                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 
 def plan(sweep: SweepConfig, base: Path) -> dict:
@@ -131,6 +134,15 @@ def status(sweep: SweepConfig, base: Path) -> str:
             out.append(f"  {r['stage']} job {r['job_id']} {st} ({r.get('run', '')}): {r['stderr']}\n"
                        f"{log_tail(r['stderr'])}")
     return "\n".join(out)
+
+
+def jobs_in_flight(root: Path) -> list[tuple[str, str, str]]:
+    """``(stage, job id, state)`` of every SLURM job in the sweep's ledger that is still queued or
+    running (from ``sacct``; none without SLURM)."""
+    recs = records(root)
+    states = sacct_states([r["job_id"] for r in recs])
+    return [(r["stage"], r["job_id"], states[r["job_id"]]) for r in recs
+            if states.get(r["job_id"], "") in ACTIVE_STATES]
 
 
 def log_tail(path, n: int = 6) -> str:

@@ -16,17 +16,14 @@ import submitit
 
 from pipeline.config import to_dict
 
-from .ledger import record, records
+from .ledger import record
 from .lock import sweep_lock
-from .plan import plan, sacct_states, summary
+from .plan import jobs_in_flight, plan, summary
 from .sweepconfig import Resources, SweepConfig, analysis_config, claim_root
 from .tasks import AggregateJob, DiscoverJob, TrainJob
 
-__all__ = ["submit", "check_resources", "executor_for", "wait_all", "job_error", "jobs_in_flight"]
+__all__ = ["submit", "check_resources", "executor_for", "wait_all", "job_error"]
 
-# SLURM states of a job that may still write (sacct's, first word)
-ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                 "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT")
 
 log = logging.getLogger("jobs.submit")
 
@@ -83,15 +80,6 @@ def submit(sweep: SweepConfig, base: Path, *, executor: str | None = None, dry_r
         return _submit(sweep, base, kind, dry_run, wait, workers)
     with sweep_lock(base / sweep.root):
         return _submit(sweep, base, kind, dry_run, wait, workers)
-
-
-def jobs_in_flight(root: Path) -> list[tuple[str, str, str]]:
-    """``(stage, job id, state)`` of every SLURM job in the sweep's ledger that is still queued or
-    running (from ``sacct``; none without SLURM)."""
-    recs = records(root)
-    states = sacct_states([r["job_id"] for r in recs])
-    return [(r["stage"], r["job_id"], states[r["job_id"]]) for r in recs
-            if states.get(r["job_id"], "") in ACTIVE_STATES]
 
 
 def _refuse_in_flight(root: Path) -> None:

@@ -101,7 +101,7 @@ def test_slurm_submission_while_the_last_one_s_jobs_run_is_refused(tmp_path, mon
     import json
     import os
 
-    from jobs.submit import jobs_in_flight
+    from jobs.plan import jobs_in_flight
 
     bin_ = tmp_path / "bin"
     bin_.mkdir()
