@@ -24,17 +24,14 @@ stores (``geometry: plane``) lay out their shards in :mod:`pipeline.store.planes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
 from pipeline.engine.kink_measures import KINK_COLUMNS, combine_kink_partials, kink_partials
 from pipeline.engine.measures import PATH_COLUMNS, combine_path_partials, path_partials
 from pipeline.store.identity import StoreConfig, StoreError, shard_name
-from pipeline.store.reading import ShardArray, ShardReader, has_array, read_checked
+from pipeline.store.reading import ShardArray, ShardReader, read_checked
 from pipeline.store.shards import ShardFolder
-from pipeline.store.verify import shard_meta
 
 __all__ = ["SEGMENT_SCALARS", "SEGMENT_VECTORS", "REGION_ARRAYS", "PATH_TABLE_COLUMNS", "ShardWriter", "StoreReader",
            "open_store", "open_stores", "shard_partials", "paths_table"]
@@ -208,10 +205,8 @@ def shard_partials(store, shard: int) -> dict:
     DamagedShardError
         The arrays read differ from the shard's manifest, or cannot be decoded.
     """
-    meta = shard_meta(Path(store) / shard_name(shard))
-    manifest = meta.get("manifest") if isinstance(meta, dict) else None
-    regions = [k for k in PARTIAL_REGION_ARRAYS if k != "regions/slope" or has_array(manifest, k)]
-    cols = read_checked(store, shard, [f"segments/{name}" for name in PARTIAL_ARRAYS] + regions)
+    cols = read_checked(store, shard, [f"segments/{name}" for name in PARTIAL_ARRAYS] + list(PARTIAL_REGION_ARRAYS),
+                        optional=("regions/slope",))
     paths = path_partials(cols["path_id"], cols["density"], cols["length"], cols["deviation"],
                           cols["total_variation"], cols["continuity_gap"], cols.get("gap_tol"))
     kinks = kink_partials(cols["path_id"], cols["length"], cols["region_offset"], cols["t_start"], cols.get("slope"))

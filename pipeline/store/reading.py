@@ -8,8 +8,8 @@ checks every shard once when the store is opened (cheaply, or deeply with ``deep
 the manifests it read; :func:`read_checked` checks the small per-item arrays it reads deeply.
 Every read checks the array's metadata against the manifest with the check
 :mod:`pipeline.store.verify` applies (:func:`pipeline.store.manifest.array_problem`), and what it
-read against the shape the manifest gives the selection; a read that still fails inside Zarr is a :class:`pipeline.store.identity.DamagedShardError` naming store, shard and
-array. The layouts (:class:`pipeline.store.lines.StoreReader`,
+read against the shape the manifest gives the selection; a read that still fails inside Zarr
+is a :class:`pipeline.store.identity.DamagedShardError` naming store, shard and array. The layouts (:class:`pipeline.store.lines.StoreReader`,
 :class:`pipeline.store.planes.PlaneStoreReader`) add what their items are.
 """
 
@@ -90,10 +90,11 @@ def read_array(store: Path, shard: int, manifest: dict, key: str, sel=slice(None
     return data
 
 
-def read_checked(store, shard: int, keys) -> dict:
+def read_checked(store, shard: int, keys, optional=()) -> dict:
     """The arrays ``keys`` (``group/name``) of a complete shard, by name, after checking their
     files deeply (checksums: these are the small per-item arrays a table is built from). An
-    array of ``LATER_ARRAYS`` that the shard was written without is left out.
+    array of ``LATER_ARRAYS`` or of ``optional`` (such as the affine maps, which a store may
+    not keep) that the shard was written without is left out.
 
     Raises
     ------
@@ -103,7 +104,7 @@ def read_checked(store, shard: int, keys) -> dict:
     store = Path(store)
     meta = shard_meta(store / shard_name(shard))
     manifest = meta.get("manifest") if isinstance(meta, dict) else None
-    keys = [k for k in keys if k not in LATER_ARRAYS or has_array(manifest, k)]
+    keys = [k for k in keys if (k not in LATER_ARRAYS and k not in optional) or has_array(manifest, k)]
     manifest = verify_shard(store, shard, deep=True, arrays=keys)["manifest"]
     return {key.split("/")[1]: read_array(store, shard, manifest, key) for key in keys}
 
