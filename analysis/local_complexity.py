@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.engine.kink_measures import SAMPLE_POINTS
+
 from .config import AnalysisConfig
 from .npz_cache import load_arrays, save_arrays
 from .figures.common import slug
@@ -47,7 +49,7 @@ log = logging.getLogger("analysis.local_complexity")
 
 CACHE_SCHEMA = 1  # bump when what a cached file holds, or how LC is computed, changes
 LC_COLUMNS = ["run_id", "model", "checkpoint", "store", "path_id", "lc_mean", "lc_points", "lc_radius", "lc_dirs"]
-SAMPLED_N = (8, 32, 128, 512)  # the paths table's sampled_density_<N> columns
+SAMPLED_N = SAMPLE_POINTS  # the paths table's sampled_density_<N> columns (pipeline.engine.kink_measures)
 
 
 def store_lc(store, path_ids=None, config: AnalysisConfig = AnalysisConfig(), threads: int | None = 1) -> dict:
