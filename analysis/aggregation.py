@@ -120,10 +120,10 @@ def aggregate(sweep_root, out_dir=None, scheduler=None, on_incomplete=None,
     return written
 
 
-def left_out(stores: pd.DataFrame) -> dict:
+def left_out(stores: pd.DataFrame, certificates: bool = True) -> dict:
     """``{store: why}`` of each store found but not (wholly) in the tables: skipped incomplete
-    stores, incomplete stores counted from their complete shards, networks whose failing
-    certificates left paths out (``stores.csv``'s rows)."""
+    stores, incomplete stores counted from their complete shards and, with ``certificates``,
+    networks whose failing certificates left paths out (``stores.csv``'s rows)."""
     out = {}
     for r in stores.itertuples():
         shards = f"{r.complete_shards} of {r.n_shards} shards complete, missing or damaged {r.missing_shards}"
@@ -131,7 +131,7 @@ def left_out(stores: pd.DataFrame) -> dict:
             out[r.store] = f"left out: incomplete ({shards}; on_incomplete skip)"
         elif r.status == "incomplete":
             out[r.store] = f"counted from its complete shards only: incomplete ({shards}; on_incomplete report)"
-        if getattr(r, "uncertified_paths", 0) and r.uncertified_paths > 0:
+        if certificates and getattr(r, "uncertified_paths", 0) and r.uncertified_paths > 0:
             what = "planes" if "planes-" in r.store else "paths"
             out[r.store] = ((out[r.store] + "; ") if r.store in out else "") + \
                 f"{int(r.uncertified_paths)} {what} left out: their certificate failed"

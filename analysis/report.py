@@ -32,7 +32,7 @@ from pipeline.config import write_atomic
 from .config import AnalysisConfig, AnalysisError
 from .findings import Finding, findings
 from .planes import plane_findings, plane_vs_line
-from .status import read_status, stale_reason
+from .status import stale_reason
 from .aggregation import TABLES
 
 __all__ = ["write_report", "networks_table", "report_tables"]
@@ -133,16 +133,13 @@ def _planes(analysis_dir: Path) -> dict:
 
 
 def _left_out(analysis_dir: Path) -> list[str]:
-    """The note naming every store the aggregation left out or counted in part, with why
-    (recorded by the aggregation, :mod:`analysis.status`; else from ``stores.csv``); the networks
-    whose failing certificates left paths out have their own note (:func:`_uncertified`)."""
-    record = read_status(analysis_dir) or {}
-    why = {k: v for k, v in (record.get("left_out") or {}).items() if not v.endswith("their certificate failed")}
-    if not why and (analysis_dir / "stores.csv").is_file():
-        from .aggregation import left_out
+    """The note naming every store the aggregation left out or counted in part, with why (from
+    ``stores.csv``, :func:`analysis.aggregation.left_out`); the networks whose failing
+    certificates left paths out have their own note (:func:`_uncertified`)."""
+    from .aggregation import left_out
 
-        stores = pd.read_csv(analysis_dir / "stores.csv")
-        why = {k: v for k, v in left_out(stores).items() if not v.endswith("their certificate failed")}
+    stores_csv = analysis_dir / "stores.csv"
+    why = left_out(pd.read_csv(stores_csv), certificates=False) if stores_csv.is_file() else {}
     if not why:
         return []
     return ["Stores not wholly in this report: " + "; ".join(f"{k}: {v}" for k, v in sorted(why.items()))]

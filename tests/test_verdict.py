@@ -250,3 +250,22 @@ def test_the_probe_end_to_end(tmp_path, capsys):
     assert p["aggregate"]["done"] and not p["damaged"]
     assert jobs(["verify", str(path), "--deep"]) == 0 and jobs(["report", str(path)]) == 0
     assert "Stores not wholly" not in (root / "report" / "report.md").read_text()
+
+
+def test_a_store_both_incomplete_and_uncertified_is_named_as_incomplete(tmp_path):
+    """The report names a store counted from its complete shards even when failing certificates
+    also left paths of it out (those have their own note): one reason must not hide the other."""
+    import pandas as pd
+
+    from analysis.aggregation import left_out
+    from analysis.report import _left_out
+
+    stores = pd.DataFrame([{"store": "runs/a/regions/final-1.zarr", "run_id": "a", "checkpoint": "final",
+                            "status": "incomplete", "action": "read", "n_shards": 2, "complete_shards": 1,
+                            "missing_shards": "[1]", "leftovers": 0, "n_paths": 4, "uncertified_paths": 3}])
+    why = "counted from its complete shards only: incomplete (1 of 2 shards complete, missing or damaged [1]; " \
+          "on_incomplete report)"
+    assert left_out(stores) == {"runs/a/regions/final-1.zarr": why + "; 3 paths left out: their certificate failed"}
+    assert left_out(stores, certificates=False) == {"runs/a/regions/final-1.zarr": why}
+    stores.to_csv(tmp_path / "stores.csv", index=False)
+    assert _left_out(tmp_path) == [f"Stores not wholly in this report: runs/a/regions/final-1.zarr: {why}"]
