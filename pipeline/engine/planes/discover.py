@@ -47,8 +47,7 @@ def _check_planes(x0, x1, x2):
         if bad.any():
             raise ValueError(f"{name} has non-finite values (nan or inf) in plane(s) "
                              f"{bad.nonzero().flatten()[:5].tolist()}")
-    flat = [(x - xs[0]).reshape(x.shape[0], -1).double() for x in xs[1:]]
-    aa, bb, ab = (flat[0] ** 2).sum(1), (flat[1] ** 2).sum(1), (flat[0] * flat[1]).sum(1)
+    aa, ab, bb = gram_rows(xs[1] - xs[0], xs[2] - xs[0]).unbind(1)
     flat_planes = (aa * bb - ab ** 2 <= 1e-12 * aa * bb).nonzero().flatten()  # sin^2 of the corner angle
     if flat_planes.numel():
         raise ValueError(f"plane(s) {flat_planes[:5].tolist()} have no area: x1 - x0 and x2 - x0 are zero or "
@@ -56,6 +55,13 @@ def _check_planes(x0, x1, x2):
                          "would be infinite. Give three distinct images not on one line; for a segment, use "
                          "pipeline.discover")
     return xs
+
+
+def gram_rows(d1: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
+    """Each plane's Gram matrix of its sides ``d1, d2`` (``(P, *input_shape)``) as a ``(P, 3)``
+    float64 row ``d1.d1, d1.d2, d2.d2``: lengths, angles and area in input space."""
+    a, b = d1.double().reshape(d1.shape[0], -1), d2.double().reshape(d2.shape[0], -1)
+    return torch.stack([(a * a).sum(1), (a * b).sum(1), (b * b).sum(1)], 1)
 
 
 def default_rel_tol(dtype) -> float:
@@ -208,11 +214,9 @@ class _ChunkRunner:
         self.domain, self.keep_affine, self.certify = domain, keep_affine, certify
         self.row_block, self.rel_tol, self.min_area, self.seed = row_block, rel_tol, min_area, seed
         self.d1, self.d2 = x1 - x0, x2 - x0
-        n_planes = x0.shape[0]
-        a = self.d1.double().reshape(n_planes, -1)
-        b = self.d2.double().reshape(n_planes, -1)
-        aa, ab, bb = (a * a).sum(1), (a * b).sum(1), (b * b).sum(1)
-        self.gram = torch.stack([aa, ab, bb], 1).numpy()
+        gram = gram_rows(self.d1, self.d2)
+        aa, ab, bb = gram.unbind(1)
+        self.gram = gram.numpy()
         self.input_area = (aa * bb - ab ** 2).clamp_min(0).sqrt().numpy()
         self.corners = torch.tensor(DOMAINS[domain].corners, dtype=torch.float64, device=prepared.device)
 
